@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Source this file: it leaves $LUSV_PYTHON pointing at a Python that has lusv and its pinned
+# dependencies. An active virtualenv/conda environment is used as it is; otherwise ./.venv is
+# created on first use and reused afterwards. The project is (re)installed only when
+# pyproject.toml changed since the last install, so a second run starts in seconds.
+
+_lusv_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+
+if [[ -n "${VIRTUAL_ENV:-}" || -n "${CONDA_PREFIX:-}" ]]; then
+    LUSV_PYTHON="$(command -v python)"
+    echo "lusv: using the active environment ($(dirname "$(dirname "$LUSV_PYTHON")"))" >&2
+else
+    if [[ ! -x "$_lusv_root/.venv/bin/python" ]]; then
+        echo "lusv: creating $_lusv_root/.venv (first run; installing takes a few minutes)" >&2
+        python3 -m venv "$_lusv_root/.venv" || { echo "lusv: python3 -m venv failed: install python3-venv" >&2; return 1 2>/dev/null || exit 1; }
+    fi
+    LUSV_PYTHON="$_lusv_root/.venv/bin/python"
+fi
+
+_lusv_stamp="$("$LUSV_PYTHON" -c 'import sys; print(sys.prefix)')/.lusv-install-stamp"
+_lusv_want="$(sha256sum "$_lusv_root/pyproject.toml" | cut -d' ' -f1) $_lusv_root"
+if [[ "$(cat "$_lusv_stamp" 2>/dev/null)" != "$_lusv_want" ]]; then
+    echo "lusv: installing lusv and its pinned dependencies into $("$LUSV_PYTHON" -c 'import sys; print(sys.prefix)')" >&2
+    "$LUSV_PYTHON" -m pip install --disable-pip-version-check -q -e "$_lusv_root[test]" \
+        || { echo "lusv: pip install failed (see above)" >&2; return 1 2>/dev/null || exit 1; }
+    echo "$_lusv_want" > "$_lusv_stamp"
+fi
+export LUSV_PYTHON
+export PATH="$(dirname "$LUSV_PYTHON"):$PATH"
