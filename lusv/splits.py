@@ -1,0 +1,419 @@
+"""Patient-level splits: multi-label stratified K folds, a temporal split, and leakage checks.
+
+Clips of one patient are never on two sides of a split: a model that has seen a patient's
+lung in training would otherwise be tested on the same lung. Every function here either
+builds splits that respect this or checks it and raises ``LeakageError`` naming the patient.
+
+Split tables follow the contract: ``clip_id, patient_id, fold`` for K folds and
+``clip_id, patient_id, split`` (``development`` / ``temporal_test``) for the temporal split.
+They are saved next to a JSON file of the parameters that made them, so that a rerun with
+the same labels and parameters reuses exactly the same split.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedGroupKFold
+
+from lusv.errors import ConfigError, LabelsError, LeakageError
+from lusv.io import write_csv, write_json
+from lusv.patterns import PATTERNS
+
+logger = logging.getLogger(__name__)
+
+DEVELOPMENT = "development"
+TEMPORAL_TEST = "temporal_test"
+RARE_CLASS = "rare"
+# Bumped whenever the fold algorithm changes, so saved splits made by an older one are remade.
+FOLD_METHOD = "StratifiedGroupKFold/label-powerset/v1"
+TEMPORAL_METHOD = "first-acquisition-per-patient/v1"
+_MAX_NAMED = 10
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def _require_columns(df: pd.DataFrame, columns: Sequence[str], what: str) -> None:
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise LabelsError(
+            f"{what} lacks column(s) {missing} (needed: {list(columns)}); "
+            "read it with lusv.labels.read_labels or add the columns"
+        )
+
+
+def _check_labels(labels_df: pd.DataFrame, columns: Sequence[str]) -> None:
+    _require_columns(labels_df, columns, "labels table")
+    if labels_df["clip_id"].duplicated().any():
+        dups = labels_df.loc[labels_df["clip_id"].duplicated(), "clip_id"].unique()[:_MAX_NAMED]
+        raise LabelsError(f"labels table has duplicate clip_id(s) {list(dups)}: clip ids must be unique")
+    if labels_df["patient_id"].isna().any():
+        rows = labels_df.loc[labels_df["patient_id"].isna(), "clip_id"].head(_MAX_NAMED).tolist()
+        raise LabelsError(
+            f"labels table has clips without patient_id {rows}: every clip needs a patient "
+            "so that no patient ends up in two folds"
+        )
+
+
+def _named(values: Sequence[Any]) -> str:
+    values = list(values)
+    shown = ", ".join(repr(v) for v in values[:_MAX_NAMED])
+    return shown + (f" and {len(values) - _MAX_NAMED} more" if len(values) > _MAX_NAMED else "")
+
+
+def assert_no_patient_overlap(
+    left_df: pd.DataFrame,
+    right_df: pd.DataFrame,
+    names: tuple[str, str] = ("train", "validation"),
+) -> None:
+    """Raise ``LeakageError`` if any ``patient_id`` occurs in both tables.
+
+    The message names the shared patient(s) (the first ten) and the two sides, e.g.
+    ``patient(s) 'P07' appear in both train and validation``.
+    """
+    shared = sorted(set(left_df["patient_id"].astype(str)) & set(right_df["patient_id"].astype(str)))
+    if shared:
+        raise LeakageError(
+            f"patient(s) {_named(shared)} appear in both {names[0]} and {names[1]} "
+            f"({len(shared)} shared): a patient's clips must all be on one side of a split; "
+            "rebuild the split with lusv.splits.make_folds / temporal_split"
+        )
+
+
+def _assert_one_fold_per_patient(folds_df: pd.DataFrame) -> None:
+    folds_per_patient = folds_df.groupby("patient_id")["fold"].nunique()
+    leaking = folds_per_patient.index[folds_per_patient > 1].tolist()
+    if leaking:
+        raise LeakageError(
+            f"patient(s) {_named(leaking)} have clips in more than one fold: "
+            "folds must be made per patient (lusv.splits.make_folds)"
+        )
+
+
+# ----------------------------------------------------------------------------- K folds
+
+
+def _powerset_classes(labels_df: pd.DataFrame, num_folds: int) -> np.ndarray:
+    """One stratification class per clip: its 4 labels as a bit string ('?' = missing label).
+
+    Combinations with fewer than ``num_folds`` clips cannot be spread over all folds, so they
+    are merged into one fallback class; if even that is too small it joins the largest class.
+    """
+    values = labels_df[list(PATTERNS)].to_numpy(dtype=float)
+    chars = np.where(np.isnan(values), "?", np.where(values > 0.5, "1", "0"))
+    classes = pd.Series(["".join(row) for row in chars], index=labels_df.index)
+    counts = classes.value_counts()
+    rare = counts.index[counts < num_folds]
+    classes[classes.isin(rare)] = RARE_CLASS
+    n_rare = int((classes == RARE_CLASS).sum())
+    if 0 < n_rare < num_folds:
+        largest = classes[classes != RARE_CLASS].value_counts().index
+        if len(largest):
+            classes[classes == RARE_CLASS] = largest[0]
+    return classes.to_numpy()
+
+
+def make_folds(labels_df: pd.DataFrame, num_folds: int = 5, seed: int = 0) -> pd.DataFrame:
+    """Patient-level multi-label stratified K folds.
+
+    Uses sklearn's ``StratifiedGroupKFold`` (shuffled, ``random_state=seed``) with
+    groups = ``patient_id`` and, as the class, the label powerset of each clip (the four
+    patterns as a bit string, missing labels as their own value, rare combinations merged,
+    see ``_powerset_classes``). Rows are processed in ``clip_id`` order, so the result
+    depends only on the table's content and ``seed``, not on its row order.
+
+    Returns ``DataFrame(clip_id, patient_id, fold)`` in the row order of ``labels_df``.
+    Raises ``ConfigError`` when there are fewer patients than folds and ``LeakageError``
+    should a patient ever land in two folds.
+    """
+    _check_labels(labels_df, ("clip_id", "patient_id", *PATTERNS))
+    if int(num_folds) < 2:
+        raise ConfigError(f"num_folds={num_folds}: K-fold cross-validation needs at least 2 folds")
+    num_folds = int(num_folds)
+    n_patients = labels_df["patient_id"].nunique()
+    if n_patients < num_folds:
+        raise ConfigError(
+            f"cannot make {num_folds} patient-level folds from {n_patients} patient(s): "
+            f"lower num_folds to at most {n_patients} or add patients"
+        )
+
+    ordered = labels_df.sort_values("clip_id", kind="stable").reset_index(drop=True)
+    classes = _powerset_classes(ordered, num_folds)
+    _, class_codes = np.unique(classes, return_inverse=True)
+    splitter = StratifiedGroupKFold(n_splits=num_folds, shuffle=True, random_state=int(seed))
+    fold = np.full(len(ordered), -1, dtype=int)
+    with warnings.catch_warnings():
+        # Tiny datasets: sklearn warns that a class is smaller than K; the split is still
+        # patient-level, only less balanced, which fold_balance shows.
+        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+        for fold_index, (_, test_idx) in enumerate(
+            splitter.split(np.zeros(len(ordered)), class_codes, groups=ordered["patient_id"].astype(str))
+        ):
+            fold[test_idx] = fold_index
+
+    folds = pd.DataFrame(
+        {"clip_id": ordered["clip_id"], "patient_id": ordered["patient_id"], "fold": fold}
+    )
+    _assert_one_fold_per_patient(folds)
+    folds = folds.set_index("clip_id").loc[labels_df["clip_id"]].reset_index()
+    logger.info(
+        "made %d patient-level folds of %d clips / %d patients (seed %d)",
+        num_folds, len(folds), n_patients, seed,
+    )
+    return folds
+
+
+def fold_balance(folds_df: pd.DataFrame, labels_df: pd.DataFrame) -> pd.DataFrame:
+    """Label balance per fold, plus an ``all`` row for the whole table.
+
+    Columns: ``fold, clips, patients`` and per pattern ``<pattern>_pos`` (positive clips) and
+    ``<pattern>_prev`` (positives / labelled clips of that fold; missing labels are left out).
+    """
+    _require_columns(folds_df, ("clip_id", "fold"), "folds table")
+    _require_columns(labels_df, ("clip_id", "patient_id", *PATTERNS), "labels table")
+    merged = folds_df[["clip_id", "fold"]].merge(labels_df, on="clip_id", how="left", validate="1:1")
+    merged["fold"] = merged["fold"].astype(str)
+    everything = merged.assign(fold="all")
+    both = pd.concat([merged, everything], ignore_index=True)
+    grouped = both.groupby("fold", sort=False)
+    table = pd.DataFrame({"clips": grouped["clip_id"].size(), "patients": grouped["patient_id"].nunique()})
+    for pattern in PATTERNS:
+        table[f"{pattern}_pos"] = grouped[pattern].sum().astype(int)
+        table[f"{pattern}_prev"] = grouped[pattern].mean()  # mean skips NaN = missing labels
+    order = sorted(merged["fold"].unique(), key=int) + ["all"]
+    return table.loc[order].rename_axis("fold").reset_index()
+
+
+def fold_roles(folds_df: pd.DataFrame, fold: int, num_folds: int) -> dict[str, list[str]]:
+    """Clip ids for training, validation and test when fold ``fold`` is held out.
+
+    test = fold ``fold``; validation (early stopping / checkpoint choice) = fold
+    ``(fold + 1) % num_folds``; train = the remaining folds. The test fold is therefore never
+    used for model selection, and every fold's out-of-fold predictions are clean.
+    Checks that no patient is shared by any two roles.
+    """
+    _require_columns(folds_df, ("clip_id", "patient_id", "fold"), "folds table")
+    if num_folds < 3:
+        raise ConfigError(
+            f"num_folds={num_folds}: separate train, validation and test folds need at least 3 folds"
+        )
+    if not 0 <= fold < num_folds:
+        raise ConfigError(f"fold={fold} is outside 0..{num_folds - 1}")
+    present = set(folds_df["fold"].astype(int).unique())
+    if present != set(range(num_folds)):
+        raise ConfigError(
+            f"folds table has folds {sorted(present)} but num_folds={num_folds}: "
+            "use the num_folds the split was made with or remake the split"
+        )
+    val_fold = (fold + 1) % num_folds
+    fold_values = folds_df["fold"].astype(int)
+    parts = {
+        "train": folds_df[~fold_values.isin([fold, val_fold])],
+        "val": folds_df[fold_values == val_fold],
+        "test": folds_df[fold_values == fold],
+    }
+    roles = list(parts)
+    for i, left in enumerate(roles):
+        for right in roles[i + 1:]:
+            assert_no_patient_overlap(parts[left], parts[right], names=(left, right))
+    return {role: part["clip_id"].astype(str).tolist() for role, part in parts.items()}
+
+
+# ----------------------------------------------------------------------------- temporal split
+
+
+def _acquisition_dates(labels_df: pd.DataFrame) -> pd.Series:
+    if "acquired_on" not in labels_df.columns:
+        raise LabelsError(
+            "labels table lacks column 'acquired_on', which the temporal split needs: "
+            "add acquisition dates to the labels CSV or use K-fold splits only"
+        )
+    dates = pd.to_datetime(labels_df["acquired_on"], errors="coerce")
+    if dates.isna().any():
+        missing = labels_df.loc[dates.isna(), "clip_id"].tolist()
+        raise LabelsError(
+            f"{len(missing)} clip(s) have no valid 'acquired_on' date: {_named(missing)}; "
+            "fill in the dates or drop these clips before a temporal split"
+        )
+    return dates
+
+
+def _choose_cutoff(first_dates: pd.Series, clips_per_patient: pd.Series, test_fraction: float) -> pd.Timestamp:
+    """The patient-first-date cutoff whose test share of clips is closest to ``test_fraction``."""
+    per_date = clips_per_patient.groupby(first_dates).sum().sort_index()
+    # Clips in temporal_test if the cutoff is each candidate date: all patients first seen then or later.
+    clips_from_date = per_date[::-1].cumsum()[::-1]
+    share = clips_from_date / clips_per_patient.sum()
+    candidates = share[share < 1.0]  # the earliest date would leave development empty
+    if candidates.empty:
+        raise ConfigError(
+            "all patients were first seen on the same date: a temporal split needs at least two "
+            "acquisition dates"
+        )
+    return pd.Timestamp((candidates - test_fraction).abs().idxmin())
+
+
+def temporal_split(
+    labels_df: pd.DataFrame,
+    cutoff: str | pd.Timestamp | None = None,
+    test_fraction: float = 0.2,
+) -> pd.DataFrame:
+    """Split clips into ``development`` and a later ``temporal_test`` set by acquisition date.
+
+    Rule for patients whose clips straddle the cutoff: a patient belongs to the side of their
+    FIRST acquisition date — patients first seen on or after ``cutoff`` form ``temporal_test``
+    (new patients only, as in a prospective validation); everyone first seen before stays in
+    ``development`` with all their clips. So every temporal_test clip is dated >= cutoff and
+    no patient is on both sides.
+
+    When ``cutoff`` is None it is chosen among the patients' first dates so that about
+    ``test_fraction`` of the clips land in temporal_test. The cutoff used is in
+    ``result.attrs["cutoff"]``. Returns ``DataFrame(clip_id, patient_id, split)`` in row order.
+    """
+    _check_labels(labels_df, ("clip_id", "patient_id"))
+    if not 0.0 < float(test_fraction) < 1.0:
+        raise ConfigError(f"test_fraction={test_fraction} must be between 0 and 1 (exclusive)")
+    dates = _acquisition_dates(labels_df)
+    patients = labels_df["patient_id"]
+    first_seen = dates.groupby(patients).transform("min")
+    if cutoff is None:
+        per_patient_first = dates.groupby(patients).min()
+        cutoff_ts = _choose_cutoff(per_patient_first, patients.value_counts(), float(test_fraction))
+    else:
+        try:
+            cutoff_ts = pd.Timestamp(cutoff)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"cutoff={cutoff!r} is not a date (use e.g. '2021-06-01'): {exc}") from None
+
+    in_test = (first_seen >= cutoff_ts).to_numpy()
+    if in_test.all() or not in_test.any():
+        side = "temporal_test" if not in_test.any() else "development"
+        raise ConfigError(
+            f"cutoff {cutoff_ts.date()} leaves {side} empty (dates run from {dates.min().date()} "
+            f"to {dates.max().date()}): choose a cutoff inside that range"
+        )
+    split = pd.DataFrame(
+        {
+            "clip_id": labels_df["clip_id"].to_numpy(),
+            "patient_id": patients.to_numpy(),
+            "split": np.where(in_test, TEMPORAL_TEST, DEVELOPMENT),
+        }
+    )
+    assert_no_patient_overlap(
+        split[split["split"] == DEVELOPMENT], split[split["split"] == TEMPORAL_TEST],
+        names=(DEVELOPMENT, TEMPORAL_TEST),
+    )
+    straddling = int(((dates >= cutoff_ts) & ~pd.Series(in_test, index=dates.index)).sum())
+    split.attrs["cutoff"] = cutoff_ts.isoformat()
+    logger.info(
+        "temporal split at %s: %d development / %d temporal_test clips (%d post-cutoff clips of "
+        "patients first seen earlier kept in development)",
+        cutoff_ts.date(), int((~in_test).sum()), int(in_test.sum()), straddling,
+    )
+    return split
+
+
+# ----------------------------------------------------------------------------- saved splits
+
+
+def _fingerprint(labels_df: pd.DataFrame, columns: Sequence[str]) -> str:
+    """Hash of the columns that decide a split, independent of row order."""
+    table = labels_df[list(columns)].astype(str).sort_values("clip_id")
+    return hashlib.sha1(table.to_csv(index=False).encode("utf-8")).hexdigest()
+
+
+def _saved_matches(path: Path, params: dict[str, Any], labels_df: pd.DataFrame) -> tuple[pd.DataFrame | None, str]:
+    """Return (saved table, "") when it can be reused, else (None, reason)."""
+    params_path = path.with_suffix(".json")
+    if not path.is_file() or not params_path.is_file():
+        return None, "no saved split"
+    try:
+        saved_params = json.loads(params_path.read_text(encoding="utf-8"))
+        saved = pd.read_csv(path, dtype={"clip_id": str, "patient_id": str})
+    except (OSError, ValueError) as exc:
+        return None, f"saved split unreadable ({exc})"
+    changed = sorted(k for k in params if saved_params.get(k) != params[k])
+    if changed:
+        return None, f"parameters changed: {changed}"
+    if set(saved["clip_id"]) != set(labels_df["clip_id"].astype(str)) or len(saved) != len(labels_df):
+        return None, "saved split's clips differ from the labels table"
+    return saved, ""
+
+
+def load_or_make_folds(
+    labels_df: pd.DataFrame,
+    path: str | os.PathLike,
+    num_folds: int = 5,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Reuse the folds saved at ``path`` if they were made from the same clips, patients and
+    parameters; otherwise make them (``make_folds``) and save them.
+
+    Parameters are stored in ``path.with_suffix(".json")``: method, num_folds, seed and a hash
+    of the (clip_id, patient_id) pairs — so relabelling a clip keeps the split, but moving a
+    clip to another patient (which could leak) remakes it.
+    """
+    path = Path(path)
+    params = {
+        "kind": "kfold",
+        "method": FOLD_METHOD,
+        "num_folds": int(num_folds),
+        "seed": int(seed),
+        "n_clips": int(len(labels_df)),
+        "clips_patients_sha1": _fingerprint(labels_df, ("clip_id", "patient_id")),
+    }
+    saved, reason = _saved_matches(path, params, labels_df)
+    if saved is not None:
+        _assert_one_fold_per_patient(saved)
+        logger.info("reusing folds saved at %s", path)
+        return saved
+    logger.info("making folds at %s: %s", path, reason)
+    folds = make_folds(labels_df, num_folds=num_folds, seed=seed)
+    write_csv(path, folds)
+    write_json(path.with_suffix(".json"), params)
+    return folds
+
+
+def load_or_make_temporal_split(
+    labels_df: pd.DataFrame,
+    path: str | os.PathLike,
+    cutoff: str | pd.Timestamp | None = None,
+    test_fraction: float = 0.2,
+) -> pd.DataFrame:
+    """Like ``load_or_make_folds`` for ``temporal_split``; the params also hash the dates.
+
+    The cutoff actually used is saved in the JSON and restored in ``result.attrs["cutoff"]``.
+    """
+    path = Path(path)
+    columns = ("clip_id", "patient_id", "acquired_on") if "acquired_on" in labels_df else ("clip_id", "patient_id")
+    params = {
+        "kind": "temporal",
+        "method": TEMPORAL_METHOD,
+        "cutoff": None if cutoff is None else pd.Timestamp(cutoff).isoformat(),
+        "test_fraction": float(test_fraction),
+        "n_clips": int(len(labels_df)),
+        "clips_patients_dates_sha1": _fingerprint(labels_df, columns),
+    }
+    saved, reason = _saved_matches(path, params, labels_df)
+    if saved is not None:
+        assert_no_patient_overlap(
+            saved[saved["split"] == DEVELOPMENT], saved[saved["split"] == TEMPORAL_TEST],
+            names=(DEVELOPMENT, TEMPORAL_TEST),
+        )
+        saved.attrs["cutoff"] = json.loads(path.with_suffix(".json").read_text(encoding="utf-8")).get("cutoff_used")
+        logger.info("reusing temporal split saved at %s", path)
+        return saved
+    logger.info("making temporal split at %s: %s", path, reason)
+    split = temporal_split(labels_df, cutoff=cutoff, test_fraction=test_fraction)
+    write_csv(path, split)
+    write_json(path.with_suffix(".json"), {**params, "cutoff_used": split.attrs["cutoff"]})
+    return split
