@@ -1,0 +1,244 @@
+"""Metrics checked against sklearn, scipy and plain O(n^2) re-implementations written here."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+from sklearn.metrics import roc_auc_score
+
+from lusv.metrics import (
+    PredictionsError,
+    _patient_draw_counts,
+    _weighted_auc,
+    compare_models,
+    delong_auc_variance,
+    delong_ci,
+    delong_test,
+    macro_auc,
+    micro_auc,
+    patient_bootstrap_auc,
+    per_pattern_auc,
+    roc_auc,
+    sensitivity_specificity,
+    summarize_predictions,
+    youden_threshold,
+)
+from lusv.patterns import PATTERNS
+
+
+def scored(n: int = 120, shift: float = 1.0, seed: int = 0, decimals: int | None = 1):
+    """Binary labels and a noisy score; rounding creates ties on purpose."""
+    rng = np.random.default_rng(seed)
+    y = (rng.random(n) < 0.4).astype(float)
+    score = y * shift + rng.normal(size=n)
+    if decimals is not None:
+        score = np.round(score, decimals)
+    return y, score
+
+
+# ----------------------------------------------------------------------------- plain O(n^2) reference
+
+
+def psi(x: float, y: float) -> float:
+    return 1.0 if x > y else 0.5 if x == y else 0.0
+
+
+def slow_components(y, score):
+    """DeLong's structural components by explicit pair loops (DeLong et al. 1988)."""
+    pos = [s for s, t in zip(score, y) if t == 1]
+    neg = [s for s, t in zip(score, y) if t == 0]
+    v10 = np.array([sum(psi(x, v) for v in neg) / len(neg) for x in pos])
+    v01 = np.array([sum(psi(x, v) for x in pos) / len(pos) for v in neg])
+    return v10, v01
+
+
+def slow_delong(y, score_a, score_b):
+    a10, a01 = slow_components(y, score_a)
+    b10, b01 = slow_components(y, score_b)
+    m, n = len(a10), len(a01)
+
+    def cov(u, v):
+        return sum((ui - u.mean()) * (vi - v.mean()) for ui, vi in zip(u, v)) / (len(u) - 1)
+
+    var_a = cov(a10, a10) / m + cov(a01, a01) / n
+    var_b = cov(b10, b10) / m + cov(b01, b01) / n
+    cov_ab = cov(a10, b10) / m + cov(a01, b01) / n
+    return a10.mean(), b10.mean(), var_a, var_b, cov_ab
+
+
+# ----------------------------------------------------------------------------- AUCs
+
+
+def test_auc_matches_sklearn_and_mann_whitney_ignoring_nan():
+    y, score = scored()
+    y_nan = y.copy()
+    y_nan[::7] = np.nan
+    keep = ~np.isnan(y_nan)
+    expected = roc_auc_score(y_nan[keep], score[keep])
+    assert roc_auc(y_nan, score) == pytest.approx(expected, abs=1e-12)
+    u = stats.mannwhitneyu(score[keep][y_nan[keep] == 1], score[keep][y_nan[keep] == 0]).statistic
+    assert roc_auc(y_nan, score) == pytest.approx(u / ((y_nan == 1).sum() * (y_nan == 0).sum()), abs=1e-12)
+    assert np.isnan(roc_auc([1, 1, np.nan], [0.2, 0.3, 0.4]))
+
+
+def test_micro_and_macro_definitions():
+    rng = np.random.default_rng(1)
+    labels = (rng.random((80, 4)) < 0.4).astype(float)
+    scores = labels * 0.8 + rng.normal(size=(80, 4))
+    labels[:, 3] = 0.0  # one class only: AUC undefined, left out of the macro mean
+    labels[:5, 0] = np.nan
+    per = per_pattern_auc(labels, scores)
+    assert np.isnan(per[3])
+    assert per[1] == pytest.approx(roc_auc_score(labels[:, 1], scores[:, 1]))
+    assert macro_auc(labels, scores) == pytest.approx(np.mean(per[:3]))
+    keep = ~np.isnan(labels.ravel())
+    assert micro_auc(labels, scores) == pytest.approx(roc_auc_score(labels.ravel()[keep], scores.ravel()[keep]))
+
+
+# ----------------------------------------------------------------------------- DeLong
+
+
+def test_delong_variance_and_covariance_match_slow_reference():
+    y, score_a = scored(n=90, seed=2)
+    _, noise = scored(n=90, seed=3)
+    score_b = np.round(score_a * 0.5 + noise, 1)  # correlated second model, with ties
+    auc_a, auc_b, var_a, var_b, cov_ab = slow_delong(y, score_a, score_b)
+    auc, var = delong_auc_variance(y, score_a)
+    assert auc == pytest.approx(roc_auc_score(y, score_a), abs=1e-12)
+    assert auc == pytest.approx(auc_a, abs=1e-12)
+    assert var == pytest.approx(var_a, rel=1e-10)
+    test = delong_test(y, score_a, score_b)
+    z = (auc_a - auc_b) / np.sqrt(var_a + var_b - 2 * cov_ab)
+    assert test.auc_b == pytest.approx(auc_b, abs=1e-12)
+    assert test.z == pytest.approx(z, rel=1e-9)
+    assert test.p_value == pytest.approx(2 * stats.norm.sf(abs(z)), rel=1e-9)
+
+
+def test_delong_test_known_cases():
+    y, good = scored(n=200, shift=2.5, seed=4, decimals=None)
+    rng = np.random.default_rng(5)
+    identical = delong_test(y, good, good.copy())
+    assert identical.z == 0.0 and identical.p_value == 1.0
+    bad = rng.normal(size=len(y))
+    better = delong_test(y, good, bad)
+    assert better.auc_a > 0.9 and better.z > 0 and better.p_value < 0.05
+    swapped = delong_test(y, bad, good)
+    assert swapped.z == pytest.approx(-better.z) and swapped.p_value == pytest.approx(better.p_value)
+
+
+def test_delong_ci_logit_and_plain():
+    y, score = scored(n=150, shift=2.0, seed=6)
+    auc, var = delong_auc_variance(y, score)
+    logit = delong_ci(y, score)
+    plain = delong_ci(y, score, method="plain")
+    half = stats.norm.ppf(0.975) * np.sqrt(var)
+    assert plain.low == pytest.approx(auc - half) and plain.high == pytest.approx(min(auc + half, 1.0))
+    assert 0.0 < logit.low < auc < logit.high < 1.0
+    # logit interval is pulled towards 0.5: longer below than above an AUC near 1
+    assert auc - logit.low > logit.high - auc
+    assert delong_ci([0, 0, 1, 1], [0.1, 0.2, 0.8, 0.9]) == (1.0, 1.0, 1.0)
+    assert np.isnan(delong_ci([0, 1, 1], [0.1, 0.5, 0.9]).low)  # one negative: no variance
+
+
+# ----------------------------------------------------------------------------- thresholds
+
+
+def test_youden_threshold_equals_a_score_and_counts_it_positive():
+    # negatives 0.1 0.2 0.3 0.8, positives 0.4 0.5 0.9: J is maximal (0.75) at t = 0.4 exactly.
+    y = np.array([0, 0, 0, 0, 1, 1, 1, np.nan])
+    score = np.array([0.1, 0.2, 0.3, 0.8, 0.4, 0.5, 0.9, 0.45])
+    threshold = youden_threshold(y, score)
+    assert threshold == 0.4
+    counts = sensitivity_specificity(y, score, threshold)
+    assert (counts.tp, counts.fn, counts.tn, counts.fp) == (3, 0, 3, 1)  # score 0.4 is positive
+    assert counts.sensitivity == 1.0 and counts.specificity == 0.75
+    # a negative exactly at the threshold is a false positive
+    at_negative = sensitivity_specificity(y, score, 0.3)
+    assert (at_negative.tp, at_negative.fn, at_negative.tn, at_negative.fp) == (3, 0, 2, 2)
+
+
+# ----------------------------------------------------------------------------- patient bootstrap
+
+
+def test_weighted_auc_equals_auc_of_materialised_resample():
+    y, score = scored(n=60, seed=7)
+    patients = np.repeat(np.arange(20), 3)
+    counts = _patient_draw_counts(20, 5, np.random.default_rng(0))
+    assert (counts.sum(axis=1) == 20).all()
+    weights = counts[:, patients].astype(float)
+    fast = _weighted_auc(y == 1, score, weights)
+    for b in range(5):
+        rep = np.repeat(np.arange(60), counts[b, patients])
+        assert fast[b] == pytest.approx(roc_auc_score(y[rep], score[rep]), abs=1e-12)
+
+
+def test_patient_bootstrap_seeded_and_wider_when_clips_cluster():
+    y, score = scored(n=40, shift=1.0, seed=8, decimals=None)
+    # every patient contributes 5 identical clips: the effective sample is 40 patients, not 200
+    y5, score5, patients5 = np.repeat(y, 5), np.repeat(score, 5), np.repeat(np.arange(40), 5)
+    by_patient = patient_bootstrap_auc(y5, score5, patients5, n_boot=400, seed=0)
+    by_clip = patient_bootstrap_auc(y5, score5, np.arange(200), n_boot=400, seed=0)
+    auc = roc_auc(y5, score5)
+    assert by_patient[0] < auc < by_patient[1]
+    assert (by_patient[1] - by_patient[0]) > 1.6 * (by_clip[1] - by_clip[0])
+    assert patient_bootstrap_auc(y5, score5, patients5, n_boot=400, seed=0) == by_patient
+    assert patient_bootstrap_auc(y5, score5, patients5, n_boot=400, seed=1) != by_patient
+
+
+# ----------------------------------------------------------------------------- tables
+
+
+def predictions(n_patients: int = 40, strength: float = 1.5, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    patient = np.repeat(np.arange(n_patients), 3)
+    n = len(patient)
+    labels = (rng.random((n, 4)) < [0.5, 0.4, 0.3, 0.25]).astype(float)
+    labels[rng.random((n, 4)) < 0.05] = np.nan
+    logits = np.nan_to_num(labels) * strength + rng.normal(size=(n, 4))
+    df = pd.DataFrame({"clip_id": [f"c{i}" for i in range(n)], "patient_id": [f"P{p}" for p in patient],
+                       "fold": patient % 5})
+    for j, p in enumerate(PATTERNS):
+        df[f"p_{p}"] = 1 / (1 + np.exp(-logits[:, j]))
+        df[p] = labels[:, j]
+    return df
+
+
+def test_summarize_predictions_table():
+    pred = predictions()
+    table = summarize_predictions(pred, n_boot=200)
+    assert table["pattern"].tolist() == [*PATTERNS, "micro", "macro"]
+    assert list(table.columns) == ["pattern", "auc", "ci_low", "ci_high", "n_pos", "n_neg", "ci_method"]
+    for pattern in PATTERNS:
+        row = table.set_index("pattern").loc[pattern]
+        keep = pred[pattern].notna()
+        assert row["auc"] == pytest.approx(roc_auc_score(pred.loc[keep, pattern], pred.loc[keep, f"p_{pattern}"]))
+        assert row["n_pos"] == (pred[pattern] == 1).sum() and row["n_neg"] == (pred[pattern] == 0).sum()
+        assert (row["ci_low"], row["ci_high"]) == pytest.approx(tuple(delong_ci(pred[pattern], pred[f"p_{pattern}"])[1:]))
+    assert (table["ci_low"] < table["auc"]).all() and (table["auc"] < table["ci_high"]).all()
+    assert table.loc[4, "n_pos"] == table.loc[:3, "n_pos"].sum()
+    boot = summarize_predictions(pred, ci="bootstrap", n_boot=200)
+    assert (boot["ci_method"] == "patient-bootstrap").all()
+    assert boot["auc"].to_numpy() == pytest.approx(table["auc"].to_numpy())
+    with pytest.raises(PredictionsError, match="p_b_lines"):
+        summarize_predictions(pred.drop(columns=["p_b_lines"]))
+
+
+def test_compare_models_aligns_on_clip_id():
+    a = predictions(strength=2.5, seed=1)
+    b = a.copy()
+    rng = np.random.default_rng(2)
+    for p in PATTERNS:
+        b[f"p_{p}"] = rng.random(len(b))  # an uninformative model
+    shuffled = b.sample(frac=1.0, random_state=0)
+    table = compare_models(a, shuffled, names=("luvnet", "random"))
+    assert table["pattern"].tolist() == list(PATTERNS)
+    assert (table["model_a"] == "luvnet").all()
+    assert (table["p_value"] < 0.05).all() and (table["auc_diff"] > 0).all()
+    direct = delong_test(a["b_lines"], a["p_b_lines"], b["p_b_lines"])
+    assert table.loc[1, "p_value"] == pytest.approx(direct.p_value)
+    same = compare_models(a, a)
+    assert (same["p_value"] == 1.0).all()
+    with pytest.raises(PredictionsError, match="same clips"):
+        compare_models(a, b.iloc[1:])
