@@ -1,0 +1,200 @@
+"""Result tables and figures that the results notebook shows (the paper's Tables 1-3, ROC curves).
+
+Every function takes out-of-fold predictions of several models as a mapping
+``{model name: predictions DataFrame}`` (contract: clip_id, patient_id, fold, p_<pattern>,
+<pattern>); the mapping's order is the row order of every table and the legend order.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from lusv.errors import ConfigError
+from lusv.io import atomic_path, write_csv
+from lusv.metrics import (
+    compare_models,
+    prediction_arrays,
+    roc_auc,
+    sensitivity_specificity,
+    summarize_predictions,
+    youden_threshold,
+)
+from lusv.patterns import DISPLAY_NAMES, PATTERNS
+
+logger = logging.getLogger(__name__)
+
+Predictions = Mapping[str, pd.DataFrame]
+SUMMARY_NAMES = {"macro": "Macro", "micro": "Micro"}
+
+
+def read_predictions(path: str | os.PathLike) -> pd.DataFrame:
+    """Read a predictions CSV, keeping clip and patient ids as strings."""
+    return pd.read_csv(path, dtype={"clip_id": str, "patient_id": str})
+
+
+def format_auc_ci(auc: float, low: float, high: float, digits: int = 3, ci_digits: int = 2) -> str:
+    """'0.912 (0.88–0.94)'; an undefined AUC is 'n/a', a missing CI is left out."""
+    if not math.isfinite(auc):
+        return "n/a"
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return f"{auc:.{digits}f}"
+    return f"{auc:.{digits}f} ({low:.{ci_digits}f}–{high:.{ci_digits}f})"
+
+
+def auc_summaries(
+    predictions: Predictions, ci: str = "delong", n_boot: int = 1000, seed: int = 0
+) -> pd.DataFrame:
+    """Long numeric table: ``model`` + the columns of ``lusv.metrics.summarize_predictions``."""
+    parts = [
+        summarize_predictions(pred, ci=ci, n_boot=n_boot, seed=seed).assign(model=name)
+        for name, pred in predictions.items()
+    ]
+    table = pd.concat(parts, ignore_index=True)
+    return table[["model", *(c for c in table.columns if c != "model")]]
+
+
+def auc_table(summaries: pd.DataFrame) -> pd.DataFrame:
+    """Table 1: one row per model, one column per pattern (display names) + Macro + Micro,
+    each cell 'AUC (CI low–CI high)'."""
+    cells = summaries.assign(
+        cell=[format_auc_ci(a, lo, hi) for a, lo, hi in summaries[["auc", "ci_low", "ci_high"]].itertuples(index=False)]
+    )
+    wide = cells.pivot(index="model", columns="pattern", values="cell")
+    columns = [c for c in (*PATTERNS, "macro", "micro") if c in wide.columns]
+    models = list(dict.fromkeys(summaries["model"]))
+    names = {**DISPLAY_NAMES, **SUMMARY_NAMES}
+    return wide.loc[models, columns].rename(columns=names).rename_axis(index="Model", columns=None).reset_index()
+
+
+def delong_table(predictions: Predictions, reference: str = "luvnet") -> pd.DataFrame:
+    """Table 2: paired DeLong p-value of each comparator vs ``reference``, per pattern.
+
+    Rows = comparators (mapping order), columns = Model + pattern display names.
+    """
+    if reference not in predictions:
+        raise ConfigError(f"reference model {reference!r} is not among the predictions {list(predictions)}")
+    rows = []
+    for name, pred in predictions.items():
+        if name == reference:
+            continue
+        tests = compare_models(predictions[reference], pred, names=(reference, name))
+        rows.append({"Model": name, **dict(zip(tests["pattern"].map(DISPLAY_NAMES), tests["p_value"]))})
+    return pd.DataFrame(rows, columns=["Model", *(DISPLAY_NAMES[p] for p in PATTERNS)])
+
+
+def _threshold_counts(val: pd.DataFrame, test: pd.DataFrame, pattern: str) -> tuple[float, list[int]]:
+    threshold = youden_threshold(val[pattern], val[f"p_{pattern}"])
+    counts = sensitivity_specificity(test[pattern], test[f"p_{pattern}"], threshold)
+    return threshold, [counts.tp, counts.fn, counts.tn, counts.fp]
+
+
+def threshold_table(test_predictions: Predictions, val_predictions: Predictions | None = None) -> pd.DataFrame:
+    """Table 3: sensitivity and specificity at Youden thresholds (``score >= threshold`` positive).
+
+    Thresholds are chosen on ``val_predictions[model]`` and applied to ``test_predictions[model]``.
+    When both tables have a ``fold`` column, each fold's threshold comes from that fold's
+    validation predictions and applies to that fold's test clips; counts are then pooled and
+    ``threshold`` is the mean of the per-fold thresholds. Without validation predictions the
+    threshold is chosen on the test predictions themselves — optimistic, and marked so in
+    ``threshold_source``.
+
+    Columns: model, pattern, threshold, sensitivity, specificity, tp, fn, tn, fp, threshold_source.
+    """
+    rows = []
+    for name, test in test_predictions.items():
+        val = None if val_predictions is None else val_predictions.get(name)
+        if val is None:
+            logger.warning("no validation predictions for %s: Youden thresholds chosen on test (optimistic)", name)
+        per_fold = val is not None and "fold" in val.columns and "fold" in test.columns
+        source = "test (optimistic)" if val is None else "validation per fold" if per_fold else "validation"
+        prediction_arrays(test)  # clear error for missing columns
+        for pattern in PATTERNS:
+            if per_fold:
+                results = [
+                    _threshold_counts(val[val["fold"] == f], test[test["fold"] == f], pattern)
+                    for f in sorted(test["fold"].unique())
+                ]
+                thresholds = [t for t, _ in results]
+                threshold = float(np.nanmean(thresholds)) if np.isfinite(thresholds).any() else float("nan")
+                tp, fn, tn, fp = np.sum([c for _, c in results], axis=0).tolist()
+            else:
+                threshold, (tp, fn, tn, fp) = _threshold_counts(test if val is None else val, test, pattern)
+            rows.append(
+                {
+                    "model": name,
+                    "pattern": pattern,
+                    "threshold": threshold,
+                    "sensitivity": tp / (tp + fn) if tp + fn else float("nan"),
+                    "specificity": tn / (tn + fp) if tn + fp else float("nan"),
+                    "tp": tp, "fn": fn, "tn": tn, "fp": fp,
+                    "threshold_source": source,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def results_tables(
+    predictions: Predictions,
+    reference: str = "luvnet",
+    val_predictions: Predictions | None = None,
+    ci: str = "delong",
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict[str, pd.DataFrame]:
+    """All result tables at once: auc_summary (numeric), auc_table (formatted, Table 1),
+    delong_p (Table 2; only when ``reference`` is among the models), thresholds (Table 3)."""
+    summaries = auc_summaries(predictions, ci=ci, n_boot=n_boot, seed=seed)
+    tables = {"auc_summary": summaries, "auc_table": auc_table(summaries)}
+    if reference in predictions and len(predictions) > 1:
+        tables["delong_p"] = delong_table(predictions, reference=reference)
+    tables["thresholds"] = threshold_table(predictions, val_predictions)
+    return tables
+
+
+def roc_figure(predictions: Predictions, patterns: Sequence[str] = PATTERNS):
+    """ROC curves: one panel per pattern (2 x 2), one line per model labelled with its AUC."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+    from sklearn.metrics import roc_curve
+
+    n_cols = 2
+    n_rows = math.ceil(len(patterns) / n_cols)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(5 * n_cols, 4.6 * n_rows), squeeze=False)
+    colors = sns.color_palette("colorblind", n_colors=max(len(predictions), 1))
+    for ax, pattern in zip(axes.ravel(), patterns):
+        for color, (name, pred) in zip(colors, predictions.items()):
+            keep = pred[pattern].notna()
+            y, score = pred.loc[keep, pattern].to_numpy() > 0.5, pred.loc[keep, f"p_{pattern}"].to_numpy()
+            if y.all() or not y.any():
+                continue  # no ROC without both classes
+            fpr, tpr, _ = roc_curve(y, score)
+            ax.plot(fpr, tpr, color=color, lw=1.6, label=f"{name} (AUC {roc_auc(y, score):.3f})")
+        ax.plot([0, 1], [0, 1], ls="--", color="0.6", lw=1)
+        ax.set(title=DISPLAY_NAMES.get(pattern, pattern), xlabel="1 - specificity", ylabel="Sensitivity",
+               xlim=(0, 1), ylim=(0, 1.01), aspect="equal")
+        ax.legend(loc="lower right", fontsize="small")
+    for ax in axes.ravel()[len(patterns):]:
+        ax.remove()
+    fig.tight_layout()
+    return fig
+
+
+def save_tables(tables: Mapping[str, pd.DataFrame], out_dir: str | os.PathLike) -> list[Path]:
+    """Write each table to ``out_dir/<name>.csv`` atomically; returns the paths written."""
+    out_dir = Path(out_dir)
+    return [write_csv(out_dir / f"{name}.csv", table) for name, table in tables.items()]
+
+
+def save_figure(fig, path: str | os.PathLike, dpi: int = 150) -> Path:
+    """Save a matplotlib figure atomically; the format follows the file suffix."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=dpi, bbox_inches="tight")
+    return path
