@@ -1,0 +1,270 @@
+"""Decode lung-ultrasound clips to frames and prepare them for the clip cache.
+
+Decoding goes through PyAV (mp4, avi, mov, mpeg, gif and whatever else FFmpeg reads);
+DICOM files (multi-frame ultrasound) go through pydicom when it is installed. Every
+frame is converted with ``frame.to_ndarray(format="rgb24")`` so grayscale, RGBA (GIF)
+and palette sources all come out as uint8 RGB.
+
+Preparing a clip for the model (``prepare_clip``) follows the team contract:
+
+1. Resample to ``T`` frames: clips with ``N >= T`` frames keep the ``T`` frames at
+   ``np.linspace(0, N - 1, T)`` (rounded); clips with ``2 <= N < T`` keep all ``N`` frames
+   and are zero-padded to ``T`` (``length = N``); clips with fewer than 2 frames are refused.
+2. Convert to grayscale (ITU-R 601 luma, torchvision's ``rgb_to_grayscale``).
+3. Crop to the ultrasound region (``ultrasound_box``): threshold the per-pixel maximum
+   over the kept frames at ``CROP_THRESHOLD`` (so black borders go), keep the connected
+   blobs of that mask that are at least ``CROP_MIN_BLOB_FRACTION`` of the largest blob
+   (so burnt-in text, depth markers and logos next to the sector go), and take the
+   bounding box of what remains. An all-dark clip keeps its whole frame.
+4. Pad the crop with black to a centred square (the sector's aspect ratio is kept) and
+   resize it to ``S x S`` with ``torch.nn.functional.interpolate`` (bilinear, antialias),
+   all frames in one call.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from lusv.errors import VideoError
+
+log = logging.getLogger(__name__)
+
+# A clip needs motion to be a video: one frame is a still image (contract: skip it).
+MIN_FRAMES = 2
+
+# Gray level (0-255) above which a pixel counts as ultrasound content for the crop.
+# Low enough to keep the dim far field of the sector, high enough to drop the
+# compression noise that lossy codecs leave in "black" borders.
+CROP_THRESHOLD = 16
+
+# Blobs of the content mask smaller than this fraction of the largest blob are treated
+# as annotations (text, depth scale, logos) and do not widen the crop.
+CROP_MIN_BLOB_FRACTION = 0.1
+
+# Bumped whenever the preparation changes its output, so the cache rebuilds stale entries.
+PREPARATION_VERSION = 1
+
+DICOM_SUFFIXES = (".dcm", ".dicom")
+
+
+@dataclass(frozen=True)
+class DecodedClip:
+    """Frames of one clip plus what the cache manifest records about its source.
+
+    ``frames`` holds either all decoded frames or, when ``read_clip`` was given
+    ``num_frames``, only the frames the short-clip policy keeps (in order).
+    """
+
+    frames: np.ndarray  # (n, H, W, 3) uint8 RGB
+    source_frames: int  # frames in the source file
+    fps: float | None  # None when the container does not say
+    height: int
+    width: int
+
+
+def sample_indices(num_source_frames: int, num_frames: int) -> np.ndarray:
+    """Indices of the source frames that the short-clip policy keeps (see module doc)."""
+    if num_source_frames >= num_frames:
+        return np.linspace(0, num_source_frames - 1, num_frames).round().astype(np.int64)
+    return np.arange(num_source_frames, dtype=np.int64)
+
+
+def read_frames(path: str | os.PathLike, min_frames: int = MIN_FRAMES) -> np.ndarray:
+    """Decode every frame of a clip to uint8 RGB ``(N, H, W, 3)``.
+
+    Raises ``VideoError`` naming the file when it is missing, empty, not a video,
+    corrupt, or has fewer than ``min_frames`` frames.
+    """
+    return read_clip(path, num_frames=None, min_frames=min_frames).frames
+
+
+def read_clip(
+    path: str | os.PathLike, num_frames: int | None = None, min_frames: int = MIN_FRAMES
+) -> DecodedClip:
+    """Decode a clip once; with ``num_frames`` keep only the frames the policy samples.
+
+    Every packet still has to be decoded (inter-coded video), but only the kept frames
+    are converted to RGB arrays, which is most of the cost for long clips.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise VideoError(f"clip {path} does not exist: check the path in the labels table")
+    if not path.is_file():
+        raise VideoError(f"clip {path} is not a file (a folder?): point the labels table at a video file")
+    if path.stat().st_size == 0:
+        raise VideoError(f"clip {path} is an empty (zero-byte) file: re-export or re-copy it")
+    if _is_dicom(path):
+        clip = _read_dicom(path, num_frames)
+    else:
+        clip = _read_with_pyav(path, num_frames)
+    if clip.source_frames < min_frames:
+        raise VideoError(
+            f"clip {path} has {clip.source_frames} frame(s); a video needs at least {min_frames}: "
+            "it is a still image, remove it from the labels table"
+        )
+    return clip
+
+
+def _is_dicom(path: Path) -> bool:
+    if path.suffix.lower() in DICOM_SUFFIXES:
+        return True
+    # DICOM files often have no suffix; Part 10 files carry "DICM" after a 128-byte preamble.
+    with open(path, "rb") as handle:
+        head = handle.read(132)
+    return head[128:132] == b"DICM"
+
+
+def _read_with_pyav(path: Path, num_frames: int | None) -> DecodedClip:
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise VideoError(f"clip {path} has no video stream (audio or data only?): not a video")
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"  # frame+slice threads: decoding dominates ingestion time
+            fps = float(stream.average_rate) if stream.average_rate else None
+            decoded = list(container.decode(stream))
+            if not decoded:
+                raise VideoError(f"clip {path} decodes to 0 frames: the file is empty or corrupt")
+            keep = sample_indices(len(decoded), num_frames) if num_frames else range(len(decoded))
+            frames = np.stack([decoded[i].to_ndarray(format="rgb24") for i in keep])
+    except VideoError:
+        raise
+    except (av.FFmpegError, OSError, ValueError, RuntimeError, MemoryError) as exc:
+        raise VideoError(
+            f"clip {path} cannot be decoded ({type(exc).__name__}: {exc}): the file is corrupt, "
+            "truncated or not a video; re-export it or remove it from the labels table"
+        ) from None
+    return DecodedClip(frames, len(decoded), fps, frames.shape[1], frames.shape[2])
+
+
+def _read_dicom(path: Path, num_frames: int | None) -> DecodedClip:
+    try:
+        import pydicom
+        from pydicom.pixels import apply_color_lut, apply_voi_lut
+    except ImportError:
+        raise VideoError(
+            f"clip {path} is DICOM but pydicom is not installed: pip install pydicom"
+        ) from None
+    try:
+        ds = pydicom.dcmread(path)
+        pixels = ds.pixel_array  # pydicom >= 3 converts YBR to RGB here
+        photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
+        samples = int(ds.get("SamplesPerPixel", 1))
+        n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+        if photometric == "PALETTE COLOR":
+            pixels = apply_color_lut(pixels, ds)
+            samples = 3
+        elif samples == 1:
+            pixels = apply_voi_lut(pixels, ds)
+    except Exception as exc:  # pydicom raises many types (missing codec, bad tags, truncation)
+        raise VideoError(
+            f"DICOM clip {path} cannot be read ({type(exc).__name__}: {exc}): it is corrupt or needs "
+            "a pixel-data codec (pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg)"
+        ) from None
+    # Give every layout the same (frames, rows, cols, channels) shape.
+    if n_frames == 1:
+        pixels = pixels[None]
+    if samples == 1:
+        pixels = pixels[..., None]
+    pixels = _to_uint8(pixels, invert=photometric == "MONOCHROME1")
+    if pixels.shape[-1] == 1:
+        pixels = np.repeat(pixels, 3, axis=-1)
+    keep = sample_indices(len(pixels), num_frames) if num_frames else slice(None)
+    frames = np.ascontiguousarray(pixels[keep])
+    return DecodedClip(frames, len(pixels), _dicom_fps(ds), frames.shape[1], frames.shape[2])
+
+
+def _to_uint8(pixels: np.ndarray, invert: bool) -> np.ndarray:
+    """Map any DICOM sample range to 0..255 (min-max over the whole clip, not per frame)."""
+    if pixels.dtype != np.uint8:
+        pixels = pixels.astype(np.float32)
+        low, high = float(pixels.min()), float(pixels.max())
+        pixels = (pixels - low) * (255.0 / max(high - low, 1e-6))
+        pixels = np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
+    return 255 - pixels if invert else pixels
+
+
+def _dicom_fps(ds) -> float | None:
+    for keyword, to_fps in (
+        ("RecommendedDisplayFrameRate", float),
+        ("CineRate", float),
+        ("FrameTime", lambda ms: 1000.0 / float(ms)),  # milliseconds per frame
+    ):
+        value = ds.get(keyword)
+        try:
+            if value not in (None, "") and float(value) > 0:
+                return to_fps(value)
+        except (TypeError, ValueError):
+            continue
+    return None
+
+
+def ultrasound_box(gray_max: np.ndarray, threshold: int = CROP_THRESHOLD) -> tuple[int, int, int, int]:
+    """Bounding box ``(top, bottom, left, right)`` (exclusive ends) of the ultrasound region.
+
+    ``gray_max`` is the per-pixel maximum over frames, uint8 ``(H, W)``. See the module
+    docstring for the rule; the whole frame is returned when nothing exceeds ``threshold``.
+    """
+    from scipy import ndimage
+
+    height, width = gray_max.shape
+    mask = gray_max > threshold
+    blobs, count = ndimage.label(mask)
+    if count == 0:
+        return 0, height, 0, width
+    sizes = np.bincount(blobs.ravel())[1:]
+    keep = np.flatnonzero(sizes >= CROP_MIN_BLOB_FRACTION * sizes.max()) + 1
+    rows, cols = np.nonzero(np.isin(blobs, keep))
+    return int(rows.min()), int(rows.max()) + 1, int(cols.min()), int(cols.max()) + 1
+
+
+def prepare_clip(
+    frames: np.ndarray, num_frames: int, image_size: int, *, source: str | os.PathLike | None = None
+) -> tuple[np.ndarray, int]:
+    """Turn decoded RGB frames into a cache entry: uint8 ``(T, S, S, 1)`` gray and its length.
+
+    ``length`` is the number of real frames (``<= T``); frames after it are zeros.
+    ``source`` only names the clip in error messages. Raises ``VideoError`` for clips
+    with fewer than ``MIN_FRAMES`` frames or frames that are not uint8 ``(N, H, W, 3)``.
+    """
+    import torch
+    import torch.nn.functional as F
+    from torchvision.transforms.v2.functional import rgb_to_grayscale
+
+    name = f"clip {source}" if source is not None else "clip"
+    if num_frames < 1 or image_size < 1:
+        raise VideoError(f"{name}: num_frames and image_size must be positive (got {num_frames}, {image_size})")
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise VideoError(
+            f"{name}: expected uint8 RGB frames (N, H, W, 3), got {frames.dtype} {frames.shape}"
+        )
+    if len(frames) < MIN_FRAMES:
+        raise VideoError(
+            f"{name} has {len(frames)} frame(s); a video needs at least {MIN_FRAMES}: "
+            "it is a still image, remove it from the labels table"
+        )
+    kept = frames[sample_indices(len(frames), num_frames)]
+    length = len(kept)
+
+    rgb = torch.from_numpy(np.ascontiguousarray(kept)).permute(0, 3, 1, 2)  # (n, 3, H, W)
+    gray = rgb_to_grayscale(rgb)  # (n, 1, H, W) uint8
+    top, bottom, left, right = ultrasound_box(gray.amax(dim=0)[0].numpy())
+    gray = gray[:, :, top:bottom, left:right].float()
+
+    height, width = gray.shape[-2:]
+    side = max(height, width)
+    pad_h, pad_w = side - height, side - width
+    gray = F.pad(gray, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2))
+    resized = F.interpolate(gray, size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False)
+
+    out = np.zeros((num_frames, image_size, image_size, 1), dtype=np.uint8)
+    out[:length] = resized.round().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return out, length
