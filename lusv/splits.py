@@ -247,6 +247,13 @@ def _acquisition_dates(labels_df: pd.DataFrame) -> pd.Series:
     return dates
 
 
+def _as_date(cutoff: str | pd.Timestamp) -> pd.Timestamp:
+    try:
+        return pd.Timestamp(cutoff)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"cutoff={cutoff!r} is not a date (use e.g. '2021-06-01'): {exc}") from None
+
+
 def _choose_cutoff(first_dates: pd.Series, clips_per_patient: pd.Series, test_fraction: float) -> pd.Timestamp:
     """The patient-first-date cutoff whose test share of clips is closest to ``test_fraction``."""
     per_date = clips_per_patient.groupby(first_dates).sum().sort_index()
@@ -289,10 +296,7 @@ def temporal_split(
         per_patient_first = dates.groupby(patients).min()
         cutoff_ts = _choose_cutoff(per_patient_first, patients.value_counts(), float(test_fraction))
     else:
-        try:
-            cutoff_ts = pd.Timestamp(cutoff)
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"cutoff={cutoff!r} is not a date (use e.g. '2021-06-01'): {exc}") from None
+        cutoff_ts = _as_date(cutoff)
 
     in_test = (first_seen >= cutoff_ts).to_numpy()
     if in_test.all() or not in_test.any():
@@ -398,7 +402,7 @@ def load_or_make_temporal_split(
     params = {
         "kind": "temporal",
         "method": TEMPORAL_METHOD,
-        "cutoff": None if cutoff is None else pd.Timestamp(cutoff).isoformat(),
+        "cutoff": None if cutoff is None else _as_date(cutoff).isoformat(),
         "test_fraction": float(test_fraction),
         "n_clips": int(len(labels_df)),
         "clips_patients_dates_sha1": _fingerprint(labels_df, columns),

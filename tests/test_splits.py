@@ -187,6 +187,8 @@ def test_temporal_split_errors(labels):
         temporal_split(broken)
     with pytest.raises(ConfigError, match="empty"):
         temporal_split(labels, cutoff="2030-01-01")
+    with pytest.raises(ConfigError, match="not a date"):
+        temporal_split(labels, cutoff="someday")
 
 
 # ----------------------------------------------------------------------------- saved splits
