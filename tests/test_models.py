@@ -1,0 +1,290 @@
+"""Models: published parameter counts, shapes, masking by lengths, gradients, weights policy."""
+
+import logging
+import sys
+import types
+
+import pytest
+import torch
+from torch import nn
+
+from lusv.errors import CheckpointError, ConfigError
+from lusv.io import torch_save
+from lusv.models import DEFAULT_CFG, MODEL_NAMES, build_model, count_parameters
+from lusv.models.c3d import C3D
+from lusv.models.encoders import _remap_densenet_keys, build_encoder, hub_cache_file
+
+torch.set_num_threads(1)
+
+FRAME_MODELS = [
+    ("luvnet", {}),
+    ("luvnet_no_temporal", {}),
+    ("usvn", {"pooling": "attention"}),
+    ("usvn", {"pooling": "mean"}),
+    ("usvn", {"pooling": "max"}),
+    ("cnn_lstm", {}),
+]
+
+
+def tiny(name, **cfg):
+    return build_model(name, encoder="tiny", weights="random", **cfg)
+
+
+# --- published sizes (DenseNet-161, H = 8), built on the meta device: shapes only, no memory ---
+
+
+@pytest.mark.parametrize(
+    "name, cfg, expected",
+    [
+        ("luvnet", {"kernel_size": 13}, 136_222_884),
+        ("luvnet", {"kernel_size": 5}, 97_220_772),
+        ("luvnet_no_temporal", {}, 62_677_188),
+        ("usvn", {}, 26_483_044),
+        ("c3d", {"num_frames": 30, "image_size": 256}, 214_327_044),
+    ],
+)
+def test_parameter_counts_match_the_paper(name, cfg, expected):
+    with torch.device("meta"):
+        model = build_model(name, weights="random", num_heads=8, **cfg)
+    assert count_parameters(model) == expected
+
+
+def test_meta_device_counts_equal_real_counts_and_densenet_is_features_only():
+    real = build_model("usvn", weights="random")
+    with torch.device("meta"):
+        meta = build_model("usvn", weights="random")
+    assert count_parameters(real) == count_parameters(meta) == 26_483_044
+    # The paper's 26,472,000 is torchvision's DenseNet-161 without its 1000-class classifier.
+    assert count_parameters(real.encoder) == 26_472_000
+    assert real.encoder.feature_dim == 2208
+
+
+def test_c3d_fc_input_is_computed_from_clip_size():
+    with torch.device("meta"):
+        assert C3D(30, 256).fc_input == 512 * 1 * 9 * 9  # classic C3D at the paper's size
+        assert C3D(16, 32).fc_input == 512 * 1 * 2 * 2
+        assert C3D(32, 112).fc_input == 512 * 2 * 4 * 4
+    with pytest.raises(ConfigError, match="num_frames >= 16"):
+        C3D(8, 64)
+    with pytest.raises(ConfigError, match="needs num_frames and image_size"):
+        build_model("c3d", weights="random")
+
+
+# --- forward / backward on tiny clips ---
+
+
+def assert_finite_gradients(model):
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            assert param.grad is not None, f"{name} got no gradient"
+            assert torch.isfinite(param.grad).all(), f"{name} has non-finite gradient"
+
+
+@pytest.mark.parametrize("name, cfg", FRAME_MODELS)
+def test_frame_models_forward_backward_and_attention_masking(name, cfg):
+    model = tiny(name, **cfg)
+    x = torch.randn(2, 8, 3, 64, 64)
+    lengths = torch.tensor([8, 5])
+    out = model(x, lengths)
+    assert out["logits"].shape == (2, 4)
+    has_attention = name.startswith("luvnet") or cfg.get("pooling") == "attention"
+    assert ("attention" in out) == has_attention
+    if has_attention:
+        attention = out["attention"]
+        assert attention.shape == ((2, 4, 8, 8) if name.startswith("luvnet") else (2, 1, 8, 8))
+        torch.testing.assert_close(attention.sum(-1), torch.ones(attention.shape[:-1]))
+        assert torch.all(attention[1, ..., 5:] == 0)
+    out["logits"].sum().backward()
+    assert_finite_gradients(model)
+
+
+@pytest.mark.parametrize("name, cfg", FRAME_MODELS)
+def test_padded_clip_gives_same_output_as_the_clip_alone(name, cfg):
+    """Padding is invisible: in a batch with a shorter clip, that clip's logits equal a run on
+    its real frames only, whatever the padded frames contain."""
+    model = tiny(name, **cfg).eval()
+    x = torch.randn(2, 8, 3, 32, 32)
+    x[1, 5:] = 50.0  # garbage in the padding
+    with torch.no_grad():
+        batched = model(x, torch.tensor([8, 5]))
+        alone = model(x[1:, :5], None)
+        full = model(x[:1], None)
+    torch.testing.assert_close(batched["logits"][1], alone["logits"][0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(batched["logits"][0], full["logits"][0], atol=1e-5, rtol=1e-5)
+    if "attention" in batched:
+        torch.testing.assert_close(batched["attention"][1, ..., :5], alone["attention"][0], atol=1e-6, rtol=1e-5)
+
+
+def test_lengths_none_means_all_frames_real():
+    model = tiny("luvnet").eval()
+    x = torch.randn(2, 6, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x)["logits"], model(x, torch.tensor([6, 6]))["logits"])
+
+
+def test_cnn_lstm_runs_over_time_with_batch_first():
+    model = tiny("cnn_lstm", hidden_size=16)
+    assert model.lstm.batch_first and model.lstm.hidden_size == 16
+    with pytest.raises(ValueError, match=r"\[1, 4\]"):
+        model(torch.randn(2, 4, 3, 32, 32), torch.tensor([4, 0]))
+
+
+def test_c3d_forward_backward_on_smallest_clip():
+    model = build_model("c3d", weights="random", num_frames=16, image_size=32)
+    out = model(torch.randn(1, 16, 3, 32, 32), torch.tensor([10]))
+    assert out["logits"].shape == (1, 4) and "attention" not in out
+    out["logits"].sum().backward()
+    assert_finite_gradients(model)
+    with pytest.raises(ValueError, match="built for clips"):
+        model(torch.randn(1, 8, 3, 32, 32))
+
+
+def test_r2plus1d_forward_backward():
+    model = build_model("r2plus1d", weights="random")
+    assert count_parameters(model) == 31_302_177  # torchvision r2plus1d_18 with a 4-way head
+    out = model(torch.randn(2, 8, 3, 32, 32), None)
+    assert out["logits"].shape == (2, 4)
+    out["logits"].sum().backward()
+    assert_finite_gradients(model)
+
+
+def test_channels_last_and_bf16_autocast_give_the_same_logits():
+    reference = tiny("luvnet").eval()
+    fast = tiny("luvnet", channels_last=True).eval()
+    fast.load_state_dict(reference.state_dict())
+    assert fast.encoder.backbone[0].weight.is_contiguous(memory_format=torch.channels_last)
+    x = torch.randn(2, 8, 3, 32, 32)
+    lengths = torch.tensor([8, 3])
+    with torch.no_grad():
+        expected = reference(x, lengths)["logits"]
+        torch.testing.assert_close(fast(x, lengths)["logits"], expected, atol=1e-5, rtol=1e-5)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = reference(x, lengths)
+    assert torch.isfinite(out["logits"]).all()
+    torch.testing.assert_close(out["logits"].float(), expected, atol=0.1, rtol=0.1)
+    assert torch.all(out["attention"][1, ..., 3:] == 0)
+
+
+# --- configuration errors ---
+
+
+def test_unknown_names_and_options_raise_listing_the_valid_ones():
+    with pytest.raises(ConfigError, match="valid models: luvnet, luvnet_no_temporal, usvn"):
+        build_model("luvnet2")
+    with pytest.raises(ConfigError, match="valid encoders: densenet161, resnet18"):
+        build_model("luvnet", encoder="vgg")
+    with pytest.raises(ConfigError, match="valid options: encoder, weights"):
+        build_model("luvnet", encoder="tiny", weights="random", num_head=8)
+    with pytest.raises(ConfigError, match="valid: attention, mean, max"):
+        build_model("usvn", encoder="tiny", weights="random", pooling="sum")
+    with pytest.raises(ConfigError, match="must divide"):
+        tiny("luvnet", num_heads=5)
+    assert set(MODEL_NAMES) == {"luvnet", "luvnet_no_temporal", "usvn", "c3d", "r2plus1d", "cnn_lstm"}
+    assert DEFAULT_CFG["encoder"] == "densenet161" and DEFAULT_CFG["num_heads"] == 8
+
+
+def test_unused_shared_options_are_accepted():
+    model = build_model("usvn", encoder="tiny", weights="random", kernel_size=5, num_frames=8, image_size=32)
+    assert model.pooling == "attention"
+
+
+# --- weights policy: hub cache, local file, random; never a download ---
+
+
+@pytest.fixture
+def hub_dir(tmp_path, monkeypatch):
+    """An empty torch hub cache, and any attempt to download fails the test."""
+    old = torch.hub.get_dir()
+    torch.hub.set_dir(str(tmp_path / "hub"))
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("lusv tried to download weights")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_download)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_download)
+    yield tmp_path / "hub"
+    torch.hub.set_dir(old)
+
+
+def test_imagenet_weights_come_from_the_hub_cache_only(hub_dir):
+    import torchvision
+
+    source = torchvision.models.resnet18(weights=None)
+    cached = hub_cache_file(torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url)
+    assert cached.parent == hub_dir / "checkpoints"
+    torch_save(cached, source.state_dict())  # includes the ImageNet 'fc.*' head, which is ignored
+    encoder = build_encoder("resnet18", weights="imagenet", strict_weights=True)
+    assert encoder.weights_source == f"imagenet:torch-hub-cache:{cached}"
+    torch.testing.assert_close(encoder.backbone.conv1.weight, source.conv1.weight)
+    assert encoder.feature_dim == 512
+
+
+def test_missing_imagenet_weights_fall_back_to_random_or_raise_when_strict(hub_dir, caplog):
+    with caplog.at_level(logging.WARNING):
+        model = build_model("luvnet", encoder="resnet18", weights="imagenet")
+    assert model.weights_source.startswith("random (") and "not in the local cache" in model.weights_source
+    assert "never downloads" in caplog.text
+    with pytest.raises(ConfigError, match="weights='imagenet' requested"):
+        build_model("usvn", encoder="resnet18", weights="imagenet", strict_weights=True)
+    with pytest.raises(ConfigError, match="no pretrained weights are known for encoder 'tiny'"):
+        build_model("usvn", encoder="tiny", weights="imagenet", strict_weights=True)
+
+
+def test_local_weights_file_is_loaded_and_mismatches_reported(tmp_path, caplog):
+    donor = tiny("usvn")
+    state = donor.encoder.backbone.state_dict()
+    path = torch_save(tmp_path / "enc.pt", {"state_dict": {**state, "extra.weight": torch.zeros(1)}})
+    with caplog.at_level(logging.WARNING):
+        model = build_model("luvnet", encoder="tiny", weights=str(path))
+    assert model.weights_source == f"file:{path.resolve()}"
+    torch.testing.assert_close(model.encoder.backbone[0].weight, donor.encoder.backbone[0].weight)
+    assert "extra.weight" in caplog.text
+    with pytest.raises(CheckpointError, match="does not fit"):
+        build_model("luvnet", encoder="tiny", weights=str(path), strict_weights=True)
+
+    partial = {k: v for k, v in state.items() if not k.startswith("4.")}
+    partial["0.weight"] = torch.zeros(8, 3, 3, 3)  # wrong shape: skipped, reported
+    path = torch_save(tmp_path / "partial.pt", partial)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        build_model("luvnet", encoder="tiny", weights=str(path))
+    assert "0.weight (shape (8, 3, 3, 3) != (16, 3, 3, 3))" in caplog.text and "4.weight" in caplog.text
+
+    unrelated = torch_save(tmp_path / "other.pt", {"head.weight": torch.zeros(2)})
+    with pytest.raises(CheckpointError, match="shares no parameter name"):
+        build_model("luvnet", encoder="tiny", weights=str(unrelated))
+    with pytest.raises(ConfigError, match="neither one of"):
+        build_model("luvnet", encoder="tiny", weights="imagnet")
+
+
+def test_old_densenet_checkpoint_keys_are_renamed():
+    remapped = _remap_densenet_keys(
+        {"features.denseblock1.denselayer1.norm.1.weight": 1, "features.conv0.weight": 2}
+    )
+    assert remapped == {"features.denseblock1.denselayer1.norm1.weight": 1, "features.conv0.weight": 2}
+
+
+def test_efficientnet_lite0_needs_timm(monkeypatch):
+    monkeypatch.setitem(sys.modules, "timm", None)  # import timm -> ImportError
+    with pytest.raises(ConfigError, match="pip install timm"):
+        build_model("usvn", encoder="efficientnet_lite0", weights="random")
+
+
+def test_efficientnet_lite0_uses_timm_when_importable(monkeypatch):
+    class FakeLite0(nn.Module):
+        num_features = 40
+        pretrained_cfg: dict = {}
+
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 40, 3)
+
+        def forward(self, x):
+            return self.conv(x).mean((2, 3))
+
+    calls = []
+    fake = types.SimpleNamespace(create_model=lambda *a, **k: calls.append((a, k)) or FakeLite0())
+    monkeypatch.setitem(sys.modules, "timm", fake)
+    model = build_model("usvn", encoder="efficientnet_lite0", weights="random")
+    assert calls == [(("efficientnet_lite0",), {"pretrained": False, "num_classes": 0})]
+    assert model(torch.randn(1, 3, 3, 16, 16))["attention"].shape == (1, 1, 8, 3)
