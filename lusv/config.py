@@ -86,8 +86,8 @@ class RunParams:
         problems = []
         if self.amp not in AMP_MODES:
             problems.append(f"amp={self.amp!r} (choose one of {', '.join(AMP_MODES)})")
-        if self.num_folds < 2:
-            problems.append(f"num_folds={self.num_folds} (need at least 2: one test and one validation fold)")
+        if self.num_folds < 3:
+            problems.append(f"num_folds={self.num_folds} (need at least 3: test, validation and training folds)")
         elif not 0 <= self.fold < self.num_folds:
             problems.append(f"fold={self.fold} (must be in 0..{self.num_folds - 1})")
         for name in ("num_frames", "image_size", "batch_size", "grad_accum", "epochs", "patience", "num_heads", "kernel_size"):
