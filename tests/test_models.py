@@ -57,6 +57,9 @@ def test_meta_device_counts_equal_real_counts_and_densenet_is_features_only():
     # The paper's 26,472,000 is torchvision's DenseNet-161 without its 1000-class classifier.
     assert count_parameters(real.encoder) == 26_472_000
     assert real.encoder.feature_dim == 2208
+    with torch.no_grad():
+        features = real.encoder.encode_clips(torch.randn(1, 2, 3, 32, 32))
+    assert features.shape == (1, 2, 2208) and (features >= 0).all()  # ReLU before pooling
 
 
 def test_c3d_fc_input_is_computed_from_clip_size():
@@ -249,6 +252,11 @@ def test_local_weights_file_is_loaded_and_mismatches_reported(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         build_model("luvnet", encoder="tiny", weights=str(path))
     assert "0.weight (shape (8, 3, 3, 3) != (16, 3, 3, 3))" in caplog.text and "4.weight" in caplog.text
+
+    # A whole trained lusv model initialises just the encoder of another model.
+    whole = torch_save(tmp_path / "luvnet.pt", {"model": donor.state_dict()})
+    model = build_model("cnn_lstm", encoder="tiny", weights=str(whole), strict_weights=True)
+    torch.testing.assert_close(model.encoder.backbone[3].weight, donor.encoder.backbone[3].weight)
 
     unrelated = torch_save(tmp_path / "other.pt", {"head.weight": torch.zeros(2)})
     with pytest.raises(CheckpointError, match="shares no parameter name"):

@@ -138,6 +138,11 @@ def _extract_state_dict(loaded: object, path: Path) -> dict:
     # DataParallel / DDP checkpoints prefix every key with 'module.'.
     if loaded and all(key.startswith("module.") for key in loaded):
         loaded = {key[len("module."):]: value for key, value in loaded.items()}
+    # A whole lusv model (or a FrameEncoder) checkpoint: keep the backbone's part of it.
+    for prefix in ("encoder.backbone.", "backbone."):
+        if any(key.startswith(prefix) for key in loaded):
+            loaded = {key[len(prefix):]: value for key, value in loaded.items() if key.startswith(prefix)}
+            break
     return loaded
 
 
@@ -272,7 +277,8 @@ def build_encoder(
     """Build a frame encoder by name (see ``ENCODER_NAMES``) and apply the weights policy.
 
     A weights file is a state dict of the torchvision model (``features.*`` keys for DenseNet,
-    ``conv1.*``/``layer1.*`` for ResNet; the ImageNet classifier keys are ignored).
+    ``conv1.*``/``layer1.*`` for ResNet; the ImageNet classifier keys are ignored), or the state
+    dict of a lusv model / encoder, whose ``encoder.backbone.*`` / ``backbone.*`` part is used.
     """
     import torchvision  # noqa: PLC0415 - heavy import only when a model is built
 
@@ -281,7 +287,9 @@ def build_encoder(
     remap = None
     ignore: tuple[str, ...] = ()
     if name == "densenet161":
-        # Only `features` is kept: 26,472,000 parameters, the figure the paper quotes.
+        # Only `features` is kept (26,472,000 parameters): the published LUV-Net/USVN totals
+        # add up exactly without torchvision's 1000-class classifier (2,209,000 more), so the
+        # authors' encoder did not carry it.
         densenet = torchvision.models.densenet161(weights=None)
         backbone: nn.Module = _DenseNetFeatures(densenet.features)
         encoder = FrameEncoder(backbone, feature_dim=densenet.classifier.in_features, pool=True)
