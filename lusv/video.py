@@ -67,6 +67,13 @@ class DecodedClip:
     width: int
 
 
+def _video_error(reason: str, message: str) -> VideoError:
+    """A ``VideoError`` carrying a short ``reason`` (e.g. "missing file") for ingest summaries."""
+    error = VideoError(message)
+    error.reason = reason
+    return error
+
+
 def sample_indices(num_source_frames: int, num_frames: int) -> np.ndarray:
     """Indices of the source frames that the short-clip policy keeps (see module doc)."""
     if num_source_frames >= num_frames:
@@ -93,17 +100,18 @@ def read_clip(
     """
     path = Path(path)
     if not path.exists():
-        raise VideoError(f"clip {path} does not exist: check the path in the labels table")
+        raise _video_error("missing file", f"clip {path} does not exist: check the path in the labels table")
     if not path.is_file():
-        raise VideoError(f"clip {path} is not a file (a folder?): point the labels table at a video file")
+        raise _video_error("not a file", f"clip {path} is not a file (a folder?): point the labels table at a video file")
     if path.stat().st_size == 0:
-        raise VideoError(f"clip {path} is an empty (zero-byte) file: re-export or re-copy it")
+        raise _video_error("empty file", f"clip {path} is an empty (zero-byte) file: re-export or re-copy it")
     if _is_dicom(path):
         clip = _read_dicom(path, num_frames)
     else:
         clip = _read_with_pyav(path, num_frames)
     if clip.source_frames < min_frames:
-        raise VideoError(
+        raise _video_error(
+            "too few frames",
             f"clip {path} has {clip.source_frames} frame(s); a video needs at least {min_frames}: "
             "it is a still image, remove it from the labels table"
         )
@@ -125,19 +133,20 @@ def _read_with_pyav(path: Path, num_frames: int | None) -> DecodedClip:
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
-                raise VideoError(f"clip {path} has no video stream (audio or data only?): not a video")
+                raise _video_error("no video stream", f"clip {path} has no video stream (audio or data only?): not a video")
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"  # frame+slice threads: decoding dominates ingestion time
             fps = float(stream.average_rate) if stream.average_rate else None
             decoded = list(container.decode(stream))
             if not decoded:
-                raise VideoError(f"clip {path} decodes to 0 frames: the file is empty or corrupt")
+                raise _video_error("too few frames", f"clip {path} decodes to 0 frames: the file is empty or corrupt")
             keep = sample_indices(len(decoded), num_frames) if num_frames else range(len(decoded))
             frames = np.stack([decoded[i].to_ndarray(format="rgb24") for i in keep])
     except VideoError:
         raise
     except (av.FFmpegError, OSError, ValueError, RuntimeError, MemoryError) as exc:
-        raise VideoError(
+        raise _video_error(
+            "corrupt or not a video",
             f"clip {path} cannot be decoded ({type(exc).__name__}: {exc}): the file is corrupt, "
             "truncated or not a video; re-export it or remove it from the labels table"
         ) from None
@@ -149,7 +158,8 @@ def _read_dicom(path: Path, num_frames: int | None) -> DecodedClip:
         import pydicom
         from pydicom.pixels import apply_color_lut, apply_voi_lut
     except ImportError:
-        raise VideoError(
+        raise _video_error(
+            "pydicom not installed",
             f"clip {path} is DICOM but pydicom is not installed: pip install pydicom"
         ) from None
     try:
@@ -164,7 +174,8 @@ def _read_dicom(path: Path, num_frames: int | None) -> DecodedClip:
         elif samples == 1:
             pixels = apply_voi_lut(pixels, ds)
     except Exception as exc:  # pydicom raises many types (missing codec, bad tags, truncation)
-        raise VideoError(
+        raise _video_error(
+            "corrupt DICOM",
             f"DICOM clip {path} cannot be read ({type(exc).__name__}: {exc}): it is corrupt or needs "
             "a pixel-data codec (pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg)"
         ) from None
@@ -247,7 +258,8 @@ def prepare_clip(
             f"{name}: expected uint8 RGB frames (N, H, W, 3), got {frames.dtype} {frames.shape}"
         )
     if len(frames) < MIN_FRAMES:
-        raise VideoError(
+        raise _video_error(
+            "too few frames",
             f"{name} has {len(frames)} frame(s); a video needs at least {MIN_FRAMES}: "
             "it is a still image, remove it from the labels table"
         )
