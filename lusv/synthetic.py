@@ -538,7 +538,8 @@ def render_clip(look: PatientLook, presence: np.ndarray, frame_size: int = 96, s
     effusion = (d > fluid_top) & (d < fluid_bottom) & (fluid_depth > 0.01)
     image = np.where(effusion, 0.02, image)
     image += 0.7 * _band(d, fluid_bottom, _LINE_SIGMA) * (fluid_depth > 0.01)
-    regions["pleural_effusion"] = effusion
+    # truth mask: the fluid's interior, clear of the bright lines that bound it
+    regions["pleural_effusion"] = effusion & (d > pd0 + 3 * _LINE_SIGMA) & (d < fluid_bottom - 2 * _LINE_SIGMA)
 
     # --- consolidation: hepatised tissue, shred border, moving air bronchograms
     if has_c:
