@@ -296,3 +296,17 @@ def test_efficientnet_lite0_uses_timm_when_importable(monkeypatch):
     model = build_model("usvn", encoder="efficientnet_lite0", weights="random")
     assert calls == [(("efficientnet_lite0",), {"pretrained": False, "num_classes": 0})]
     assert model(torch.randn(1, 3, 3, 16, 16))["attention"].shape == (1, 1, 8, 3)
+
+
+@pytest.mark.parametrize("name", ["c3d", "r2plus1d"])
+def test_width_narrows_3d_models_and_they_still_train(name):
+    cfg = dict(weights="random", num_frames=16, image_size=32)
+    with torch.device("meta"):
+        full = count_parameters(build_model(name, **cfg))
+    narrow = build_model(name, width=0.125, **cfg)
+    assert count_parameters(narrow) < full / 20
+    x = torch.randn(2, 16, 3, 32, 32)
+    logits = narrow(x)["logits"]
+    assert logits.shape == (2, 4)
+    logits.sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in narrow.parameters())

@@ -35,6 +35,7 @@ DEFAULT_CFG: dict[str, Any] = {
     "image_size": None,  # frame side S; required by c3d
     "dropout": 0.5,  # before each model's last linear layer (and after fc6/fc7 in c3d)
     "hidden_size": 512,  # LSTM hidden units (cnn_lstm)
+    "width": 1.0,  # channel multiplier of c3d / r2plus1d (1.0 = published sizes)
     "channels_last": False,  # NHWC / NDHWC memory format (faster convolutions on GPUs)
 }
 
@@ -58,11 +59,13 @@ def build_model(name: str, **cfg: Any) -> nn.Module:
     if name == "c3d":
         from lusv.models.c3d import build_c3d
 
-        model = build_c3d(c["num_frames"], c["image_size"], c["weights"], c["strict_weights"], c["dropout"])
+        model = build_c3d(
+            c["num_frames"], c["image_size"], c["weights"], c["strict_weights"], c["dropout"], c["width"]
+        )
     elif name == "r2plus1d":
         from lusv.models.r2plus1d import build_r2plus1d
 
-        model = build_r2plus1d(c["weights"], c["strict_weights"])
+        model = build_r2plus1d(c["weights"], c["strict_weights"], c["width"])
     else:
         if name == "usvn":  # checked before the (slow) encoder is built
             from lusv.models.usvn import POOLINGS

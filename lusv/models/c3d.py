@@ -8,7 +8,9 @@ convolutions load; fc layers whose size differs are skipped and reported).
 
 fc6's input size depends on T and the frame size; it is computed from them, which is why the
 model is built for one ``num_frames`` x ``image_size`` and checks its input against them.
-At 30 x 256 x 256 it has 214,327,044 parameters. Padded frames of short clips are fed as they
+At 30 x 256 x 256 it has 214,327,044 parameters. ``width`` scales every channel count and the
+fc sizes (1.0 = the published network); the quick CPU profile uses a narrow C3D so that the
+comparison runs in minutes. Padded frames of short clips are fed as they
 are (``lengths`` is accepted and ignored): a 3-D CNN has no notion of clip length.
 """
 
@@ -45,10 +47,14 @@ def _pooled_size(size: int, axis: int) -> int:
     return size
 
 
+def _scaled(channels: int, width: float) -> int:
+    return max(4, round(channels * width))
+
+
 class C3D(nn.Module):
     """``forward(x (B,T,3,S,S), lengths ignored) -> {"logits": (B,P)}`` for the T, S it was built for."""
 
-    def __init__(self, num_frames: int, image_size: int, dropout: float = 0.5) -> None:
+    def __init__(self, num_frames: int, image_size: int, dropout: float = 0.5, width: float = 1.0) -> None:
         super().__init__()
         time, space = _pooled_size(num_frames, 0), _pooled_size(image_size, 1)
         if time < 1 or space < 1:
@@ -62,16 +68,18 @@ class C3D(nn.Module):
         # `_order` is the sequence in which forward applies them.
         self._order: list[str] = []
         for name, cin, cout in _CONVS:
-            self.add_module(name, nn.Conv3d(cin, cout, kernel_size=3, padding=1))
+            cin = 3 if name == "conv1" else _scaled(cin, width)
+            self.add_module(name, nn.Conv3d(cin, _scaled(cout, width), kernel_size=3, padding=1))
             self._order.append(name)
             if name in _POOLS:
                 pool_name, kernel, stride, padding = _POOLS[name]
                 self.add_module(pool_name, nn.MaxPool3d(kernel, stride, padding))
                 self._order.append(pool_name)
-        self.fc_input = 512 * time * space * space
-        self.fc6 = nn.Linear(self.fc_input, 4096)
-        self.fc7 = nn.Linear(4096, 4096)
-        self.fc8 = nn.Linear(4096, NUM_PATTERNS)
+        self.fc_input = _scaled(512, width) * time * space * space
+        hidden = _scaled(4096, width)
+        self.fc6 = nn.Linear(self.fc_input, hidden)
+        self.fc7 = nn.Linear(hidden, hidden)
+        self.fc8 = nn.Linear(hidden, NUM_PATTERNS)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
@@ -94,12 +102,12 @@ class C3D(nn.Module):
 
 def build_c3d(
     num_frames: int | None, image_size: int | None, weights: str | os.PathLike = "random",
-    strict_weights: bool = False, dropout: float = 0.5,
+    strict_weights: bool = False, dropout: float = 0.5, width: float = 1.0,
 ) -> C3D:  # fmt: skip
     """Build C3D for clips of ``num_frames`` x ``image_size``; apply the weights policy."""
     if num_frames is None or image_size is None:
         raise ConfigError("c3d needs num_frames and image_size (its fc6 size depends on them)")
-    model = C3D(int(num_frames), int(image_size), dropout=dropout)
+    model = C3D(int(num_frames), int(image_size), dropout=dropout, width=width)
     # No ImageNet weights exist for C3D: 'imagenet' falls back to random with a warning.
     model.weights_source = apply_weights(model, weights, strict=strict_weights, name="c3d")
     return model

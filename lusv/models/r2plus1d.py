@@ -6,6 +6,9 @@ permuted from the project's (B, T, 3, H, W). ``weights="imagenet"`` means "the p
 torchvision offers for this network", i.e. Kinetics-400, and only when that file is already in
 the torch hub cache (never downloaded); the 400-way head is always replaced. ``lengths`` is
 accepted and ignored: padded frames are fed as they are.
+
+``width`` scales the channel counts (1.0 = r2plus1d_18 as torchvision builds it); the quick CPU
+profile uses a narrow network so that the comparison runs in minutes.
 """
 
 from __future__ import annotations
@@ -19,15 +22,41 @@ from lusv.models.encoders import apply_weights, hub_cache_file
 from lusv.patterns import NUM_PATTERNS
 
 
+def _narrow(net: nn.Module, width: float) -> None:
+    """Rebuild torchvision's stem and four stages with ``width`` times the channels, in place.
+
+    torchvision hard-codes the widths (45/64 in the stem, 64..512 in the stages), so the stem is
+    restated here and the stages are remade with torchvision's own ``_make_layer`` and blocks.
+    """
+    from torchvision.models.video.resnet import BasicBlock, Conv2Plus1D  # noqa: PLC0415
+
+    planes = [max(4, round(p * width)) for p in (64, 128, 256, 512)]
+    stem_mid = max(4, round(45 * width))
+    net.stem = nn.Sequential(
+        nn.Conv3d(3, stem_mid, kernel_size=(1, 7, 7), stride=(1, 2, 2), padding=(0, 3, 3), bias=False),
+        nn.BatchNorm3d(stem_mid),
+        nn.ReLU(inplace=True),
+        nn.Conv3d(stem_mid, planes[0], kernel_size=(3, 1, 1), padding=(1, 0, 0), bias=False),
+        nn.BatchNorm3d(planes[0]),
+        nn.ReLU(inplace=True),
+    )
+    net.inplanes = planes[0]
+    for index, (stage_planes, stride) in enumerate(zip(planes, (1, 2, 2, 2)), start=1):
+        setattr(net, f"layer{index}", net._make_layer(BasicBlock, Conv2Plus1D, stage_planes, 2, stride=stride))
+    net.fc = nn.Linear(planes[-1], NUM_PATTERNS)
+
+
 class R2Plus1D(nn.Module):
     """``forward(x (B,T,3,H,W), lengths ignored) -> {"logits": (B,P)}``."""
 
-    def __init__(self) -> None:
+    def __init__(self, width: float = 1.0) -> None:
         super().__init__()
         import torchvision  # noqa: PLC0415 - heavy import only when a model is built
 
         # Keep torchvision's module names (stem, layer1.., fc) so its checkpoints load as-is.
         self.backbone = torchvision.models.video.r2plus1d_18(weights=None)
+        if width != 1.0:
+            _narrow(self.backbone, width)
         self.backbone.fc = nn.Linear(self.backbone.fc.in_features, NUM_PATTERNS)
         self.channels_last = False  # set by build_model(channels_last=True): NDHWC activations
 
@@ -40,11 +69,13 @@ class R2Plus1D(nn.Module):
         return {"logits": self.backbone(volume)}
 
 
-def build_r2plus1d(weights: str | os.PathLike = "random", strict_weights: bool = False) -> R2Plus1D:
+def build_r2plus1d(
+    weights: str | os.PathLike = "random", strict_weights: bool = False, width: float = 1.0
+) -> R2Plus1D:
     """Build R(2+1)D-18 with a P-way head and apply the weights policy (Kinetics-400 for 'imagenet')."""
     import torchvision  # noqa: PLC0415
 
-    model = R2Plus1D()
+    model = R2Plus1D(width=width)
     url = torchvision.models.video.R2Plus1D_18_Weights.KINETICS400_V1.url
     model.weights_source = apply_weights(
         model.backbone,
