@@ -267,9 +267,9 @@ def prepare_clip(
     length = len(kept)
 
     rgb = torch.from_numpy(np.ascontiguousarray(kept)).permute(0, 3, 1, 2)  # (n, 3, H, W)
-    gray = rgb_to_grayscale(rgb)  # (n, 1, H, W) uint8
-    top, bottom, left, right = ultrasound_box(gray.amax(dim=0)[0].numpy())
-    gray = gray[:, :, top:bottom, left:right].float()
+    gray = rgb_to_grayscale(rgb.float())  # (n, 1, H, W); float, as uint8 luma would truncate 200 to 199
+    top, bottom, left, right = ultrasound_box(gray.amax(dim=0)[0].round().to(torch.uint8).numpy())
+    gray = gray[:, :, top:bottom, left:right]
 
     height, width = gray.shape[-2:]
     side = max(height, width)
