@@ -307,8 +307,14 @@ def _ensure_cached(p: RunParams, data: FoldData, dist: Distributed):
     everything = pd.concat(list(data.roles().values()), ignore_index=True)
     missing = everything[[cid not in cache for cid in everything["clip_id"]]]
     if len(missing) and dist.is_main:
+        # Only missing clips are decoded here; checking every entry is the prepare step's job.
         logger.info("decoding %d clip(s) missing from the cache %s", len(missing), p.cache_dir)
-        cache.build(missing.drop(columns=["fold"]), progress=True)
+        try:
+            cache.build(missing.drop(columns=["fold"]), progress=_progress_is_live())
+        except LusvError as exc:
+            if getattr(exc, "report", None) is None:
+                raise
+            logger.warning("none of the %d missing clip(s) could be decoded: %s", len(missing), exc.report)
     dist.barrier()
     if len(missing):
         cache = ClipCache(p.cache_dir, p.num_frames, p.image_size)  # re-read the manifest

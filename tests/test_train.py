@@ -1,0 +1,263 @@
+"""lusv.config and lusv.train: parameters, run dir contents, leakage refusal, predictions."""
+
+import dataclasses
+import json
+import math
+import typing
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from fixtures_data import IMAGE_SIZE, NUM_FOLDS, NUM_FRAMES, tiny_data  # noqa: F401 - fixture
+from lusv import io
+from lusv.cache import ClipCache
+from lusv.config import PROFILES, RunParams, field_help, params_for
+from lusv.errors import CheckpointError, ConfigError, LeakageError
+from lusv.patterns import PATTERNS
+from lusv.train import (
+    load_trained,
+    masked_bce,
+    predict,
+    resolve_amp,
+    resolve_device,
+    rng_state,
+    run,
+    set_rng_state,
+)
+
+PREDICTION_COLUMNS = ["clip_id", "patient_id", "fold", *(f"p_{p}" for p in PATTERNS), *PATTERNS]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# ----------------------------------------------------------------------------- config
+
+
+def test_paper_profile_is_the_published_protocol():
+    p = PROFILES["paper"]
+    assert (p.model, p.encoder, p.weights) == ("luvnet", "densenet161", "imagenet")
+    assert (p.num_frames, p.image_size, p.batch_size, p.lr, p.epochs, p.patience) == (30, 256, 4, 1e-6, 150, 20)
+    assert (p.num_heads, p.kernel_size, p.amp) == (8, 13, "auto")
+
+
+def test_quick_profile_is_small_and_trains_faster():
+    q = PROFILES["quick"]
+    assert q.encoder == "tiny" and q.weights == "random"
+    assert q.num_frames <= 16 and q.image_size <= 64 and q.epochs <= 25 and q.patience == 5
+    assert q.lr > PROFILES["paper"].lr
+
+
+def test_every_field_has_simple_type_and_help():
+    simple = {str, int, float, bool}
+    for f in dataclasses.fields(RunParams):
+        args = set(typing.get_args(f.type)) - {type(None)}
+        assert f.type in simple or (typing.get_origin(f.type) is typing.Union and args <= simple), f.name
+        assert field_help(f.name) and "\n" not in field_help(f.name)
+
+
+def test_params_for_applies_overrides_and_names_valid_keys():
+    p = params_for("quick", fold=2, lr=0.01)
+    assert p.fold == 2 and p.lr == 0.01 and PROFILES["quick"].lr != 0.01
+    with pytest.raises(ConfigError, match=r"'lrate'.*valid parameters: .*\blr\b"):
+        params_for("quick", lrate=0.1)
+    with pytest.raises(ConfigError, match="paper, quick"):
+        params_for("fast")
+
+
+def test_invalid_values_raise_config_error():
+    with pytest.raises(ConfigError, match="amp"):
+        params_for("quick", amp="fp8")
+    with pytest.raises(ConfigError, match="fold=5"):
+        params_for("quick", fold=5, num_folds=5)
+
+
+def test_run_name_is_derived_from_parameters():
+    p = params_for("quick", fold=1, seed=3, num_frames=8, image_size=32)
+    assert p.name == "luvnet-tiny-T8-S32-fold1-seed3"
+    assert params_for("quick", run_name="mine").name == "mine"
+
+
+# ----------------------------------------------------------------------------- pieces
+
+
+def test_masked_bce_ignores_missing_labels():
+    logits = torch.tensor([[0.5, -1.0, 2.0, 0.0]])
+    labels = torch.tensor([[1.0, float("nan"), 0.0, float("nan")]])
+    total, count = masked_bce(logits, labels)
+    expected = -math.log(torch.sigmoid(torch.tensor(0.5)).item()) - math.log(1 - torch.sigmoid(torch.tensor(2.0)).item())
+    assert count.item() == 2
+    assert total.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_rng_state_round_trip_restores_all_generators():
+    import random
+
+    state = rng_state()
+    first = (random.random(), np.random.rand(), torch.rand(1).item())
+    set_rng_state(state)
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == first
+
+
+def test_amp_is_off_on_cpu():
+    cpu = torch.device("cpu")
+    assert resolve_amp("auto", cpu) is None and resolve_amp("bf16", cpu) is None
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="CUDA"):
+            resolve_device("cuda")
+
+
+# ----------------------------------------------------------------------------- whole runs
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_data, tmp_path_factory):  # noqa: F811
+    out = tmp_path_factory.mktemp("runs")
+    return run(**tiny_data.params(out, fold=1))
+
+
+def test_run_dir_layout_and_config(finished_run, tiny_data):  # noqa: F811
+    assert finished_run.name == f"luvnet-tiny-T{NUM_FRAMES}-S{IMAGE_SIZE}-fold1-seed0"
+    names = {p.name for p in finished_run.iterdir()}
+    assert {"config.json", "log.csv", "checkpoint.pt", "best.pt", "predictions_val.csv",
+            "predictions_test.csv", "predictions_temporal_test.csv"} <= names
+    assert not [n for n in names if n.endswith(".tmp")]  # atomic writes leave no temporaries
+
+    config = json.loads((finished_run / "config.json").read_text())
+    assert config["status"] == "finished"
+    assert config["params"] == tiny_data.params(finished_run.parent, fold=1)
+    assert {"python", "torch", "torchvision", "numpy"} <= set(config["versions"])
+    assert config["versions"]["torch"] == torch.__version__
+    assert "git_sha" in config and config["device"] == "cpu" and config["weights_source"] == "random"
+    assert 1 <= config["best_epoch"] <= 2
+
+    log = pd.read_csv(finished_run / "log.csv")
+    assert list(log.columns) == ["epoch", "train_loss", "val_loss", "val_macro_auc", "lr", "seconds"]
+    assert log["epoch"].tolist() == [1, 2]
+    assert log["val_loss"].min() == pytest.approx(config["best_val_loss"])
+    assert int(log["val_loss"].idxmin()) + 1 == config["best_epoch"]
+
+
+def test_predictions_follow_contract_and_roles(finished_run, tiny_data):  # noqa: F811
+    folds, temporal = tiny_data.folds(), tiny_data.temporal()
+    labels = tiny_data.labels().set_index("clip_id")
+    expected_ids = {
+        "test": set(folds.loc[folds["fold"] == 1, "clip_id"]),
+        "val": set(folds.loc[folds["fold"] == 2, "clip_id"]),
+        "temporal_test": set(temporal.loc[temporal["split"] == "temporal_test", "clip_id"]),
+    }
+    for role, ids in expected_ids.items():
+        table = pd.read_csv(finished_run / f"predictions_{role}.csv", dtype={"clip_id": str, "patient_id": str})
+        assert list(table.columns) == PREDICTION_COLUMNS
+        assert len(table) == len(ids) and set(table["clip_id"]) == ids
+        probabilities = table[[f"p_{p}" for p in PATTERNS]].to_numpy()
+        assert np.isfinite(probabilities).all() and (probabilities >= 0).all() and (probabilities <= 1).all()
+        np.testing.assert_array_equal(
+            table[list(PATTERNS)].to_numpy(), labels.loc[table["clip_id"], list(PATTERNS)].to_numpy()
+        )
+        assert (table["patient_id"].to_numpy() == labels.loc[table["clip_id"], "patient_id"].to_numpy()).all()
+        assert set(table["fold"]) == {2 if role == "val" else 1}
+
+
+def test_load_trained_and_predict_reproduce_test_predictions(finished_run, tiny_data):  # noqa: F811
+    model = load_trained(finished_run)
+    assert not model.training and model.weights_source.startswith("trained:")
+    table = pd.read_csv(finished_run / "predictions_test.csv", dtype={"clip_id": str})
+    clips, lengths = ClipCache(tiny_data.cache_dir, NUM_FRAMES, IMAGE_SIZE).load_many(table["clip_id"])
+    probabilities = predict(model, clips, lengths, batch_size=3)
+    assert probabilities.shape == (len(table), 4)
+    np.testing.assert_allclose(probabilities, table[[f"p_{p}" for p in PATTERNS]].to_numpy(), atol=1e-6)
+    _, attention = predict(load_trained(finished_run / "best.pt"), clips, lengths, return_attention=True)
+    assert attention.shape[:2] == (len(table), 4) and attention.shape[-1] == NUM_FRAMES
+
+
+def test_finished_run_with_resume_returns_without_training(finished_run, tiny_data):  # noqa: F811
+    before = {p.name: p.stat().st_mtime_ns for p in finished_run.iterdir()}
+    assert run(**tiny_data.params(finished_run.parent, fold=1, resume=True)) == finished_run
+    assert {p.name: p.stat().st_mtime_ns for p in finished_run.iterdir()} == before
+
+
+def test_resume_with_other_parameters_is_refused(finished_run, tiny_data):  # noqa: F811
+    with pytest.raises(ConfigError, match=r"lr: 0\.001 -> 0\.5"):
+        run(**tiny_data.params(finished_run.parent, fold=1, resume=True, lr=0.5, run_name=finished_run.name))
+
+
+def test_one_progress_line_per_epoch_off_a_terminal(tiny_data, tmp_path, capsys):  # noqa: F811
+    run(**tiny_data.params(tmp_path, epochs=3, augment=False, model="usvn"))
+    lines = [line for line in capsys.readouterr().out.splitlines() if " epoch " in line]
+    assert [line.split(" epoch ")[1].split()[0] for line in lines] == ["1/3", "2/3", "3/3"]
+
+
+def test_gradient_accumulation_counts_optimizer_steps(tiny_data, tmp_path):  # noqa: F811
+    # 3 micro-batches per epoch in groups of 2 -> 2 optimizer steps per epoch (2 + 1).
+    run_dir = run(**tiny_data.params(tmp_path, epochs=1, batch_size=2, grad_accum=2, max_batches_per_epoch=3))
+    state = io.torch_load(run_dir / "checkpoint.pt")
+    steps = {int(s["step"]) for s in state["optimizer"]["state"].values()}
+    assert steps == {2}
+
+
+def test_early_stopping_stops_after_patience(tiny_data, tmp_path):  # noqa: F811
+    # lr so large that the validation loss cannot keep improving: training stops early.
+    run_dir = run(**tiny_data.params(tmp_path, epochs=12, patience=1, lr=0.5, model="usvn"))
+    log = pd.read_csv(run_dir / "log.csv")
+    best = int(log["val_loss"].idxmin()) + 1
+    assert len(log) == best + 1 < 12
+    assert json.loads((run_dir / "config.json").read_text())["best_epoch"] == best
+
+
+# ----------------------------------------------------------------------------- leakage
+
+
+def test_patient_in_two_folds_refuses_to_train(tiny_data, tmp_path):  # noqa: F811
+    folds = tiny_data.folds()
+    patient = folds.loc[folds["fold"] == 0, "patient_id"].iloc[0]
+    first_clip = folds.index[folds["patient_id"] == patient][0]
+    folds.loc[first_clip, "fold"] = 2  # one clip of the patient moves to the validation fold
+    leaky = io.write_csv(tmp_path / "leaky_folds.csv", folds)
+    with pytest.raises(LeakageError, match=repr(patient)):
+        run(**tiny_data.params(tmp_path, splits=str(leaky), fold=1))
+    assert not (tmp_path / "runs").exists() and not list(tmp_path.glob("*/checkpoint.pt"))
+
+
+def test_temporal_test_clip_in_folds_refuses_to_train(tiny_data, tmp_path):  # noqa: F811
+    temporal = tiny_data.temporal()
+    held_out = temporal[temporal["split"] == "temporal_test"].iloc[:1]
+    folds = pd.concat([tiny_data.folds(), held_out[["clip_id", "patient_id"]].assign(fold=0)])
+    leaky = io.write_csv(tmp_path / "leaky_folds.csv", folds)
+    with pytest.raises(LeakageError, match=held_out["clip_id"].iloc[0]):
+        run(**tiny_data.params(tmp_path, splits=str(leaky)))
+
+
+def test_folds_made_in_run_dir_when_no_splits_file(tiny_data, tmp_path):  # noqa: F811
+    run_dir = run(**tiny_data.params(tmp_path, splits=None, epochs=1))
+    made = pd.read_csv(run_dir / "splits.csv", dtype={"clip_id": str})
+    temporal_ids = set(tiny_data.temporal().query("split == 'temporal_test'")["clip_id"])
+    assert set(made["clip_id"]).isdisjoint(temporal_ids)
+    assert sorted(made["fold"].unique()) == list(range(NUM_FOLDS))
+
+
+def test_unknown_parameter_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="valid parameters"):
+        run(profile="quick", out_dir=str(tmp_path), epoch=3)
+
+
+def test_trained_weights_with_pickled_code_are_refused(finished_run, tmp_path):
+    class Payload:  # any custom class makes torch.save pickle code references
+        def __reduce__(self):
+            return (print, ("executed",))
+
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(finished_run, copy)
+    torch.save({"model": Payload()}, copy / "best.pt")
+    with pytest.raises(CheckpointError, match="refusing to load"):
+        load_trained(copy)
