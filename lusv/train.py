@@ -257,6 +257,9 @@ def load_fold_data(p: RunParams, run_dir: Path, dist: Distributed = Distributed(
         folds = _read_split_csv(p.splits, ("clip_id", "patient_id", "fold"), "splits")
     else:
         development = labels[~labels["clip_id"].isin(temporal_ids)]
+        if dist.is_main:  # rank 0 makes and saves the folds; the other ranks then reuse the file
+            load_or_make_folds(development, run_dir / "splits.csv", num_folds=p.num_folds, seed=p.split_seed)
+        dist.barrier()
         folds = load_or_make_folds(development, run_dir / "splits.csv", num_folds=p.num_folds, seed=p.split_seed)
         folds = folds.assign(clip_id=folds["clip_id"].astype(str), patient_id=folds["patient_id"].astype(str))
 
@@ -668,6 +671,10 @@ class _Trainer:
             if kill is not None and kill == (self.epoch + 1, index + 1):
                 os.kill(os.getpid(), signal.SIGKILL)  # test hook: simulate a crash mid-epoch
         bar.close()
+        if dist.enabled:  # the logged training loss covers every rank's shard
+            totals = torch.stack([loss_sum, count.to(loss_sum.dtype)])
+            torch.distributed.all_reduce(totals)
+            loss_sum, count = totals[0], totals[1]
         return float(loss_sum / count.clamp(min=1))
 
     def evaluate(self, table: pd.DataFrame) -> tuple[np.ndarray, float]:
@@ -742,6 +749,8 @@ class _Trainer:
         self.training_done = True
 
     def write_predictions(self) -> None:
+        if not self.dist.is_main:
+            return
         best = self.run_dir / "best.pt"
         if not best.is_file():
             raise LusvError(
@@ -753,8 +762,7 @@ class _Trainer:
             if role == "train":
                 continue
             probabilities, _ = self.evaluate(table)
-            if self.dist.is_main:
-                io.write_csv(self.run_dir / f"predictions_{role}.csv", _predictions_table(table, probabilities))
+            io.write_csv(self.run_dir / f"predictions_{role}.csv", _predictions_table(table, probabilities))
 
 
 def _resolve_params(params: RunParams | Mapping[str, Any] | None, overrides: Mapping[str, Any]) -> RunParams:

@@ -261,3 +261,35 @@ def test_trained_weights_with_pickled_code_are_refused(finished_run, tmp_path):
     torch.save({"model": Payload()}, copy / "best.pt")
     with pytest.raises(CheckpointError, match="refusing to load"):
         load_trained(copy)
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_train_with_ddp_on_cpu(tiny_data, tmp_path):  # noqa: F811
+    # gloo on the CPU exercises the same DDP code path as NCCL on GPUs: sharded sampler,
+    # gradient all-reduce, rank 0 alone writing files.
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    params = tiny_data.params(tmp_path, run_name="ddp", epochs=2)
+    code = (
+        "import json, sys, torch; torch.set_num_threads(1); "
+        "from lusv.train import run; run(**json.loads(sys.argv[1]))"
+    )
+    script = tmp_path / "train_ddp.py"
+    script.write_text(code)
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
+         json.dumps(params)],
+        env=env, cwd=repo, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    run_dir = tmp_path / "ddp"
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["world_size"] == 2 and config["status"] == "finished"
+    assert done.stdout.count("ddp epoch ") == 2  # rank 0 alone reports
+    table = pd.read_csv(run_dir / "predictions_test.csv")
+    assert len(table) == int((tiny_data.folds()["fold"] == 0).sum())
