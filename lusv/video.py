@@ -3,7 +3,8 @@
 Decoding goes through PyAV (mp4, avi, mov, mpeg, gif and whatever else FFmpeg reads);
 DICOM files (multi-frame ultrasound) go through pydicom when it is installed. Every
 frame is converted with ``frame.to_ndarray(format="rgb24")`` so grayscale, RGBA (GIF)
-and palette sources all come out as uint8 RGB.
+and palette sources all come out as uint8 RGB. Each file is decoded once; ``read_clip``
+with ``num_frames`` converts and holds only the frames the short-clip policy keeps.
 
 Preparing a clip for the model (``prepare_clip``) follows the team contract:
 
@@ -93,10 +94,13 @@ def read_frames(path: str | os.PathLike, min_frames: int = MIN_FRAMES) -> np.nda
 def read_clip(
     path: str | os.PathLike, num_frames: int | None = None, min_frames: int = MIN_FRAMES
 ) -> DecodedClip:
-    """Decode a clip once; with ``num_frames`` keep only the frames the policy samples.
+    """Decode a clip; with ``num_frames`` keep only the frames the short-clip policy samples.
 
-    Every packet still has to be decoded (inter-coded video), but only the kept frames
-    are converted to RGB arrays, which is most of the cost for long clips.
+    Every packet still has to be decoded (inter-coded video), but with ``num_frames`` the
+    frames stream through: only the kept ones are converted to RGB and held, so memory
+    stays at ``num_frames`` frames however long the clip. Which frames to keep is planned
+    from a packet count (a demux pass, no decoding); should the decoder output a different
+    number of frames, the clip is decoded once more with the true count.
     """
     path = Path(path)
     if not path.exists():
@@ -131,26 +135,62 @@ def _read_with_pyav(path: Path, num_frames: int | None) -> DecodedClip:
     import av
 
     try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise _video_error("no video stream", f"clip {path} has no video stream (audio or data only?): not a video")
-            stream = container.streams.video[0]
-            stream.thread_type = "AUTO"  # frame+slice threads: decoding dominates ingestion time
-            fps = float(stream.average_rate) if stream.average_rate else None
-            decoded = list(container.decode(stream))
-            if not decoded:
-                raise _video_error("too few frames", f"clip {path} decodes to 0 frames: the file is empty or corrupt")
-            keep = sample_indices(len(decoded), num_frames) if num_frames else range(len(decoded))
-            frames = np.stack([decoded[i].to_ndarray(format="rgb24") for i in keep])
+        if num_frames is None:
+            frames, count, fps = _decode(path, keep=None)
+        else:
+            # Plan the kept frames from the packet count (a cheap demux, no decoding) so that
+            # frames stream through the decoder and only the kept ones are held and converted.
+            planned = _count_packets(path)
+            frames, count, fps = _decode(path, keep=sample_indices(planned, num_frames))
+            if count != planned:  # the container misled the count: plan again on the true count
+                frames, count, fps = _decode(path, keep=sample_indices(count, num_frames))
     except VideoError:
         raise
     except (av.FFmpegError, OSError, ValueError, RuntimeError, MemoryError) as exc:
         raise _video_error(
             "corrupt or not a video",
             f"clip {path} cannot be decoded ({type(exc).__name__}: {exc}): the file is corrupt, "
-            "truncated or not a video; re-export it or remove it from the labels table"
+            "truncated or not a video; re-export it or remove it from the labels table",
         ) from None
-    return DecodedClip(frames, len(decoded), fps, frames.shape[1], frames.shape[2])
+    if count == 0:
+        raise _video_error("too few frames", f"clip {path} decodes to 0 frames: the file is empty or corrupt")
+    return DecodedClip(frames, count, fps, frames.shape[1], frames.shape[2])
+
+
+def _open_video(path: Path):
+    import av
+
+    container = av.open(str(path))
+    if not container.streams.video:
+        container.close()
+        raise _video_error("no video stream", f"clip {path} has no video stream (audio or data only?): not a video")
+    return container, container.streams.video[0]
+
+
+def _count_packets(path: Path) -> int:
+    """Frames the decoder will output, from packets alone: an edit list's leading packets are
+    flagged "discard" (decoded as references, never output), so they do not count."""
+    container, stream = _open_video(path)
+    with container:
+        return sum(1 for packet in container.demux(stream) if packet.size > 0 and not packet.is_discard)
+
+
+def _decode(path: Path, keep: np.ndarray | None) -> tuple[np.ndarray | None, int, float | None]:
+    """Decode every frame; convert to RGB the frames at ``keep`` (all when None), in ``keep``'s order."""
+    container, stream = _open_video(path)
+    with container:
+        stream.thread_type = "AUTO"  # frame+slice threads: decoding dominates ingestion time
+        fps = float(stream.average_rate) if stream.average_rate else None
+        wanted = None if keep is None else set(keep.tolist())
+        converted: dict[int, np.ndarray] = {}
+        count = 0
+        for count, frame in enumerate(container.decode(stream), start=1):
+            if wanted is None or count - 1 in wanted:
+                converted[count - 1] = frame.to_ndarray(format="rgb24")
+    order = range(count) if keep is None else keep
+    if count == 0 or any(index not in converted for index in order):
+        return None, count, fps  # the caller plans again (or reports an empty clip)
+    return np.stack([converted[index] for index in order]), count, fps
 
 
 def _read_dicom(path: Path, num_frames: int | None) -> DecodedClip:

@@ -49,6 +49,18 @@ def test_read_clip_samples_the_same_frames_as_read_frames(tmp_path):
     assert full_length == sampled_length == 5
 
 
+def test_wrong_packet_count_falls_back_to_the_true_frame_count(tmp_path, monkeypatch):
+    import lusv.video
+
+    path = write_test_video(tmp_path / "clip.mp4", make_frames(12))
+    expected = read_frames(path)[sample_indices(12, 4)]
+    for misleading in (5, 30):  # too few and too many planned frames
+        monkeypatch.setattr(lusv.video, "_count_packets", lambda _path, n=misleading: n)
+        clip = read_clip(path, num_frames=4)
+        assert clip.source_frames == 12
+        np.testing.assert_array_equal(clip.frames, expected)
+
+
 def test_ultrasound_box_ignores_black_border_and_small_text():
     gray = np.zeros((100, 120), np.uint8)
     gray[30:70, 20:80] = 120  # the sector

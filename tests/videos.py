@@ -35,6 +35,7 @@ def write_test_video(
     else:
         codec, pixel_format = CODECS[path.suffix.lower()]
     frames = np.asarray(frames, dtype=np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), mode="w") as container:
         stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height = frames.shape[2], frames.shape[1]
