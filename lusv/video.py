@@ -211,6 +211,8 @@ def _read_dicom(path: Path, num_frames: int | None) -> DecodedClip:
         if photometric == "PALETTE COLOR":
             pixels = apply_color_lut(pixels, ds)
             samples = 3
+            if pixels.dtype == np.uint16:  # 16-bit palette entries: a fixed rescale keeps the palette's colours
+                pixels = np.rint(pixels / 257.0).astype(np.uint8)
         elif samples == 1:
             pixels = apply_voi_lut(pixels, ds)
     except Exception as exc:  # pydicom raises many types (missing codec, bad tags, truncation)
@@ -233,7 +235,8 @@ def _read_dicom(path: Path, num_frames: int | None) -> DecodedClip:
 
 
 def _to_uint8(pixels: np.ndarray, invert: bool) -> np.ndarray:
-    """Map any DICOM sample range to 0..255 (min-max over the whole clip, not per frame)."""
+    """Map monochrome samples wider than 8 bit to 0..255 (min-max over the whole clip, not per
+    frame, so brightness changes over time survive); MONOCHROME1 (white = 0) is inverted."""
     if pixels.dtype != np.uint8:
         pixels = pixels.astype(np.float32)
         low, high = float(pixels.min()), float(pixels.max())

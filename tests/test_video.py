@@ -121,3 +121,17 @@ def test_dicom_multiframe_ultrasound_from_pydicom_test_data():
     assert clip.frames.std() > 10  # real image content, not a blank array
     prepared, length = prepare_clip(clip.frames, 8, 32, source=path)
     assert prepared.shape == (8, 32, 32, 1) and length == 8 and prepared.max() > 0
+
+
+def test_dicom_palette_and_single_frame():
+    pytest.importorskip("pydicom")
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file("examples_palette.dcm", download=False)  # one-frame US, PALETTE COLOR
+    if path is None:
+        pytest.skip("pydicom's bundled palette example is not installed")
+    with pytest.raises(VideoError, match="has 1 frame"):
+        read_clip(path)  # a still image is not a video
+    still = read_clip(path, min_frames=1).frames
+    assert still.shape == (1, 350, 800, 3) and still.dtype == np.uint8
+    assert still.max() >= 250 and still.std() > 5  # 16-bit palette entries mapped onto 0..255
