@@ -103,16 +103,19 @@ def read_clip(
     number of frames, the clip is decoded once more with the true count.
     """
     path = Path(path)
+    if num_frames is not None and num_frames < 1:
+        raise VideoError(f"clip {path}: num_frames must be at least 1 (got {num_frames})")
     if not path.exists():
         raise _video_error("missing file", f"clip {path} does not exist: check the path in the labels table")
     if not path.is_file():
         raise _video_error("not a file", f"clip {path} is not a file (a folder?): point the labels table at a video file")
     if path.stat().st_size == 0:
         raise _video_error("empty file", f"clip {path} is an empty (zero-byte) file: re-export or re-copy it")
-    if _is_dicom(path):
-        clip = _read_dicom(path, num_frames)
-    else:
-        clip = _read_with_pyav(path, num_frames)
+    try:
+        is_dicom = _is_dicom(path)
+    except OSError as exc:
+        raise _video_error("unreadable file", f"clip {path} cannot be read ({exc}): check its permissions") from None
+    clip = _read_dicom(path, num_frames) if is_dicom else _read_with_pyav(path, num_frames)
     if clip.source_frames < min_frames:
         raise _video_error(
             "too few frames",
