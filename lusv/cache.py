@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from lusv.errors import LabelsError, LusvError, VideoError
+from lusv.errors import ConfigError, LabelsError, LusvError, VideoError
 from lusv.io import save_npy, write_csv
 from lusv.video import PREPARATION_VERSION, prepare_clip, read_clip
 
@@ -68,7 +68,8 @@ class IngestReport:
         """Clip counts by status and reason (statuses in the order ingested, cached, rebuilt, skipped)."""
         counts = self.table.groupby(["status", "reason"]).size().rename("clips").reset_index()
         counts["order"] = counts["status"].map(STATUSES.index)
-        return counts.sort_values(["order", "clips"], ascending=[True, False]).drop(columns="order").reset_index(drop=True)
+        counts = counts.sort_values(["order", "clips"], ascending=[True, False])
+        return counts.drop(columns="order").reset_index(drop=True)
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the per-clip table as CSV (atomically)."""
@@ -90,7 +91,7 @@ class ClipCache:
 
     def __init__(self, root: str | os.PathLike, num_frames: int, image_size: int):
         if num_frames < 1 or image_size < 1:
-            raise LusvError(f"ClipCache needs positive num_frames and image_size (got {num_frames}, {image_size})")
+            raise ConfigError(f"ClipCache needs positive num_frames and image_size (got {num_frames}, {image_size})")
         self.root = Path(root)
         self.num_frames = int(num_frames)
         self.image_size = int(image_size)

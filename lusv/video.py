@@ -108,7 +108,9 @@ def read_clip(
     if not path.exists():
         raise _video_error("missing file", f"clip {path} does not exist: check the path in the labels table")
     if not path.is_file():
-        raise _video_error("not a file", f"clip {path} is not a file (a folder?): point the labels table at a video file")
+        raise _video_error(
+            "not a file", f"clip {path} is not a file (a folder?): point the labels table at a video file"
+        )
     if path.stat().st_size == 0:
         raise _video_error("empty file", f"clip {path} is an empty (zero-byte) file: re-export or re-copy it")
     try:

@@ -48,7 +48,8 @@ def test_base_dir_overrides_the_csv_folder_and_dataframes_are_accepted(tmp_path)
 
 
 def test_missing_column_lists_missing_and_present(tmp_path):
-    csv = write_csv(tmp_path, ["c1,c1.mp4,p1,1,0,0"], header="clip_id,path,patient_id,a_lines,consolidation,pleural_effusion")
+    header = "clip_id,path,patient_id,a_lines,consolidation,pleural_effusion"  # no b_lines
+    csv = write_csv(tmp_path, ["c1,c1.mp4,p1,1,0,0"], header=header)
     with pytest.raises(LabelsError) as error:
         read_labels(csv)
     message = str(error.value)
