@@ -88,3 +88,15 @@ def test_dates_are_iso_by_default_and_dayfirst_on_request(tmp_path):
 def test_missing_csv_file_is_a_labels_error(tmp_path):
     with pytest.raises(LabelsError, match="does not exist"):
         read_labels(tmp_path / "nope.csv")
+
+
+def test_folder_source_reads_the_csv_in_a_folder_and_unknown_sources_are_named(tmp_path, caplog):
+    from lusv.errors import ConfigError
+    from lusv.sources import load_source
+
+    write_csv(tmp_path, ["c1,videos/c1.mp4,p1,1,0,0,0"])
+    labels = load_source("folder", csv_path=tmp_path)  # a folder means folder/labels.csv
+    assert labels["clip_id"].tolist() == ["c1"]
+    assert "1 of 1 clip file(s) do not exist" in caplog.text  # only logged: the cache counts the skip
+    with pytest.raises(ConfigError, match=r"unknown data source 'nope'.*'folder', 'pocus', 'synthetic'"):
+        load_source("nope")
