@@ -13,7 +13,8 @@ Profiles (``PROFILES``):
   paper's value, confirmed by the authors' code), up to 150 epochs, early stopping with
   patience 20, H = 8 heads, temporal kernel K = 13, mixed precision on GPU. Meant for a GPU.
 * ``"quick"`` — the same pipeline shrunk to run in CPU minutes: a tiny random-init encoder,
-  16 frames of 64 x 64, batch 8, 20 epochs, patience 5. Its learning rate is 1e-3, not 1e-6:
+  16 frames of 64 x 64, batch 8, 20 epochs, patience 5, and C3D / R(2+1)D at 1/8 of their
+  channels (full width takes seconds per batch on a CPU). Its learning rate is 1e-3, not 1e-6:
   1e-6 only works for an ImageNet-pretrained encoder fine-tuned for ~100 epochs; a randomly
   initialised tiny network trained for 20 epochs would barely move at 1e-6, so the quick
   profile would show chance-level AUCs and demonstrate nothing.
@@ -51,6 +52,7 @@ class RunParams:
     num_heads: int = _p(8, "attention heads H (LUV-Net, USVN)")
     kernel_size: int = _p(13, "temporal convolution kernel width K (LUV-Net)")
     pooling: str = _p("attention", "USVN frame pooling: attention, mean or max")
+    width: float = _p(1.0, "channel multiplier of the 3-D comparators c3d and r2plus1d (1.0 = published size)")
     # --- data ---------------------------------------------------------------------------
     labels: Optional[str] = _p(None, "labels CSV (clip_id, path, patient_id, one column per pattern)")
     splits: Optional[str] = _p(None, "folds CSV (clip_id, patient_id, fold); made from labels and saved in the run dir if unset")
@@ -95,6 +97,8 @@ class RunParams:
                 problems.append(f"{name}={getattr(self, name)} (must be >= 1)")
         if self.max_batches_per_epoch is not None and self.max_batches_per_epoch < 1:
             problems.append(f"max_batches_per_epoch={self.max_batches_per_epoch} (must be >= 1 or None)")
+        if self.width <= 0:
+            problems.append(f"width={self.width} (must be > 0)")
         if self.lr <= 0:
             problems.append(f"lr={self.lr} (must be > 0)")
         if self.num_workers < 0 or self.log_every < 0 or self.weight_decay < 0:
@@ -161,6 +165,7 @@ _QUICK = dataclasses.replace(
     epochs=20,
     patience=5,
     kernel_size=5,
+    width=0.125,
     num_workers=0,
     log_every=0,
 )

@@ -346,6 +346,7 @@ def model_config(p: RunParams) -> dict[str, Any]:
         "num_heads": p.num_heads,
         "kernel_size": p.kernel_size,
         "pooling": p.pooling,
+        "width": p.width,
         "num_frames": p.num_frames,
         "image_size": p.image_size,
         "channels_last": p.channels_last,
