@@ -1,0 +1,173 @@
+"""The ``lusv`` command: the same steps the notebooks run, from a shell.
+
+    lusv prepare  --run-dir results/quick-synthetic --profile quick --data synthetic
+    lusv train    --profile quick --labels ... --splits ... --fold 0 --model luvnet
+    lusv evaluate results/quick-synthetic/oof/luvnet.csv
+    lusv predict  clip.mp4 --checkpoint results/.../best.pt
+    lusv report   --run-dir results/quick-synthetic
+
+``lusv train``'s flags are generated from ``lusv.config.RunParams``: one flag per field, with
+the field's help text, so the command line, the notebooks' parameters and ``config.json``
+never drift apart. Deliberate errors (``LusvError``) end in a one-line message and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+import typing
+from pathlib import Path
+
+from lusv.errors import LusvError
+
+log = logging.getLogger("lusv")
+
+
+def _flag_type(annotation):
+    """The argparse type of a RunParams field: the X of Optional[X], bool parsed from text."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    base = args[0] if args else annotation
+    if base is bool:
+        return _parse_bool
+    return base
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+
+
+def _add_run_param_flags(parser: argparse.ArgumentParser) -> None:
+    from lusv.config import RunParams
+
+    for field in dataclasses.fields(RunParams):
+        parser.add_argument(
+            "--" + field.name.replace("_", "-"),
+            dest=field.name,
+            type=_flag_type(field.type),
+            default=None,
+            metavar=field.name.upper() if _flag_type(field.type) is not _parse_bool else "BOOL",
+            help=f"{field.metadata['help']} (profile default: {field.default!r})",
+        )
+
+
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    from lusv import study
+
+    prepared = study.prepare(
+        args.run_dir,
+        profile=args.profile,
+        data=args.data,
+        data_path=args.data_path,
+        num_folds=args.num_folds,
+        seed=args.seed,
+    )
+    print(study.ingest_summary(prepared).to_string(index=False))
+    print(f"prepared {prepared.dataset}: {prepared.prepare_dir}")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from lusv.config import field_names, params_for
+    from lusv.train import run
+
+    overrides = {name: getattr(args, name) for name in field_names() if getattr(args, name) is not None}
+    run_dir = run(params_for(args.profile, **overrides))
+    print(run_dir)
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from lusv.metrics import summarize_predictions
+    from lusv.report import read_predictions
+
+    for path in args.predictions:
+        print(f"== {path}")
+        summary = summarize_predictions(read_predictions(path), ci=args.ci, n_boot=args.n_boot)
+        print(summary.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from lusv import inference
+
+    result = inference.predict_clip(args.clip, args.checkpoint, plot_path=args.plot)
+    for pattern, probability in result.probabilities.items():
+        print(f"{pattern:18s} {probability:.3f}")
+    if result.plot_path is not None:
+        print(f"attention plot: {result.plot_path}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from lusv import study
+
+    written = study.write_report(args.run_dir, reference=args.reference, n_boot=args.n_boot)
+    for path in written:
+        print(path)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from lusv.config import PROFILES
+
+    parser = argparse.ArgumentParser(prog="lusv", description="LUV-Net lung ultrasound video study")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    prepare = commands.add_parser("prepare", help="read a dataset, fill the clip cache, make the splits")
+    prepare.add_argument("--run-dir", required=True, help="study folder, e.g. results/quick-synthetic")
+    prepare.add_argument("--profile", default="quick", choices=sorted(PROFILES))
+    prepare.add_argument("--data", default="synthetic", choices=["synthetic", "pocus", "folder"])
+    prepare.add_argument("--data-path", default=None, help="POCUS folder or your labels CSV")
+    prepare.add_argument("--num-folds", type=int, default=5)
+    prepare.add_argument("--seed", type=int, default=0)
+    prepare.set_defaults(handler=_cmd_prepare)
+
+    train = commands.add_parser("train", help="train one model on one fold (flags = lusv.config.RunParams)")
+    train.add_argument("--profile", default="paper", choices=sorted(PROFILES), help="defaults to start from")
+    _add_run_param_flags(train)
+    train.set_defaults(handler=_cmd_train)
+
+    evaluate = commands.add_parser("evaluate", help="per-pattern AUCs with 95%% CIs of predictions CSVs")
+    evaluate.add_argument("predictions", nargs="+", help="predictions CSV(s) (p_<pattern> and label columns)")
+    evaluate.add_argument("--ci", default="delong", choices=["delong", "bootstrap"])
+    evaluate.add_argument("--n-boot", type=int, default=1000)
+    evaluate.set_defaults(handler=_cmd_evaluate)
+
+    predict = commands.add_parser("predict", help="pattern probabilities and an attention plot for one clip")
+    predict.add_argument("clip", help="video file (mp4, avi, mov, mpeg, gif, DICOM)")
+    predict.add_argument("--checkpoint", required=True, help="best.pt of a training run (or the run folder)")
+    predict.add_argument("--plot", default=None, help="attention plot path (default: <clip>.attention.png)")
+    predict.set_defaults(handler=_cmd_predict)
+
+    report = commands.add_parser("report", help="results tables and ROC figure of a study run")
+    report.add_argument("--run-dir", required=True)
+    report.add_argument("--reference", default="luvnet", help="model the DeLong tests compare against")
+    report.add_argument("--n-boot", type=int, default=1000)
+    report.set_defaults(handler=_cmd_report)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.handler(args)
+    except LusvError as exc:
+        print(f"lusv {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"lusv {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
