@@ -198,3 +198,53 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = 150) -> Path:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=dpi, bbox_inches="tight")
     return path
+
+
+def learning_curves_figure(run_dirs: Sequence[str | os.PathLike]):
+    """Training and validation loss and validation macro AUC per epoch, one line per run (fold)."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    logs = []
+    for run_dir in run_dirs:
+        log = pd.read_csv(Path(run_dir) / "log.csv")
+        log["run"] = Path(run_dir).name
+        logs.append(log)
+    table = pd.concat(logs, ignore_index=True)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
+    for ax, column, title in zip(
+        axes, ("train_loss", "val_loss", "val_macro_auc"), ("training loss", "validation loss", "validation macro AUC")
+    ):
+        sns.lineplot(data=table, x="epoch", y=column, hue="run", ax=ax, legend=ax is axes[-1])
+        ax.set(title=title, ylabel="")
+    if axes[-1].get_legend() is not None:
+        sns.move_legend(axes[-1], "center left", bbox_to_anchor=(1.02, 0.5), fontsize="small", title=None)
+    fig.tight_layout()
+    return fig
+
+
+def example_clips_figure(cache, labels: pd.DataFrame, n_frames: int = 6, seed: int = 0):
+    """One row per pattern: ``n_frames`` evenly spaced prepared frames of one clip with that pattern.
+
+    Shows what the models see (the cached, cropped, resized clips), for any dataset; a row
+    says so when no clip has the pattern.
+    """
+    import matplotlib.pyplot as plt
+
+    rng = np.random.default_rng(seed)
+    fig, axes = plt.subplots(len(PATTERNS), n_frames, figsize=(1.7 * n_frames, 1.9 * len(PATTERNS)), squeeze=False)
+    for row, pattern in zip(axes, PATTERNS):
+        positive = labels.loc[labels[pattern] == 1, "clip_id"].tolist()
+        for ax in row:
+            ax.set_axis_off()
+        if not positive:
+            row[0].set_title(f"{DISPLAY_NAMES[pattern]}: no clip", fontsize="small", loc="left")
+            continue
+        clip_id = positive[rng.integers(len(positive))]
+        clip, length = cache.load(clip_id)
+        for ax, index in zip(row, np.linspace(0, length - 1, n_frames).round().astype(int)):
+            ax.imshow(clip[index, ..., 0], cmap="gray", vmin=0, vmax=255)
+            ax.set_title(f"frame {index}", fontsize="x-small")
+        row[0].set_title(f"{DISPLAY_NAMES[pattern]} · {clip_id}", fontsize="small", loc="left")
+    fig.tight_layout()
+    return fig

@@ -64,10 +64,17 @@ class Prepared:
     image_size: int
     num_folds: int
     dataset: str
+    data: str = "synthetic"
+    data_path: str | None = None  # synthetic root, POCUS folder or labels CSV actually read
 
     @property
     def prepare_dir(self) -> Path:
         return self.run_dir / "prepare"
+
+    def cache(self):
+        from lusv.cache import ClipCache
+
+        return ClipCache(self.cache_root, self.num_frames, self.image_size)
 
     def labels(self) -> pd.DataFrame:
         from lusv.labels import read_labels
@@ -105,27 +112,35 @@ class Prepared:
         return cls(**record)
 
 
-def dataset_name(data: str, data_path: str | Path | None) -> str:
-    if data == "synthetic" or data_path is None:
-        return data
-    return f"{data}-{Path(data_path).resolve().name}"
+def dataset_name(data: str, data_path: str | Path | None, synthetic: dict | None = None) -> str:
+    """A name for the cache folder: one per dataset, so two datasets never share entries."""
+    location = dataset_location(data, data_path, synthetic)
+    return f"{data}-{location.resolve().with_suffix('').name}"
+
+
+def dataset_location(data: str, data_path: str | Path | None = None, synthetic: dict | None = None) -> Path:
+    """Where a dataset is read from: the synthetic folder under data/, the POCUS folder, or the CSV."""
+    if data == "synthetic":
+        return Path(data_path) if data_path else DATA_ROOT / "synthetic" / _synthetic_folder_name(dict(synthetic or {}))
+    if data == "pocus":
+        return Path(data_path) if data_path else DEFAULT_POCUS_PATH
+    if data == "folder":
+        if not data_path:
+            raise ConfigError("data='folder' needs data_path: the labels CSV of your videos")
+        return Path(data_path)
+    raise ConfigError(f"unknown data source {data!r}: use 'synthetic', 'pocus' or 'folder'")
 
 
 def load_dataset(data: str, data_path: str | Path | None = None, synthetic: dict | None = None) -> pd.DataFrame:
     """The labels table of a dataset: ``synthetic`` (generated under data/), ``pocus`` or ``folder``."""
     from lusv.sources import load_source
 
+    location = dataset_location(data, data_path, synthetic)
     if data == "synthetic":
-        options = dict(synthetic or {})
-        root = Path(data_path) if data_path else DATA_ROOT / "synthetic" / _synthetic_folder_name(options)
-        return load_source("synthetic", root=root, **options)
+        return load_source("synthetic", root=location, **dict(synthetic or {}))
     if data == "pocus":
-        return load_source("pocus", root=Path(data_path) if data_path else DEFAULT_POCUS_PATH)
-    if data == "folder":
-        if not data_path:
-            raise ConfigError("data='folder' needs data_path: the labels CSV of your videos")
-        return load_source("folder", csv_path=Path(data_path))
-    raise ConfigError(f"unknown data source {data!r}: use 'synthetic', 'pocus' or 'folder'")
+        return load_source("pocus", root=location)
+    return load_source("folder", csv_path=location)
 
 
 def _synthetic_folder_name(options: dict) -> str:
@@ -164,9 +179,9 @@ def prepare(
     image_size = image_size or defaults.image_size
     run_dir = resolve_run_dir(run_dir)
     prepare_dir = run_dir / "prepare"
-    name = dataset_name(data, data_path)
     if data == "synthetic" and synthetic is None:
         synthetic = SYNTHETIC_BY_PROFILE[profile]
+    name = dataset_name(data, data_path, synthetic)
     labels = load_dataset(data, data_path, synthetic)
 
     cache_root = Path(cache_root) if cache_root else DATA_ROOT / "cache" / name
@@ -202,6 +217,8 @@ def prepare(
         image_size=image_size,
         num_folds=num_folds,
         dataset=name,
+        data=data,
+        data_path=str(dataset_location(data, data_path, synthetic).resolve()),
     )
     prepared.save()
     return prepared
@@ -310,20 +327,27 @@ def ingest_summary(prepared: Prepared) -> pd.DataFrame:
     return table.groupby(["status", "reason"], dropna=False).size().rename("clips").reset_index()
 
 
-def write_report(
+@dataclass
+class SplitResults:
+    """The tables and ROC figure of one held-out set (cross-validated test or temporal test)."""
+
+    tables: dict
+    roc: object  # matplotlib Figure
+    paths: list
+
+
+def results(
     run_dir: str | Path, reference: str = "luvnet", keys: list[str] | None = None, n_boot: int = 1000
-) -> list[Path]:
-    """Result tables (CSV) and ROC figures of every trained model of a study run.
+) -> dict[str, SplitResults]:
+    """Result tables and ROC figures of the trained models of a study run, saved and returned.
 
-    Writes tables/<split>_<table>.csv for the cross-validated (test) and, where present, the
-    temporally separated predictions, and figures/roc_<split>.png. Returns the paths written.
+    Writes tables/<split>_<table>.csv for the cross-validated ("test") and, where present, the
+    temporally separated ("temporal_test") predictions, and figures/roc_<split>.png.
     """
-    import matplotlib.pyplot as plt
-
     from lusv.report import results_tables, roc_figure, save_figure, save_tables
 
     run_dir = resolve_run_dir(run_dir)
-    written = []
+    out = {}
     test = load_out_of_fold(run_dir, "test", keys)
     val = load_out_of_fold(run_dir, "val", list(test))
     held_out = {"test": (test, val)}
@@ -333,8 +357,103 @@ def write_report(
         held_out["temporal_test"] = (load_out_of_fold(run_dir, "temporal_test", temporal_keys), val)
     for split, (predictions, val_predictions) in held_out.items():
         tables = results_tables(predictions, reference=reference, val_predictions=val_predictions, n_boot=n_boot)
-        written += save_tables({f"{split}_{name}": table for name, table in tables.items()}, run_dir / "tables")
+        paths = save_tables({f"{split}_{name}": table for name, table in tables.items()}, run_dir / "tables")
         figure = roc_figure(predictions)
-        written.append(save_figure(figure, run_dir / "figures" / f"roc_{split}.png"))
-        plt.close(figure)
+        paths.append(save_figure(figure, run_dir / "figures" / f"roc_{split}.png"))
+        out[split] = SplitResults(tables, figure, paths)
+    return out
+
+
+def write_report(
+    run_dir: str | Path, reference: str = "luvnet", keys: list[str] | None = None, n_boot: int = 1000
+) -> list[Path]:
+    """``results`` for the command line: saves everything and returns the paths written."""
+    import matplotlib.pyplot as plt
+
+    written = []
+    for split_results in results(run_dir, reference, keys, n_boot).values():
+        written += split_results.paths
+        plt.close(split_results.roc)
     return written
+
+
+def temporal_ablation(
+    prepared: Prepared, profile: str = "quick", kernel_sizes: list[int] = (5, 13), **overrides
+) -> list[str]:
+    """Train LUV-Net without its temporal module and with each temporal kernel size.
+
+    The run at the profile's own kernel size is the main LUV-Net of notebook 02 (key "luvnet")
+    and is reused rather than trained twice. Returns the keys to compare, LUV-Net first.
+    """
+    from lusv.config import params_for
+
+    main_kernel = params_for(profile).kernel_size
+    keys = []
+    for kernel_size in kernel_sizes:
+        key = "luvnet" if kernel_size == main_kernel else f"luvnet_k{kernel_size}"
+        train_folds(prepared, "luvnet", profile, key=key, kernel_size=kernel_size, **overrides)
+        keys.append(key)
+    train_folds(prepared, "luvnet_no_temporal", profile, **overrides)
+    keys.append("luvnet_no_temporal")
+    return sorted(keys, key=lambda k: k != "luvnet")
+
+
+@dataclass
+class FoldAttention:
+    """Attention of each fold's model on its own test clips (every development clip once)."""
+
+    clip_ids: list[str]
+    attention: "np.ndarray"  # (N, P or 1, H, T)
+    lengths: "np.ndarray"  # (N,)
+    labels: "np.ndarray"  # (N, P) with NaN for missing
+    probabilities: "np.ndarray"  # (N, P)
+
+
+def out_of_fold_attention(prepared: Prepared, key: str = "luvnet") -> FoldAttention:
+    """Run every fold's best model on its test clips from the cache and keep the attention."""
+    import numpy as np
+
+    from lusv.patterns import PATTERNS
+    from lusv.train import load_trained, predict
+
+    cache = prepared.cache()
+    parts = []
+    for run_dir in sorted((prepared.run_dir / "runs").glob(f"{key}-fold*")):
+        test = _read_predictions(run_dir / "predictions_test.csv")
+        clips, lengths = cache.load_many(test["clip_id"])
+        probabilities, attention = predict(load_trained(run_dir), clips, lengths, return_attention=True)
+        if attention is None:
+            raise ConfigError(f"model {key!r} has no attention to show")
+        parts.append((test, attention, lengths, probabilities))
+    if not parts:
+        raise LusvError(f"no trained runs named {key}-fold* in {prepared.run_dir / 'runs'}: train them first")
+    tests = pd.concat([p[0] for p in parts], ignore_index=True)
+    return FoldAttention(
+        clip_ids=tests["clip_id"].tolist(),
+        attention=np.concatenate([p[1] for p in parts]),
+        lengths=np.concatenate([p[2] for p in parts]),
+        labels=tests[list(PATTERNS)].to_numpy(dtype=float),
+        probabilities=np.concatenate([p[3] for p in parts]),
+    )
+
+
+def frame_truth(prepared: Prepared, clip_ids: list[str]):
+    """Per-frame pattern presence (N, T, P) aligned with the cache, or None for data without it."""
+    if prepared.data != "synthetic":
+        return None
+    from lusv.synthetic import frame_truth_array, read_frame_truth
+
+    truth, _ = frame_truth_array(read_frame_truth(prepared.data_path), clip_ids, prepared.num_frames)
+    return truth
+
+
+def example_frames_figure(prepared: Prepared):
+    """Example frames per pattern: the synthetic generator's own figure (marks the frames where
+    each pattern is present), or prepared frames from the cache for real data."""
+    if prepared.data == "synthetic":
+        from lusv.synthetic import plot_example_frames
+
+        return plot_example_frames(prepared.data_path)
+    from lusv.report import example_clips_figure
+
+    return example_clips_figure(prepared.cache(), prepared.labels())
