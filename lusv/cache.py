@@ -27,7 +27,7 @@ from typing import Iterable
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
+from tqdm import tqdm  # text bars: readable in JupyterLab and in papermill-rendered notebooks alike
 
 from lusv.errors import ConfigError, LabelsError, LusvError, VideoError
 from lusv.io import save_npy, write_csv

@@ -707,7 +707,7 @@ def generate_dataset(root: str | os.PathLike, n_clips: int = 120, n_patients: in
     ``lusv.sources.synthetic.load_synthetic`` to reuse an existing dataset with the same
     parameters instead of regenerating it.
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # text bars: readable in JupyterLab and in papermill-rendered notebooks alike
 
     if frame_size % 2:
         raise ConfigError(f"frame_size must be even (videos are yuv420p), got {frame_size}")

@@ -59,7 +59,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
-from tqdm.auto import tqdm
+from tqdm import tqdm  # text bars: readable in JupyterLab and in papermill-rendered notebooks alike
 
 from lusv import io
 from lusv.config import RunParams, params_for
