@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Run the whole study: notebooks 01-07 executed in order by papermill into results/<run>/.
+#
+#   bash run_all.sh [quick|paper] [--data synthetic|pocus|folder] [--data-path PATH]
+#                   [--run NAME] [--pocus PATH] [--from N]
+#
+#   quick   CPU, synthetic clips of 16 x 64 x 64, tiny encoder: minutes (the default)
+#   paper   the published protocol: DenseNet-161, 30 x 256 x 256, lr 1e-6, 150 epochs (GPU)
+#
+# Executed notebooks land in results/<run>/notebooks/, everything they compute beside them.
+# Rerunning continues where a previous run stopped: finished folds are reused, interrupted
+# ones resumed. --from N restarts at notebook N. Notebook 07 (real POCUS clips) runs when the
+# POCUS folder exists (default ../shared/data/pocus) and is skipped with a message otherwise.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")"
+
+usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+
+profile=quick data=synthetic data_path="" run="" pocus="../shared/data/pocus" from=1
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        quick|paper) profile=$1 ;;
+        --data) data=$2; shift ;;
+        --data-path) data_path=$2; shift ;;
+        --run) run=$2; shift ;;
+        --pocus) pocus=$2; shift ;;
+        --from) from=$2; shift ;;
+        -h|--help) usage 0 ;;
+        *) echo "run_all.sh: unknown argument '$1'" >&2; usage 2 ;;
+    esac
+    shift
+done
+case "$data" in synthetic|pocus|folder) ;; *) echo "run_all.sh: --data must be synthetic, pocus or folder" >&2; exit 2 ;; esac
+if [[ "$data" == folder && -z "$data_path" ]]; then
+    echo "run_all.sh: --data folder needs --data-path your_labels.csv" >&2; exit 2
+fi
+
+source scripts/ensure_env.sh
+run_dir="results/${run:-$profile-$data}"
+mkdir -p "$run_dir/notebooks"
+export PYTHONUNBUFFERED=1 MPLBACKEND=Agg
+
+execute() {  # execute NOTEBOOK [papermill -p NAME VALUE ...]
+    local name=$1; shift
+    local number=${name%%_*}
+    if (( 10#$number < from )); then echo "== $name: skipped (--from $from)"; return; fi
+    echo "== $name  ($(date +%H:%M:%S))"
+    "$LUSV_PYTHON" -m papermill "notebooks/$name.ipynb" "$run_dir/notebooks/$name.ipynb" \
+        -k python3 --log-output --no-progress-bar -p run_dir "$run_dir" "$@"
+}
+
+start=$(date +%s)
+data_params=(-p data "$data")
+[[ -n "$data_path" ]] && data_params+=(-p data_path "$data_path")
+execute 01_preprocess -p profile "$profile" "${data_params[@]}"
+execute 02_train_folds -p profile "$profile"
+execute 03_baselines -p profile "$profile"
+execute 04_ablation_temporal -p profile "$profile"
+execute 05_attention
+execute 06_results
+if [[ -d "$pocus" ]]; then
+    execute 07_external_pocus -p profile "$profile" -p data_path "$pocus" -p run_dir "$run_dir/external_pocus"
+else
+    echo "== 07_external_pocus: skipped — no POCUS folder at $pocus (pass --pocus PATH; see data/README.md)"
+fi
+echo "study finished in $(( ($(date +%s) - start) / 60 )) min $(( ($(date +%s) - start) % 60 )) s: $run_dir"
+echo "results: $run_dir/tables  $run_dir/figures  executed notebooks: $run_dir/notebooks"

@@ -1,0 +1,103 @@
+"""Every study notebook runs under papermill, in order, on tiny synthetic data (and on the POCUS
+development portion when it sits beside the repository), and writes what it promises."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+import pytest
+
+papermill = pytest.importorskip("papermill")
+
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOKS = REPO / "notebooks"
+POCUS = REPO.parent / "shared" / "data" / "pocus"
+# Smallest settings every model accepts (C3D needs 16 frames to survive its pools).
+TINY_TRAINING = {"epochs": 2, "max_batches_per_epoch": 2, "batch_size": 4}
+TINY_DATA = {"num_frames": 16, "image_size": 32}
+
+pytestmark = pytest.mark.slow
+
+
+def execute(name: str, out_dir: Path, **parameters) -> nbformat.NotebookNode:
+    output = out_dir / f"{name}.ipynb"
+    papermill.execute_notebook(
+        str(NOTEBOOKS / f"{name}.ipynb"), str(output), parameters=parameters, kernel_name="python3",
+        progress_bar=False, cwd=str(NOTEBOOKS),
+    )  # fmt: skip
+    return nbformat.read(output, as_version=4)
+
+
+def outputs_of(notebook: nbformat.NotebookNode, mime: str) -> list:
+    return [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", []) if mime in o.get("data", {})]
+
+
+def test_every_notebook_has_a_parameters_cell_and_no_function_definitions():
+    names = sorted(p.stem for p in NOTEBOOKS.glob("*.ipynb"))
+    assert names == ["01_preprocess", "02_train_folds", "03_baselines", "04_ablation_temporal",
+                     "05_attention", "06_results", "07_external_pocus"]  # fmt: skip
+    for name in names:
+        notebook = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
+        tagged = [c for c in notebook.cells if "parameters" in c.metadata.get("tags", [])]
+        assert len(tagged) == 1, name
+        code = "\n".join(c.source for c in notebook.cells if c.cell_type == "code")
+        assert "def " not in code and "class " not in code, f"{name}: logic belongs in the lusv package"
+
+
+def test_study_notebooks_run_in_order_on_tiny_synthetic_data(tmp_path):
+    run_dir = tmp_path / "study"
+    executed = tmp_path / "executed"
+    executed.mkdir()
+    common = {"run_dir": str(run_dir), "profile": "quick"}
+
+    nb = execute("01_preprocess", executed, **common, **TINY_DATA, data_path=str(tmp_path / "synthetic"),
+                 cache_root=str(tmp_path / "cache"), synthetic={"n_clips": 40, "n_patients": 20, "num_frames": 16, "frame_size": 48})  # fmt: skip
+    assert outputs_of(nb, "image/png"), "01 shows the example frames"
+    folds = pd.read_csv(run_dir / "prepare" / "folds.csv")
+    assert sorted(folds["fold"].unique()) == [0, 1, 2, 3, 4]
+    assert folds.groupby("patient_id")["fold"].nunique().max() == 1
+    assert (run_dir / "prepare" / "ingest_report.csv").is_file()
+    assert (run_dir / "prepare" / "temporal_split.csv").is_file()
+
+    execute("02_train_folds", executed, **common, overrides=TINY_TRAINING)
+    oof = pd.read_csv(run_dir / "oof" / "luvnet.test.csv")
+    assert sorted(oof["clip_id"]) == sorted(folds["clip_id"]), "each development clip predicted exactly once"
+    assert len(list((run_dir / "runs").glob("luvnet-fold*/best.pt"))) == 5
+
+    execute("03_baselines", executed, **common, overrides={**TINY_TRAINING, "max_batches_per_epoch": 1})
+    for model in ("usvn", "c3d", "r2plus1d", "cnn_lstm"):
+        assert len(pd.read_csv(run_dir / "oof" / f"{model}.test.csv")) == len(oof)
+
+    execute("04_ablation_temporal", executed, **common, kernel_sizes=[3, 5], overrides=TINY_TRAINING)
+    assert (run_dir / "oof" / "luvnet_k3.test.csv").is_file()
+    assert (run_dir / "oof" / "luvnet_no_temporal.test.csv").is_file()
+    assert not (run_dir / "runs" / "luvnet_k5-fold0").exists(), "K=5 is the quick profile's LUV-Net: reused"
+
+    nb = execute("05_attention", executed, run_dir=str(run_dir), n_examples=2)
+    assert len(outputs_of(nb, "image/png")) >= 3, "summary plot + 2 example clips"
+    scores = [o for o in outputs_of(nb, "text/html") if "pointing_game" in o["data"]["text/html"]]
+    assert scores, "05 scores attention against the per-frame ground truth"
+
+    nb = execute("06_results", executed, run_dir=str(run_dir), n_boot=50)
+    table = pd.read_csv(run_dir / "tables" / "test_auc_table.csv")
+    assert {"luvnet", "usvn", "c3d", "r2plus1d", "cnn_lstm", "luvnet_no_temporal", "luvnet_k3"} <= set(table.iloc[:, 0])
+    assert (run_dir / "tables" / "test_delong_p.csv").is_file()
+    assert (run_dir / "tables" / "temporal_test_auc_table.csv").is_file()
+    assert (run_dir / "figures" / "roc_test.png").stat().st_size > 10_000
+    assert outputs_of(nb, "image/png")
+
+
+@pytest.mark.skipif(not POCUS.is_dir(), reason="POCUS development portion not beside the repository")
+def test_external_pocus_notebook_on_the_real_clips(tmp_path):
+    run_dir = tmp_path / "pocus"
+    execute("07_external_pocus", tmp_path, run_dir=str(run_dir), profile="quick", data_path=str(POCUS),
+            num_frames=8, image_size=32, cache_root=str(tmp_path / "cache"), n_boot=50,
+            overrides={"epochs": 1, "max_batches_per_epoch": 2})  # fmt: skip
+    report = pd.read_csv(run_dir / "prepare" / "ingest_report.csv")
+    assert (report["status"] != "skipped").sum() == 100
+    assert len(pd.read_csv(run_dir / "oof" / "luvnet.test.csv")) + len(
+        pd.read_csv(run_dir / "prepare" / "temporal_split.csv").query("split == 'temporal_test'")
+    ) == 100
+    assert (run_dir / "tables" / "test_auc_table.csv").is_file()
