@@ -15,9 +15,26 @@ from pathlib import Path
 from typing import Any, Iterator
 
 
+def _read_umask() -> int:
+    # The only portable way to read the umask is to set it; done once at import, when no
+    # other thread of ours can be creating files under the temporary 0 mask.
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp creates 0600 files; results must get the mode a plain open() would give them
+# (0666 minus the umask) so that colleagues and other tools can read them.
+_FILE_MODE = 0o666 & ~_read_umask()
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to ``target``; rename it onto ``target`` on success."""
+    """Yield a temporary path next to ``target``; rename it onto ``target`` on success.
+
+    The temporary file is fsynced and given the permissions of a normally created file
+    before the rename; on any exception it is removed and ``target`` is left untouched.
+    """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
@@ -27,10 +44,26 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
+        os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, target)
+        _fsync_directory(target.parent)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make the rename itself durable (POSIX); a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems refuse fsync on directories; the data itself is already synced
+    finally:
+        os.close(fd)
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
@@ -71,8 +104,9 @@ def torch_save(path: str | os.PathLike, obj: Any) -> Path:
 def torch_load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
     """Load a checkpoint without ever unpickling code (``weights_only=True``).
 
-    Raises ``CheckpointError`` naming the file when it is missing, truncated, or carries
-    pickled objects other than tensors and plain containers.
+    Raises ``CheckpointError`` with a one-line message naming the file when it is missing,
+    empty, truncated or not a checkpoint, or carries pickled objects other than tensors and
+    plain containers.
     """
     import pickle
 
@@ -83,12 +117,38 @@ def torch_load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist: check the path or train first")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes): the save was interrupted or the copy failed")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
+        refused = _weights_only_refusal(str(exc))
+        if refused is None:
+            raise CheckpointError(f"checkpoint {path} is corrupt or not a checkpoint: {_first_line(exc)}") from None
         raise CheckpointError(
             f"refusing to load {path}: it carries pickled code or objects that are not plain "
-            f"tensors/containers (loaded with weights_only=True). Re-save it as a state dict. ({exc})"
+            f"tensors/containers, or is damaged (loaded with weights_only=True: {refused}). "
+            "Re-save it as a state dict from a trusted source"
         ) from None
-    except (RuntimeError, EOFError, OSError) as exc:
-        raise CheckpointError(f"checkpoint {path} is corrupt or truncated: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - a damaged file can fail anywhere inside the unpickler
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt, truncated or not a checkpoint: {type(exc).__name__}: {_first_line(exc)}"
+        ) from None
+
+
+def _weights_only_refusal(message: str) -> str | None:
+    """The reason torch's weights-only unpickler gave for refusing content, or None if it did not.
+
+    torch's message runs over many lines and advises ``weights_only=False``, which is exactly
+    what must not be done with an untrusted file; only its one-line reason is kept.
+    """
+    marker = "WeightsUnpickler error:"
+    if marker not in message:
+        return None
+    after = [line.strip() for line in message.split(marker, 1)[1].splitlines() if line.strip()]
+    return after[0].split(". ")[0][:300] if after else "content refused"
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0][:300] if lines else "no detail"

@@ -1,0 +1,89 @@
+"""lusv.io: atomic writes keep the old file on failure and give normal permissions; unsafe
+or damaged checkpoints are refused with a one-line message."""
+
+import os
+import stat
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from lusv import io
+from lusv.errors import CheckpointError
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _leftovers(folder):
+    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".tmp"))
+
+
+def test_written_files_have_the_permissions_of_a_plain_open(tmp_path):
+    reference = tmp_path / "plain.txt"
+    reference.write_text("x")
+    written = [
+        io.write_text(tmp_path / "a.txt", "x"),
+        io.write_json(tmp_path / "a.json", {"a": 1}),
+        io.write_csv(tmp_path / "a.csv", pd.DataFrame({"a": [1]})),
+        io.save_npy(tmp_path / "a.npy", np.zeros(3, np.uint8)),
+        io.torch_save(tmp_path / "a.pt", {"w": torch.zeros(2)}),
+    ]
+    expected = 0o666 & ~_current_umask()
+    assert stat.S_IMODE(reference.stat().st_mode) == expected
+    for path in written:
+        assert stat.S_IMODE(path.stat().st_mode) == expected, path.name  # mkstemp alone gives 0600
+    assert _leftovers(tmp_path) == []
+
+
+def test_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
+    target = io.write_text(tmp_path / "results.csv", "old\n")
+    with pytest.raises(ZeroDivisionError):
+        with io.atomic_path(target) as tmp:
+            tmp.write_text("half a ne")
+            1 / 0  # a crash while writing
+    assert target.read_text() == "old\n"
+    assert _leftovers(tmp_path) == []
+
+
+def test_round_trips(tmp_path):
+    frame = pd.DataFrame({"clip_id": ["a", "b"], "p": [0.25, 0.5]})
+    pd.testing.assert_frame_equal(pd.read_csv(io.write_csv(tmp_path / "f.csv", frame)), frame)
+    array = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    np.testing.assert_array_equal(np.load(io.save_npy(tmp_path / "a.npy", array)), array)
+    state = {"w": torch.arange(4.0), "epoch": 3}
+    loaded = io.torch_load(io.torch_save(tmp_path / "c.pt", state))
+    assert loaded["epoch"] == 3 and torch.equal(loaded["w"], state["w"])
+
+
+class _Payload:
+    """torch.save must pickle a reference to code (print) to store this."""
+
+    def __reduce__(self):
+        return (print, ("executed",))
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda p: p.write_bytes(b""), r"is empty \(0 bytes\)"),
+        (lambda p: p.write_text("hello\n"), r"corrupt, truncated or not a checkpoint"),
+        (lambda p: p.write_bytes(b"PK\x03\x04garbage"), r"corrupt, truncated or not a checkpoint"),
+        (lambda p: p.write_bytes(io.torch_save(p, {"w": torch.zeros(256)}).read_bytes()[:300]), r"corrupt"),
+        (lambda p: torch.save({"model": _Payload()}, p), r"refusing to load .*pickled code.*weights_only=True: Unsupported global"),
+        (lambda p: None, r"does not exist"),
+    ],
+    ids=["empty", "text", "bad-zip", "truncated", "pickled-code", "missing"],
+)
+def test_bad_checkpoints_give_one_line_checkpoint_errors(tmp_path, capsys, make, message):
+    path = tmp_path / "best.pt"
+    make(path)
+    with pytest.raises(CheckpointError, match=message) as caught:
+        io.torch_load(path)
+    text = str(caught.value)
+    assert str(path) in text and "\n" not in text
+    assert "executed" not in capsys.readouterr().out  # the pickled call never ran
