@@ -121,11 +121,19 @@ def normalize(gray: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
     With ``channels_last`` the result has (S, S, 3) memory order per frame, so the model's
     (B*T, 3, S, S) view is already channels-last and needs no conversion copy.
     """
-    mean = torch.tensor(IMAGENET_MEAN, device=gray.device, dtype=gray.dtype)
-    std = torch.tensor(IMAGENET_STD, device=gray.device, dtype=gray.dtype)
-    rgb_last = (gray.permute(0, 1, 3, 4, 2) - mean) / std  # broadcasts 1 -> 3 channels
-    rgb = rgb_last.permute(0, 1, 4, 2, 3)
-    return rgb if channels_last else rgb.contiguous()
+    b, t, _, s, s2 = gray.shape
+    view = (1, 1, 3, 1, 1)
+    mean = torch.tensor(IMAGENET_MEAN, device=gray.device, dtype=gray.dtype).view(view)
+    std = torch.tensor(IMAGENET_STD, device=gray.device, dtype=gray.dtype).view(view)
+    # The 3-channel result is written once, straight into its final memory order (sub broadcasts
+    # 1 -> 3 channels into ``out``, then an in-place divide): no 3-channel temporaries and no
+    # conversion copy, which made this the slowest step of the CPU data path.
+    if channels_last:
+        out = torch.empty((b, t, s, s2, 3), device=gray.device, dtype=gray.dtype).permute(0, 1, 4, 2, 3)
+    else:
+        out = torch.empty((b, t, 3, s, s2), device=gray.device, dtype=gray.dtype)
+    torch.sub(gray, mean, out=out)
+    return out.div_(std)
 
 
 def to_model_input(
@@ -184,7 +192,7 @@ class ClipAugment:
         x = self._blur(x, apply=u[:, 5] < self.blur_p, pick=u[:, 6])
         x = self._noise(x, apply=u[:, 7] < self.noise_p, pick=u[:, 8], seed=noise_seed)
         if lengths is not None:  # keep padding frames exactly zero
-            x = x * frame_mask(lengths.to(x.device), t).to(x.dtype)[:, :, None, None, None]
+            x = x.mul_(frame_mask(lengths.to(x.device), t).to(x.dtype)[:, :, None, None, None])
         return x
 
     def _flip_rotate(self, x: torch.Tensor, flip: torch.Tensor, turn: torch.Tensor) -> torch.Tensor:
@@ -216,26 +224,32 @@ class ClipAugment:
             real = lengths.to(x.device).clamp(min=1).to(x.dtype)
             mean = x.sum(dim=(1, 2, 3, 4)) / (real * x[0, 0].numel())
         view = (b, 1, 1, 1, 1)
-        x = (x - mean.view(view)) * factor.view(view) + mean.view(view) + shift.view(view)
-        return x.clamp(0.0, 1.0).pow(gamma.view(view))
+        # One new tensor, then in place (same operations in the same order as the plain formula
+        # (x - mean) * factor + mean + shift): fewer big allocations, same numbers.
+        x = x.sub(mean.view(view)).mul_(factor.view(view)).add_(mean.view(view)).add_(shift.view(view))
+        return x.clamp_(0.0, 1.0).pow_(gamma.view(view))
 
     def _blur(self, x: torch.Tensor, apply: torch.Tensor, pick: torch.Tensor) -> torch.Tensor:
         if self.blur_p <= 0 or not bool(apply.any()):
             return x
-        b, t, _, s, _ = x.shape
+        _, t, _, s, _ = x.shape
         low, high = self.blur_sigma
-        sigma = low + pick * (high - low)
+        chosen = apply.nonzero().flatten()
+        n = len(chosen)
+        sigma = low + pick[chosen] * (high - low)
         radius = max(1, math.ceil(3 * high))
         offsets = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
         kernel = torch.exp(-(offsets[None, :] ** 2) / (2 * sigma[:, None] ** 2))
-        identity = (offsets == 0).to(x.dtype).expand(b, -1)
-        kernel = torch.where(apply[:, None], kernel / kernel.sum(dim=1, keepdim=True), identity)
+        kernel = kernel / kernel.sum(dim=1, keepdim=True)
+        # Only the clips drawn for blurring are convolved (an identity kernel would return the
+        # others unchanged, bit for bit, at the cost of two convolutions over the whole batch).
         # Separable Gaussian as grouped convolutions: one kernel per clip, shared by its frames.
-        weight = kernel.repeat_interleave(t, dim=0)  # (B*T, k)
-        frames = F.pad(x.reshape(1, b * t, s, s), (radius, radius, radius, radius), mode="reflect")
-        frames = F.conv2d(frames, weight[:, None, :, None], groups=b * t)
-        frames = F.conv2d(frames, weight[:, None, None, :], groups=b * t)
-        return frames.reshape(b, t, 1, s, s)
+        weight = kernel.repeat_interleave(t, dim=0)  # (n*T, k)
+        frames = F.pad(x[chosen].reshape(1, n * t, s, s), (radius, radius, radius, radius), mode="reflect")
+        frames = F.conv2d(frames, weight[:, None, :, None], groups=n * t)
+        frames = F.conv2d(frames, weight[:, None, None, :], groups=n * t)
+        # In place: ``__call__`` hands in a tensor of its own (the output of ``_intensity``).
+        return x.index_copy_(0, chosen, frames.reshape(n, t, 1, s, s))
 
     def _noise(self, x: torch.Tensor, apply: torch.Tensor, pick: torch.Tensor, seed: int) -> torch.Tensor:
         if self.noise_p <= 0 or not bool(apply.any()):
@@ -245,4 +259,4 @@ class ClipAugment:
         device_generator = torch.Generator(device=x.device).manual_seed(seed)
         noise = torch.randn(x.shape, generator=device_generator, device=x.device, dtype=x.dtype)
         std = torch.where(apply, pick * self.noise_std, torch.zeros_like(pick))
-        return (x + noise * std.view(-1, 1, 1, 1, 1)).clamp(0.0, 1.0)
+        return noise.mul_(std.view(-1, 1, 1, 1, 1)).add_(x).clamp_(0.0, 1.0)  # = (x + noise * std).clamp(0, 1)
