@@ -142,11 +142,13 @@ def _weights_only_refusal(message: str) -> str | None:
     torch's message runs over many lines and advises ``weights_only=False``, which is exactly
     what must not be done with an untrusted file; only its one-line reason is kept.
     """
+    if not message.startswith("Weights only load failed"):
+        return None  # plain unpickling failure: a damaged file, not a refusal
     marker = "WeightsUnpickler error:"
-    if marker not in message:
-        return None
-    after = [line.strip() for line in message.split(marker, 1)[1].splitlines() if line.strip()]
-    return after[0].split(". ")[0][:300] if after else "content refused"
+    body = message.split(marker, 1)[1] if marker in message else message.split("\n", 1)[-1]
+    boilerplate = ("Weights only load failed", "Check the documentation", "(1)", "(2)", "Please file")
+    reasons = [line.strip() for line in body.splitlines() if line.strip() and not line.strip().startswith(boilerplate)]
+    return reasons[0].split(". ")[0].rstrip(".")[:300] if reasons else "content refused"
 
 
 def _first_line(exc: BaseException) -> str:

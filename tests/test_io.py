@@ -87,3 +87,17 @@ def test_bad_checkpoints_give_one_line_checkpoint_errors(tmp_path, capsys, make,
     text = str(caught.value)
     assert str(path) in text and "\n" not in text
     assert "executed" not in capsys.readouterr().out  # the pickled call never ran
+
+
+class _SystemCall:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+def test_blocked_module_refusal_is_named_in_one_line(tmp_path):
+    # torch words this refusal differently from an unknown global: both must read as a refusal.
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"format": 1, "model": _SystemCall()}, path)
+    with pytest.raises(CheckpointError, match=r"refusing to load .*weights_only=True: .*GLOBAL (posix|nt)\.system") as caught:
+        io.torch_load(path)
+    assert "\n" not in str(caught.value)
