@@ -308,10 +308,15 @@ def _ensure_cached(p: RunParams, data: FoldData, dist: Distributed):
 
     cache = ClipCache(p.cache_dir, p.num_frames, p.image_size)
     everything = pd.concat(list(data.roles().values()), ignore_index=True)
-    missing = everything[[cid not in cache for cid in everything["clip_id"]]]
+    # An entry made from another file is another dataset's clip under the same id (the default
+    # cache_dir is shared and ids like "clip001" recur): training on it would be silently wrong.
+    cached_path = cache.manifest.set_index("clip_id")["path"].to_dict()
+    stale = [cid in cache and cached_path.get(cid) != path for cid, path in zip(everything["clip_id"], everything["path"])]
+    missing = everything[[cid not in cache or old for cid, old in zip(everything["clip_id"], stale)]]
     if len(missing) and dist.is_main:
         # Only missing clips are decoded here; checking every entry is the prepare step's job.
-        logger.info("decoding %d clip(s) missing from the cache %s", len(missing), p.cache_dir)
+        logger.info("decoding %d clip(s) missing from the cache %s (%d cached from another file)",
+                    len(missing), p.cache_dir, sum(stale))
         try:
             cache.build(missing.drop(columns=["fold"]), progress=_progress_is_live())
         except LusvError as exc:
