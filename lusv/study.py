@@ -20,6 +20,7 @@ temporally separated test set (see ``lusv.splits.temporal_split``) and folds are
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -114,8 +115,14 @@ class Prepared:
 
 def dataset_name(data: str, data_path: str | Path | None, synthetic: dict | None = None) -> str:
     """A name for the cache folder: one per dataset, so two datasets never share entries."""
-    location = dataset_location(data, data_path, synthetic)
-    return f"{data}-{location.resolve().with_suffix('').name}"
+    location = dataset_location(data, data_path, synthetic).resolve()
+    if data != "folder":
+        return f"{data}-{location.with_suffix('').name}"
+    # Users' CSVs are mostly all called labels.csv and their clip ids ("clip001") recur across
+    # datasets, while the cache is keyed by clip id: name the folder holding the CSV and add a
+    # hash of the CSV's absolute path so that two datasets never share a cache folder.
+    digest = hashlib.sha1(str(location).encode("utf-8")).hexdigest()[:8]
+    return f"{data}-{location.parent.name or 'root'}-{location.stem}-{digest}"
 
 
 def dataset_location(data: str, data_path: str | Path | None = None, synthetic: dict | None = None) -> Path:
@@ -186,8 +193,15 @@ def prepare(
 
     cache_root = Path(cache_root) if cache_root else DATA_ROOT / "cache" / name
     cache = ClipCache(cache_root, num_frames, image_size)
-    report = cache.build(labels)
-    report.save(prepare_dir / "ingest_report.csv")
+    report_path = prepare_dir / "ingest_report.csv"
+    try:
+        report = cache.build(labels)
+    except LusvError as exc:
+        # Nothing usable: the per-clip reasons are what the user needs to fix the data, so keep them.
+        if getattr(exc, "report", None) is not None:
+            exc.report_path = exc.report.save(report_path)
+        raise
+    report.save(report_path)
     log.info("%s: %s", name, report)
     usable = labels[labels["clip_id"].isin(set(report.usable_ids))].reset_index(drop=True)
     labels_csv = io.write_csv(prepare_dir / "labels.csv", _with_iso_dates(usable))
