@@ -53,22 +53,35 @@ def _add_run_param_flags(parser: argparse.ArgumentParser) -> None:
             type=_flag_type(field.type),
             default=None,
             metavar=field.name.upper() if _flag_type(field.type) is not _parse_bool else "BOOL",
-            help=f"{field.metadata['help']} (profile default: {field.default!r})",
+            # argparse %-formats help texts: a literal "%" (e.g. "(f+1) % num_folds") must be doubled.
+            help=f"{field.metadata['help']} (profile default: {field.default!r})".replace("%", "%%"),
         )
 
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
     from lusv import study
 
-    prepared = study.prepare(
-        args.run_dir,
-        profile=args.profile,
-        data=args.data,
-        data_path=args.data_path,
-        num_folds=args.num_folds,
-        seed=args.seed,
-    )
+    try:
+        prepared = study.prepare(
+            args.run_dir,
+            profile=args.profile,
+            data=args.data,
+            data_path=args.data_path,
+            num_folds=args.num_folds,
+            seed=args.seed,
+            cache_root=args.cache_dir,
+        )
+    except LusvError as exc:
+        # Nothing usable: show why clip by clip before the one-line error, so the user can fix the data.
+        report = getattr(exc, "report", None)
+        if report is not None:
+            print(report.summary().to_string(index=False))
+            saved = getattr(exc, "report_path", None)
+            if saved is not None:
+                print(f"ingest report (one row per clip): {saved}")
+        raise
     print(study.ingest_summary(prepared).to_string(index=False))
+    print(f"ingest report (one row per clip): {prepared.prepare_dir / 'ingest_report.csv'}")
     print(f"prepared {prepared.dataset}: {prepared.prepare_dir}")
     return 0
 
@@ -128,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--data-path", default=None, help="POCUS folder or your labels CSV")
     prepare.add_argument("--num-folds", type=int, default=5)
     prepare.add_argument("--seed", type=int, default=0)
+    prepare.add_argument("--cache-dir", default=None, help="clip cache root (default: data/cache/<dataset>)")
     prepare.set_defaults(handler=_cmd_prepare)
 
     train = commands.add_parser("train", help="train one model on one fold (flags = lusv.config.RunParams)")
@@ -155,15 +169,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# One-shot commands whose output is their answer: progress notes (model built, weights used)
+# would only bury it, so they log warnings and errors unless -v is given.
+QUIET_COMMANDS = frozenset({"predict", "evaluate"})
+
+
+def _log_level(args: argparse.Namespace) -> int:
+    if args.verbose:
+        return logging.DEBUG
+    return logging.WARNING if args.command in QUIET_COMMANDS else logging.INFO
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run the ``lusv`` command; returns the exit status (0 ok, 1 file system error, 2 lusv error)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=_log_level(args), format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.handler(args)
     except LusvError as exc:
         print(f"lusv {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        # A missing input or an unwritable output is the user's to fix, not a bug: no traceback.
+        print(f"lusv {args.command}: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"lusv {args.command}: interrupted", file=sys.stderr)
         return 130
