@@ -5,6 +5,7 @@ stderr and a non-zero exit, never a traceback; results are written next to the r
 """
 
 import dataclasses
+import re
 import shutil
 import subprocess
 import sys
@@ -96,8 +97,8 @@ def test_prepare_skips_broken_files_and_reports_why(broken_folder, tmp_path, cap
     assert (report.drop(index=list(BROKEN))["status"] == "ingested").all() and len(report) == 17
 
     # The printed summary: one row per (status, reason) with its clip count, and where the report is.
-    summary = {(s, r): int(n) for s, r, n in
-               (line.rsplit(None, 1)[0].split(None, 1) + [line.split()[-1]] for line in out.splitlines()[1:6])}
+    rows = [re.fullmatch(r"\s*(\w+)\s+(.+?)\s+(\d+)", line) for line in out.splitlines()[1:6]]
+    summary = {(row[1], row[2]): int(row[3]) for row in rows}
     assert summary == {("ingested", "new entry"): 12, ("skipped", "corrupt or not a video"): 2,
                        ("skipped", "empty file"): 1, ("skipped", "too few frames"): 1, ("skipped", "missing file"): 1}
     assert out.splitlines()[0].split() == ["status", "reason", "clips"]
@@ -200,7 +201,7 @@ def test_predict_bad_inputs_end_in_one_line(case, expected, trained_run, tiny_da
     status = main(["predict", clip, "--checkpoint", checkpoint, *extra])
     captured = capsys.readouterr()
     assert status != 0 and captured.out == ""
-    assert pytest.importorskip("re").search(expected, _error_line(captured.err, "predict"))
+    assert re.search(expected, _error_line(captured.err, "predict"))
     assert "executed" not in captured.out + captured.err
 
 
