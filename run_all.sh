@@ -38,7 +38,8 @@ fi
 source scripts/ensure_env.sh
 run_dir="results/${run:-$profile-$data}"
 mkdir -p "$run_dir/notebooks"
-export PYTHONUNBUFFERED=1 MPLBACKEND=Agg
+export PYTHONUNBUFFERED=1
+unset MPLBACKEND  # the kernels must use the inline backend, or plt.show() puts no figure in the notebook
 
 execute() {  # execute NOTEBOOK [papermill -p NAME VALUE ...]
     local name=$1; shift
