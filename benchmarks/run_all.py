@@ -1,0 +1,130 @@
+"""Run every lusv benchmark in one process and print one summary table (and save it).
+
+    python -m benchmarks.run_all [--quick] [--device auto|cpu|cuda] [--threads N] [--out PATH]
+
+(a) data path clips/s vs a decode-and-augment-per-frame baseline, (b) vectorised pattern
+attention vs a per-pattern loop (outputs asserted equal), (c) LUV-Net training step clips/s and
+inference ms/clip, each with its peak memory (d). Every ratio compares two figures measured in
+this same run. The table and the machine description go to ``--out`` as JSON, and the rows also
+to a CSV next to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import math
+import socket
+import time
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks import bench_attention, bench_data_path, bench_model_step
+from benchmarks.common import Row, machine_info, process_peak_rss_mib, resolve_device
+
+BENCHMARKS = ("data", "attention", "model")
+
+
+def _number(value: float | None, digits: int = 3) -> str:
+    if value is None:
+        return ""
+    if math.isnan(value):
+        return "n/a"
+    if value == 0 or abs(value) >= 10 ** digits:
+        return f"{value:,.0f}"
+    return f"{value:.{max(0, digits - 1 - math.floor(math.log10(abs(value))))}f}"
+
+
+def markdown_table(rows: list[Row]) -> str:
+    """The rows as a markdown table (benchmark, variant, figure, ratio to the same-run baseline, peak memory)."""
+    lines = [
+        "| benchmark | variant | figure | x baseline | peak memory (MiB) | setting |",
+        "|---|---|---:|---:|---:|---|",
+    ]
+    for row in rows:
+        ratio = "baseline" if row.baseline == "self" else (f"{_number(row.ratio)}x" if row.ratio else "")
+        memory = _number(row.peak_mem_mib, 2) if row.peak_mem_mib is not None else ""
+        cells = (row.benchmark, row.variant, f"{_number(row.value)} {row.unit}", ratio, memory, row.note)
+        lines.append("| " + " | ".join(str(cell).replace("|", "\\|") for cell in cells) + " |")
+    return "\n".join(lines)
+
+
+def machine_text(info: dict[str, Any]) -> str:
+    gpu = f", GPU {info['gpu']} (CUDA {info['cuda']})" if info.get("gpu") else ""
+    return (f"{info['hostname']}: {info['cpu']}, {info['cpu_cores']} cores, torch {info['torch']} "
+            f"({info['torch_threads']} threads), torchvision {info['torchvision']}, Python {info['python']}, "
+            f"device {info['device']}{gpu}")
+
+
+def save(path: Path, info: dict[str, Any], rows: list[Row], seconds: float, args: argparse.Namespace) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {
+        "machine": info,
+        "settings": {"quick": args.quick, "device": args.device, "threads": args.threads, "only": args.only},
+        "total_seconds": seconds,
+        "process_peak_rss_mib": process_peak_rss_mib(),
+        "rows": [row.as_dict() for row in rows],
+    }
+    path.write_text(json.dumps(record, indent=2, default=str), encoding="utf-8")
+    with open(path.with_suffix(".csv"), "w", newline="", encoding="utf-8") as handle:
+        fields = [f for f in rows[0].as_dict() if f != "extra"] if rows else []
+        writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(row.as_dict() for row in rows)
+
+
+def main(argv: list[str] | None = None) -> list[Row]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="toy sizes: a smoke run in under a minute")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads; default 1 on the CPU (see README), torch's own choice on CUDA; "
+                             "0 = torch's own choice")
+    parser.add_argument("--only", nargs="+", choices=BENCHMARKS, default=list(BENCHMARKS))
+    parser.add_argument("--out", type=Path, default=None,
+                        help="JSON file for the table (a CSV goes next to it); default benchmarks/results/<host>-<date>.json")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    device = resolve_device(args.device)
+    if args.threads is None:
+        # One thread per process is how a DataLoader worker runs, and on a CPU shared with other
+        # jobs OpenMP's spinning threads slow small per-frame torch calls (the baseline's) by up to
+        # 8x, which would flatter lusv's ratio. See README.md.
+        args.threads = 1 if device.type == "cpu" else 0
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    info = machine_info(device)
+    print(machine_text(info), flush=True)
+
+    start = time.perf_counter()
+    rows: list[Row] = []
+    if "data" in args.only:
+        print("(a) data path ...", flush=True)
+        size = bench_data_path.QUICK if args.quick else bench_data_path.DataPathSize()
+        rows += bench_data_path.run(size, device)
+    if "attention" in args.only:
+        print("(b) attention pooling ...", flush=True)
+        rows += bench_attention.run(bench_attention.QUICK if args.quick else bench_attention.AttentionSize(), device)
+    if "model" in args.only:
+        print("(c) model step ...", flush=True)
+        rows += bench_model_step.run(device, quick=args.quick)
+    seconds = time.perf_counter() - start
+
+    out = args.out or Path(__file__).parent / "results" / f"{socket.gethostname()}-{date.today().isoformat()}.json"
+    save(out, info, rows, seconds, args)
+    print()
+    print(f"Machine: {machine_text(info)}")
+    print(markdown_table(rows))
+    memory_kinds = sorted({row.mem_kind for row in rows if row.mem_kind})
+    print(f"\nPeak memory: {'; '.join(memory_kinds)}. Process peak RSS {process_peak_rss_mib():.0f} MiB. "
+          f"Total {seconds:.0f} s. Saved {out} (+ .csv)")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
