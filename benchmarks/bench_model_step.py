@@ -115,19 +115,21 @@ def run_case(case: ModelCase, device: torch.device) -> list[Row]:
 
 def run(device: torch.device, quick: bool = False, cases: Optional[list[ModelCase]] = None) -> list[Row]:
     """All cases; on CUDA each variant's speed-up over the first (fp32) case goes in ``ratio``."""
-    rows: list[Row] = []
-    for case in cases if cases is not None else default_cases(device, quick):
-        rows.extend(run_case(case, device))
-    if device.type == "cuda":
-        reference = {row.variant.rsplit(": ", 1)[1]: row for row in rows[:2]}
-        for row in rows[2:]:
+    cases = cases if cases is not None else default_cases(device, quick)
+    per_case = [run_case(case, device) for case in cases]
+    if device.type == "cuda" and per_case:
+        # Keyed by "train step" / "inference"; NaN (out of memory) figures get no ratio.
+        reference = {row.variant.rsplit(": ", 1)[1]: row for row in per_case[0] if row.value == row.value}
+        for row in reference.values():
+            row.ratio, row.baseline = 1.0, "self"
+        for row in (row for rows in per_case[1:] for row in rows):
             kind = row.variant.rsplit(": ", 1)[1]
             base = reference.get(kind)
-            if base is None or base.value != base.value or row.value != row.value:  # NaN: out of memory
+            if base is None or row.value != row.value:
                 continue
             row.ratio = row.value / base.value if kind == "train step" else base.value / row.value
             row.baseline = base.variant
-    return rows
+    return [row for rows in per_case for row in rows]
 
 
 def main() -> None:
