@@ -12,11 +12,12 @@
 # ones resumed. --from N restarts at notebook N. Notebook 07 (real POCUS clips) runs when the
 # POCUS folder exists (default ../shared/data/pocus) and is skipped with a message otherwise.
 set -euo pipefail
+caller_dir=$PWD  # --data-path and --pocus are relative to where the user typed the command
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
 usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 
-profile=quick data=synthetic data_path="" run="" pocus="../shared/data/pocus" from=1
+profile=quick data=synthetic data_path="" run="" pocus="" from=1
 while [[ $# -gt 0 ]]; do
     case "$1" in
         quick|paper) profile=$1 ;;
@@ -30,6 +31,10 @@ while [[ $# -gt 0 ]]; do
     esac
     shift
 done
+from_caller() { [[ -z "$1" || "$1" == /* ]] && echo "$1" || echo "$caller_dir/$1"; }
+data_path=$(from_caller "$data_path")
+pocus=$(from_caller "$pocus")
+[[ -n "$pocus" ]] || pocus="$(dirname "$PWD")/shared/data/pocus"  # beside the repository
 case "$data" in synthetic|pocus|folder) ;; *) echo "run_all.sh: --data must be synthetic, pocus or folder" >&2; exit 2 ;; esac
 if [[ "$data" == folder && -z "$data_path" ]]; then
     echo "run_all.sh: --data folder needs --data-path your_labels.csv" >&2; exit 2

@@ -179,7 +179,11 @@ def roc_figure(predictions: Predictions, patterns: Sequence[str] = PATTERNS):
         ax.plot([0, 1], [0, 1], ls="--", color="0.6", lw=1)
         ax.set(title=DISPLAY_NAMES.get(pattern, pattern), xlabel="1 - specificity", ylabel="Sensitivity",
                xlim=(0, 1), ylim=(0, 1.01), aspect="equal")
-        ax.legend(loc="lower right", fontsize="small")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(loc="lower right", fontsize="small")
+        else:  # say why the panel is empty instead of leaving the reader to guess
+            ax.text(0.5, 0.5, "no ROC: only one class\namong the labelled clips", ha="center", va="center",
+                    fontsize="small", color="0.3")
     for ax in axes.ravel()[len(patterns):]:
         ax.remove()
     fig.tight_layout()

@@ -56,6 +56,14 @@ def test_mini_pocus_maps_columns_and_dirty_values(mini_pocus, caplog):
     assert "2 clip(s) have no Patient ID" in caplog.text
 
 
+def test_relative_root_gives_existing_paths(mini_pocus, monkeypatch):
+    # run_all.sh passes ../shared/data/pocus: a relative root was once joined to itself.
+    monkeypatch.chdir(mini_pocus / "pocus_videos")
+    labels = load_pocus(Path("..") / ".." / mini_pocus.name)
+    assert labels["path"].map(lambda p: Path(p).is_file()).all()
+    assert labels.set_index("clip_id").loc["Cov-a", "path"] == str((mini_pocus / "pocus_videos" / "convex" / "Cov-a.mp4").resolve())
+
+
 def test_missing_metadata_is_a_labels_error(tmp_path):
     with pytest.raises(LabelsError, match="dataset_metadata.csv does not exist"):
         load_pocus(tmp_path)

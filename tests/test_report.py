@@ -117,6 +117,22 @@ def test_roc_figure_has_one_axis_per_pattern(preds, tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_roc_panel_with_one_class_says_so(preds):
+    import warnings
+
+    import matplotlib.pyplot as plt
+
+    one_class = {name: pred.assign(a_lines=1.0) for name, pred in preds.items()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "No artists with labels" warning from an empty legend
+        fig = roc_figure(one_class)
+    first = fig.axes[0]
+    assert len(first.get_lines()) == 1 and first.get_legend() is None
+    assert "only one class" in first.texts[0].get_text()
+    assert fig.axes[1].get_legend() is not None
+    plt.close(fig)
+
+
 def test_results_tables_saved_as_csv(preds, tmp_path):
     tables = results_tables(preds, n_boot=50)
     assert set(tables) == {"auc_summary", "auc_table", "delong_p", "thresholds"}

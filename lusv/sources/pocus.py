@@ -48,7 +48,9 @@ NEEDED_COLUMNS = ("Filename", "Patient ID / Name", "Source ID", "Date added", "P
 
 def load_pocus(root: str | os.PathLike) -> pd.DataFrame:
     """Labels table (the contract of ``lusv.labels.read_labels``) of the POCUS clips under ``root``."""
-    root = Path(root)
+    # Absolute from the start: the clip paths are built from ``root`` and read_labels resolves
+    # relative ones against ``root`` again, which doubled a relative root (../x -> ../x/../x).
+    root = Path(root).resolve()
     metadata = _read_metadata(root)
     files = _clip_files(root)
 
