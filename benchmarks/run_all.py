@@ -26,6 +26,7 @@ import torch
 
 from benchmarks import bench_attention, bench_data_path, bench_model_step
 from benchmarks.common import Row, machine_info, process_peak_rss_mib, resolve_device
+from lusv.datasets import keep_freed_cpu_buffers
 
 BENCHMARKS = ("data", "attention", "model")
 
@@ -58,7 +59,8 @@ def machine_text(info: dict[str, Any]) -> str:
     gpu = f", GPU {info['gpu']} (CUDA {info['cuda']})" if info.get("gpu") else ""
     return (f"{info['hostname']}: {info['cpu']}, {info['cpu_cores']} cores, torch {info['torch']} "
             f"({info['torch_threads']} threads), torchvision {info['torchvision']}, Python {info['python']}, "
-            f"device {info['device']}{gpu}")
+            f"device {info['device']}{gpu}"
+            f"{', freed CPU buffers kept' if info.get('freed_cpu_buffers_kept') else ''}")
 
 
 def save(path: Path, info: dict[str, Any], rows: list[Row], seconds: float, args: argparse.Namespace) -> None:
@@ -85,6 +87,8 @@ def main(argv: list[str] | None = None) -> list[Row]:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch intra-op threads; default 1 on the CPU (see README), torch's own choice on CUDA; "
                              "0 = torch's own choice")
+    parser.add_argument("--release-buffers", action="store_true",
+                        help="leave glibc's default of unmapping freed buffers over 32 MB (lusv training keeps them)")
     parser.add_argument("--only", nargs="+", choices=BENCHMARKS, default=list(BENCHMARKS))
     parser.add_argument("--out", type=Path, default=None,
                         help="JSON file for the table (a CSV goes next to it); default benchmarks/results/<host>-<date>.json")
@@ -98,7 +102,10 @@ def main(argv: list[str] | None = None) -> list[Row]:
         args.threads = 1 if device.type == "cpu" else 0
     if args.threads:
         torch.set_num_threads(args.threads)
+    # Same allocator setting as lusv.train uses on a CPU; it applies to both sides of each ratio.
+    kept = device.type == "cpu" and not args.release_buffers and keep_freed_cpu_buffers()
     info = machine_info(device)
+    info["freed_cpu_buffers_kept"] = kept
     print(machine_text(info), flush=True)
 
     start = time.perf_counter()

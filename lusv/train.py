@@ -63,7 +63,7 @@ from tqdm import tqdm  # text bars: readable in JupyterLab and in papermill-rend
 
 from lusv import io
 from lusv.config import RunParams, params_for
-from lusv.datasets import ClipAugment, ClipDataset, collate_clips, to_model_input
+from lusv.datasets import ClipAugment, ClipDataset, collate_clips, keep_freed_cpu_buffers, to_model_input
 from lusv.errors import CheckpointError, ConfigError, LabelsError, LeakageError, LusvError
 from lusv.metrics import macro_auc
 from lusv.patterns import PATTERNS
@@ -556,6 +556,8 @@ class _Trainer:
         self.p, self.run_dir, self.dist = p, run_dir, dist
         self.device = resolve_device(p.device, dist.local_rank)
         self.amp_dtype = resolve_amp(p.amp, self.device)
+        if self.device.type == "cpu" and keep_freed_cpu_buffers():
+            logger.debug("glibc keeps freed CPU buffers for reuse (no page faults per batch)")
         self.live = _progress_is_live() and dist.is_main
 
         self.data = load_fold_data(p, run_dir, dist)

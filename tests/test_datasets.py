@@ -173,6 +173,28 @@ def test_augment_keeps_padding_frames_zero():
     assert torch.count_nonzero(out[1, :3]) > 0
 
 
+def test_noise_touches_only_the_clips_drawn_for_it():
+    x = _moving_clip(b=8)
+    noisy = ClipAugment(noise_p=0.5, noise_std=0.05)(x, torch.Generator().manual_seed(1))
+    clean = ClipAugment(noise_p=0.5, noise_std=0.0)(x, torch.Generator().manual_seed(1))  # same draws
+    changed = [not torch.equal(noisy[i], clean[i]) for i in range(8)]
+    assert 0 < sum(changed) < 8  # some clips left exactly as they were, the others noised
+    assert all((noisy[i] - clean[i]).abs().max() <= 0.5 for i in range(8) if changed[i])
+
+
+def test_keep_freed_cpu_buffers_is_accepted_by_glibc():
+    import platform
+
+    from lusv.datasets import keep_freed_cpu_buffers
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("mallopt is glibc's")
+    assert keep_freed_cpu_buffers() is True
+    x = torch.empty(50_000_000, dtype=torch.uint8)  # over glibc's default mmap threshold: still works
+    x.fill_(7)
+    assert int(x[-1]) == 7
+
+
 def test_frame_mask():
     assert frame_mask(torch.tensor([3, 1]), 4).tolist() == [[True, True, True, False], [True, False, False, False]]
 
