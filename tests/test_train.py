@@ -206,10 +206,10 @@ def test_gradient_accumulation_counts_optimizer_steps(tiny_data, tmp_path):  # n
 
 def test_early_stopping_stops_after_patience(tiny_data, tmp_path):  # noqa: F811
     # lr so large that the validation loss cannot keep improving: training stops early.
-    run_dir = run(**tiny_data.params(tmp_path, epochs=12, patience=1, lr=0.5, model="usvn"))
+    run_dir = run(**tiny_data.params(tmp_path, epochs=30, patience=1, lr=0.5, model="usvn"))
     log = pd.read_csv(run_dir / "log.csv")
     best = int(log["val_loss"].idxmin()) + 1
-    assert len(log) == best + 1 < 12
+    assert len(log) == best + 1 < 30  # stopped one epoch (the patience) after its best, long before the limit
     assert json.loads((run_dir / "config.json").read_text())["best_epoch"] == best
 
 
@@ -293,3 +293,28 @@ def test_torchrun_two_processes_train_with_ddp_on_cpu(tiny_data, tmp_path):  # n
     assert done.stdout.count("ddp epoch ") == 2  # rank 0 alone reports
     table = pd.read_csv(run_dir / "predictions_test.csv")
     assert len(table) == int((tiny_data.folds()["fold"] == 0).sum())
+
+
+# ----------------------------------------------------------------------------- GPU only (CI has none)
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@needs_cuda
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_mixed_precision_run_on_gpu_records_dtype_and_gives_finite_predictions(tiny_data, tmp_path, amp):  # noqa: F811
+    run_dir = run(**tiny_data.params(tmp_path, epochs=2, device="cuda", amp=amp, channels_last=True))
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["amp_dtype"] == {"bf16": "bfloat16", "fp16": "float16"}[amp]
+    predictions = pd.read_csv(run_dir / "predictions_test.csv")
+    probabilities = predictions[[f"p_{p}" for p in PATTERNS]].to_numpy()
+    assert np.isfinite(probabilities).all() and ((probabilities >= 0) & (probabilities <= 1)).all()
+
+
+@needs_cuda
+def test_gpu_model_predicts_like_its_cpu_copy(finished_run, tiny_data):  # noqa: F811
+    table = pd.read_csv(finished_run / "predictions_test.csv", dtype={"clip_id": str})
+    clips, lengths = ClipCache(tiny_data.cache_dir, NUM_FRAMES, IMAGE_SIZE).load_many(table["clip_id"])
+    on_cpu = predict(load_trained(finished_run), clips, lengths)
+    on_gpu = predict(load_trained(finished_run, device="cuda"), clips, lengths)
+    np.testing.assert_allclose(on_gpu, on_cpu, atol=1e-4)
