@@ -19,8 +19,10 @@ row, the column, the offending value and the fix.
 
 from __future__ import annotations
 
+import csv
 import logging
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -53,8 +55,8 @@ def read_labels(
         base = Path(base_dir) if base_dir is not None else Path.cwd()
     else:
         csv_path = Path(csv_path_or_df)
-        raw = _read_csv(csv_path)
-        where = _RowNamer(csv_path)
+        raw, lines = _read_csv(csv_path)
+        where = _RowNamer(csv_path, lines)
         base = Path(base_dir) if base_dir is not None else csv_path.parent
     raw.columns = [str(column).strip() for column in raw.columns]
     raw = raw.reset_index(drop=True)
@@ -91,25 +93,58 @@ def read_labels(
 class _RowNamer:
     """Names a row the way a user finds it: CSV line number, or DataFrame row position."""
 
-    def __init__(self, csv_path: Path | None):
+    def __init__(self, csv_path: Path | None, lines: list[int] | None = None):
         self.csv_path = csv_path
+        self.lines = lines  # file line of each row (blank lines are skipped)
         self.source = f"labels CSV {csv_path}" if csv_path else "labels table"
 
     def __call__(self, position: int) -> str:
         if self.csv_path is None:
             return f"labels table row {position}"
-        return f"{self.csv_path} line {position + 2}"  # header is line 1
+        line = self.lines[position] if self.lines is not None else position + 2  # header is line 1
+        return f"{self.csv_path} line {line}"
 
 
-def _read_csv(csv_path: Path) -> pd.DataFrame:
+def _read_csv(csv_path: Path) -> tuple[pd.DataFrame, list[int]]:
+    """The CSV as text, without its blank lines, and the file line number of every row."""
     if not csv_path.is_file():
         raise LabelsError(f"labels CSV {csv_path} does not exist: check the path")
     try:
+        _check_no_extra_fields(csv_path)
         # Everything as text so that validation, not pandas' guessing, decides what a value means;
-        # utf-8-sig drops the byte-order mark that spreadsheet exports add.
-        return pd.read_csv(csv_path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+        # utf-8-sig drops the byte-order mark that spreadsheet exports add. index_col=False: rows
+        # ending in a comma would otherwise make pandas take the first column as an index and
+        # shift every value one column to the left, silently (the empty trailing fields it drops
+        # instead were checked to be empty above). Blank lines are kept here (as empty rows) so
+        # that error messages can count file lines, and dropped below.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", pd.errors.ParserWarning)
+            raw = pd.read_csv(csv_path, dtype=str, keep_default_na=False, encoding="utf-8-sig",
+                              index_col=False, skip_blank_lines=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise LabelsError(f"labels CSV {csv_path} is not a readable CSV ({exc}): save it as UTF-8 CSV") from None
+        reason = str(exc).strip().splitlines()[0]  # pandas' messages can run over several lines
+        raise LabelsError(f"labels CSV {csv_path} is not a readable CSV ({reason}): save it as UTF-8 CSV "
+                          "with the same number of fields on every line") from None
+    blank = [all(pd.isna(value) or str(value).strip() == "" for value in row) for row in raw.itertuples(index=False)]
+    lines = [position + 2 for position, is_blank in enumerate(blank) if not is_blank]  # header is line 1
+    raw = raw[[not is_blank for is_blank in blank]]
+    if raw.empty:
+        raise LabelsError(f"labels CSV {csv_path} has a header but no clip rows")
+    return raw.reset_index(drop=True), lines
+
+
+def _check_no_extra_fields(csv_path: Path) -> None:
+    """Refuse a line with more non-empty fields than the header has columns, naming the line."""
+    with open(csv_path, newline="", encoding="utf-8-sig") as handle:
+        rows = csv.reader(handle)
+        header = next(rows, [])
+        for fields in rows:
+            extra = [value for value in fields[len(header):] if value.strip()]
+            if extra:
+                raise LabelsError(
+                    f"{csv_path} line {rows.line_num}: {len(fields)} fields but the header has {len(header)} "
+                    f"columns (extra value(s) {extra[:3]}): quote values that contain commas or add the column's name"
+                )
 
 
 def _is_missing(value) -> bool:

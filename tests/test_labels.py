@@ -85,6 +85,32 @@ def test_dates_are_iso_by_default_and_dayfirst_on_request(tmp_path):
     assert labels.loc[0, "acquired_on"] == pd.Timestamp("2020-04-20")
 
 
+def test_line_numbers_count_blank_lines(tmp_path):
+    csv = write_csv(tmp_path, ["c1,a.mp4,p1,1,0,0,0", "", "c2,b.mp4,p2,0,2,0,0"])
+    with pytest.raises(LabelsError, match=r"line 4: column 'b_lines' has value '2'"):
+        read_labels(csv)
+    assert read_labels(write_csv(tmp_path, ["c1,a.mp4,p1,1,0,0,0", "", "c2,b.mp4,p2,0,1,0,0"], name="ok.csv"))[
+        "clip_id"].tolist() == ["c1", "c2"]
+
+
+def test_rows_ending_in_a_comma_keep_their_columns(tmp_path):
+    # pandas would take such a file's first column as its index and shift every value left.
+    labels = read_labels(write_csv(tmp_path, ["c1,a.mp4,p1,1,0,0,1,", "c2,b.mp4,p2,0,1,0,0,"]))
+    assert labels["clip_id"].tolist() == ["c1", "c2"] and labels["patient_id"].tolist() == ["p1", "p2"]
+    assert labels["pleural_effusion"].tolist() == [1.0, 0.0]
+
+
+def test_extra_values_beyond_the_header_name_the_line(tmp_path):
+    csv = write_csv(tmp_path, ["c1,a.mp4,p1,1,0,0,0", "c2,b.mp4,p2,0,1,0,0,left lower,zone 3"])
+    with pytest.raises(LabelsError, match=r"line 3: 9 fields but the header has 7 columns"):
+        read_labels(csv)
+
+
+def test_header_without_rows_is_an_error(tmp_path):
+    with pytest.raises(LabelsError, match="no clip rows"):
+        read_labels(write_csv(tmp_path, []))
+
+
 def test_missing_csv_file_is_a_labels_error(tmp_path):
     with pytest.raises(LabelsError, match="does not exist"):
         read_labels(tmp_path / "nope.csv")
