@@ -47,12 +47,15 @@ def _add_run_param_flags(parser: argparse.ArgumentParser) -> None:
     from lusv.config import RunParams
 
     for field in dataclasses.fields(RunParams):
+        is_bool = _flag_type(field.type) is _parse_bool
         parser.add_argument(
             "--" + field.name.replace("_", "-"),
             dest=field.name,
             type=_flag_type(field.type),
             default=None,
-            metavar=field.name.upper() if _flag_type(field.type) is not _parse_bool else "BOOL",
+            # A bare boolean flag means true: `--resume` as well as `--resume true`.
+            **({"nargs": "?", "const": True} if is_bool else {}),
+            metavar="BOOL" if is_bool else field.name.upper(),
             # argparse %-formats help texts: a literal "%" (e.g. "(f+1) % num_folds") must be doubled.
             help=f"{field.metadata['help']} (profile default: {field.default!r})".replace("%", "%%"),
         )
@@ -63,13 +66,13 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 
     try:
         prepared = study.prepare(
-            args.run_dir,
+            _from_here(args.run_dir),
             profile=args.profile,
             data=args.data,
-            data_path=args.data_path,
+            data_path=_from_here(args.data_path),
             num_folds=args.num_folds,
             seed=args.seed,
-            cache_root=args.cache_dir,
+            cache_root=_from_here(args.cache_dir),
         )
     except LusvError as exc:
         # Nothing usable: show why clip by clip before the one-line error, so the user can fix the data.
@@ -86,12 +89,31 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+# RunParams fields that name files or folders (``weights`` also takes the words imagenet/random).
+PATH_FIELDS = ("labels", "splits", "temporal_split", "cache_dir", "out_dir")
+
+
+def _from_here(path: str | None) -> str | None:
+    """A path typed on the command line, made absolute against the current directory.
+
+    The notebooks resolve relative run folders against the repository root; a shell user means
+    the folder they are in. Absolute paths also keep prepared.json and config.json valid when
+    a later step runs from elsewhere.
+    """
+    return None if path is None else str(Path(path).expanduser().resolve())
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from lusv.config import field_names, params_for
+    from lusv.models.encoders import WEIGHT_NAMES
     from lusv.train import run
 
     overrides = {name: getattr(args, name) for name in field_names() if getattr(args, name) is not None}
-    run_dir = run(params_for(args.profile, **overrides))
+    params = params_for(args.profile, **overrides)
+    paths = {name: _from_here(getattr(params, name)) for name in PATH_FIELDS if getattr(params, name)}
+    if params.weights not in WEIGHT_NAMES:
+        paths["weights"] = _from_here(params.weights)
+    run_dir = run(dataclasses.replace(params, **paths))
     print(run_dir)
     return 0
 

@@ -191,7 +191,8 @@ def prepare(
     name = dataset_name(data, data_path, synthetic)
     labels = load_dataset(data, data_path, synthetic)
 
-    cache_root = Path(cache_root) if cache_root else DATA_ROOT / "cache" / name
+    # Absolute: prepared.json must lead later steps to the same cache from any working directory.
+    cache_root = Path(cache_root).resolve() if cache_root else DATA_ROOT / "cache" / name
     cache = ClipCache(cache_root, num_frames, image_size)
     report_path = prepare_dir / "ingest_report.csv"
     try:

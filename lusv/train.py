@@ -303,29 +303,25 @@ def load_fold_data(p: RunParams, run_dir: Path, dist: Distributed = Distributed(
 
 
 def _ensure_cached(p: RunParams, data: FoldData, dist: Distributed):
-    """Open the clip cache, decode any missing clips (rank 0), drop unusable ones with a warning."""
+    """Open the clip cache, check every entry and decode missing or stale clips (rank 0), drop
+    unusable ones with a warning."""
     from lusv.cache import ClipCache
 
     cache = ClipCache(p.cache_dir, p.num_frames, p.image_size)
     everything = pd.concat(list(data.roles().values()), ignore_index=True)
-    # An entry made from another file is another dataset's clip under the same id (the default
-    # cache_dir is shared and ids like "clip001" recur): training on it would be silently wrong.
-    cached_path = cache.manifest.set_index("clip_id")["path"].to_dict()
-    stale = [cid in cache and cached_path.get(cid) != path for cid, path in zip(everything["clip_id"], everything["path"])]
-    missing = everything[[cid not in cache or old for cid, old in zip(everything["clip_id"], stale)]]
-    if len(missing) and dist.is_main:
-        # Only missing clips are decoded here; checking every entry is the prepare step's job.
-        logger.info("decoding %d clip(s) missing from the cache %s (%d cached from another file)",
-                    len(missing), p.cache_dir, sum(stale))
+    if dist.is_main:
+        # Every entry is checked against its source and checksum before training, not only in the
+        # prepare step: an entry edited or truncated since, or made from another file under the
+        # same id (the default cache_dir is shared and ids like "clip001" recur), is decoded
+        # again with a warning instead of being trained on. A valid entry costs one read.
         try:
-            cache.build(missing.drop(columns=["fold"]), progress=_progress_is_live())
+            cache.build(everything.drop(columns=["fold"]), progress=_progress_is_live())
         except LusvError as exc:
             if getattr(exc, "report", None) is None:
                 raise
-            logger.warning("none of the %d missing clip(s) could be decoded: %s", len(missing), exc.report)
+            logger.warning("none of the %d clip(s) of this fold could be cached: %s", len(everything), exc.report)
     dist.barrier()
-    if len(missing):
-        cache = ClipCache(p.cache_dir, p.num_frames, p.image_size)  # re-read the manifest
+    cache = ClipCache(p.cache_dir, p.num_frames, p.image_size)  # re-read the manifest (other ranks)
     for role, table in data.roles().items():
         absent = [cid for cid in table["clip_id"] if cid not in cache]
         if absent:

@@ -130,6 +130,20 @@ def test_prepare_with_nothing_usable_exits_2_and_keeps_the_report(broken_folder,
     assert str(report_path) in captured.out and "missing file" in captured.out  # the why, before the error
 
 
+def test_prepare_reads_relative_paths_from_the_current_folder(broken_folder, tmp_path, monkeypatch, capsys):
+    import json
+    import os
+
+    monkeypatch.chdir(tmp_path)
+    data_path = os.path.relpath(broken_folder, tmp_path)
+    assert main(["prepare", "--run-dir", "mine", "--profile", "quick", "--data", "folder",
+                 "--data-path", data_path, "--num-folds", "3", "--cache-dir", "relcache"]) == 0
+    prepared = json.loads((tmp_path / "mine" / "prepare" / "prepared.json").read_text())
+    # Stored absolute: a later step started from another folder finds the same cache.
+    assert prepared["cache_root"] == str(tmp_path / "relcache")
+    assert (tmp_path / "relcache").is_dir()
+
+
 # ----------------------------------------------------------------------------- a trained run
 
 
@@ -227,6 +241,16 @@ def test_train_help_lists_every_run_parameter(capsys):
     for field in dataclasses.fields(RunParams):
         assert "--" + field.name.replace("_", "-") in out, field.name
     assert "(f+1) % num_folds" in " ".join(out.split())  # a literal % in a help text survives argparse
+
+
+def test_bare_boolean_train_flags_mean_true():
+    from lusv.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["train", "--resume"]).resume is True
+    assert parser.parse_args(["train", "--resume", "false", "--fold", "1"]).resume is False
+    assert parser.parse_args(["train", "--augment", "--fold", "1"]).augment is True
+    assert parser.parse_args(["train"]).resume is None  # unset: the profile decides
 
 
 def test_train_with_an_impossible_fold_is_a_config_error(capsys):

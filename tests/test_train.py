@@ -236,6 +236,23 @@ def test_temporal_test_clip_in_folds_refuses_to_train(tiny_data, tmp_path):  # n
         run(**tiny_data.params(tmp_path, splits=str(leaky)))
 
 
+def test_an_entry_edited_since_prepare_is_decoded_again_before_training(tiny_data, tmp_path, caplog):  # noqa: F811
+    import logging
+    import shutil
+
+    cache_dir = tmp_path / "cache"
+    shutil.copytree(tiny_data.cache_dir, cache_dir)
+    cache = ClipCache(cache_dir, NUM_FRAMES, IMAGE_SIZE)
+    clip_id = tiny_data.labels()["clip_id"].iloc[0]
+    original, _ = cache.load(clip_id)
+    entry = cache.dir / "clips" / cache.manifest.set_index("clip_id").loc[clip_id, "entry"]
+    io.save_npy(entry, 255 - original)  # same shape and type: only the checksum can tell
+    with caplog.at_level(logging.WARNING, logger="lusv"):
+        run(**tiny_data.params(tmp_path / "runs", epochs=1, cache_dir=str(cache_dir)))
+    assert f"rebuilt cache entry of clip '{clip_id}'" in caplog.text and "checksum" in caplog.text
+    np.testing.assert_array_equal(ClipCache(cache_dir, NUM_FRAMES, IMAGE_SIZE).load(clip_id)[0], original)
+
+
 def test_folds_made_in_run_dir_when_no_splits_file(tiny_data, tmp_path):  # noqa: F811
     run_dir = run(**tiny_data.params(tmp_path, splits=None, epochs=1))
     made = pd.read_csv(run_dir / "splits.csv", dtype={"clip_id": str})
