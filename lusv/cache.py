@@ -280,6 +280,11 @@ def _prepare_one(task: tuple[str, int, int]) -> dict:
         array, length = prepare_clip(clip.frames, num_frames, image_size, source=path)
     except VideoError as exc:
         return {"error": getattr(exc, "reason", "unusable clip"), "detail": str(exc)}
+    except Exception as exc:  # noqa: BLE001 - one odd file must not stop the ingestion of thousands
+        # Not a case lusv knows (a decoder or numpy surprise): counted and explained like the
+        # others, with the exception's type so that it can be reported as a bug.
+        return {"error": "unexpected error", "detail": f"clip {path} could not be prepared "
+                f"({type(exc).__name__}: {exc}); please report this with the file"}
     return {
         "array": array, "length": length, "source_size": stat.st_size, "source_mtime_ns": stat.st_mtime_ns,
         "source_frames": clip.source_frames, "fps": clip.fps, "height": clip.height, "width": clip.width,

@@ -159,6 +159,12 @@ def _read_with_pyav(path: Path, num_frames: int | None) -> DecodedClip:
         ) from None
     if count == 0:
         raise _video_error("too few frames", f"clip {path} decodes to 0 frames: the file is empty or corrupt")
+    if frames is None:  # a second decode gave yet another frame count: the stream is not stable
+        raise _video_error(
+            "corrupt or not a video",
+            f"clip {path} decodes to a different number of frames each time: the file is damaged; "
+            "re-export it or remove it from the labels table",
+        )
     return DecodedClip(frames, count, fps, frames.shape[1], frames.shape[2])
 
 

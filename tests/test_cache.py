@@ -120,6 +120,24 @@ def test_nothing_usable_raises_with_the_report(tmp_path):
     assert error.value.report.table["status"].tolist() == ["skipped"]
 
 
+def test_an_unexpected_failure_is_a_counted_skip_not_a_crash(tmp_path, clips, monkeypatch):
+    import lusv.cache
+
+    real_prepare = lusv.cache.prepare_clip
+
+    def prepare_or_fail(frames, *args, source=None, **kwargs):
+        if source is not None and source.endswith("short.avi"):
+            raise AttributeError("'NoneType' object has no attribute 'shape'")  # a bug-like surprise
+        return real_prepare(frames, *args, source=source, **kwargs)
+
+    monkeypatch.setattr(lusv.cache, "prepare_clip", prepare_or_fail)
+    report = ClipCache(tmp_path / "cache", T, S).build(clips, progress=False)
+    table = report.table.set_index("clip_id")
+    assert (table.loc["short", "status"], table.loc["short", "reason"]) == ("skipped", "unexpected error")
+    assert "AttributeError" in table.loc["short", "detail"]
+    assert report.usable_ids == ["long", "gif clip+1"]
+
+
 def test_load_of_unknown_clip_names_it(tmp_path):
     with pytest.raises(CacheError, match="'x' is not in the clip cache"):
         ClipCache(tmp_path / "cache", T, S).load("x")

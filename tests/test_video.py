@@ -135,3 +135,15 @@ def test_dicom_palette_and_single_frame():
     still = read_clip(path, min_frames=1).frames
     assert still.shape == (1, 350, 800, 3) and still.dtype == np.uint8
     assert still.max() >= 250 and still.std() > 5  # 16-bit palette entries mapped onto 0..255
+
+
+def test_a_frame_count_that_changes_between_decodes_is_a_video_error(tmp_path, monkeypatch):
+    import lusv.video
+
+    path = write_test_video(tmp_path / "clip.mp4", make_frames(6))
+    monkeypatch.setattr(lusv.video, "_count_packets", lambda _: 9)  # the container says 9 frames
+    # It decodes to 7, and planning again on 7 still misses kept frames (a damaged stream).
+    monkeypatch.setattr(lusv.video, "_decode", lambda _, keep: (None, 7, 10.0))
+    with pytest.raises(VideoError, match="different number of frames each time") as error:
+        read_clip(path, num_frames=4)
+    assert error.value.reason == "corrupt or not a video"
