@@ -222,6 +222,18 @@ def test_imagenet_weights_come_from_the_hub_cache_only(hub_dir):
     assert encoder.feature_dim == 512
 
 
+def test_r2plus1d_takes_kinetics_weights_from_the_hub_cache_with_its_own_head(hub_dir):
+    import torchvision
+
+    kinetics = torchvision.models.video.r2plus1d_18(weights=None)  # 400-class head, like the real file
+    cached = hub_cache_file(torchvision.models.video.R2Plus1D_18_Weights.KINETICS400_V1.url)
+    torch_save(cached, kinetics.state_dict())
+    model = build_model("r2plus1d", weights="imagenet", strict_weights=True)
+    assert model.weights_source == f"imagenet:torch-hub-cache:{cached}"
+    torch.testing.assert_close(model.backbone.stem[0].weight, kinetics.stem[0].weight)
+    assert model.backbone.fc.out_features == 4  # the pattern head keeps its init
+
+
 def test_missing_imagenet_weights_fall_back_to_random_or_raise_when_strict(hub_dir, caplog):
     with caplog.at_level(logging.WARNING):
         model = build_model("luvnet", encoder="resnet18", weights="imagenet")

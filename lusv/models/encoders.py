@@ -166,8 +166,9 @@ def load_state_dict_file(
 ) -> tuple[list[str], list[str]]:
     """Load a weights file into ``module``; return (missing, unexpected) keys and log them.
 
-    Keys starting with one of ``ignore_prefixes`` (e.g. an ImageNet classifier head that the
-    module does not have) are dropped silently. Tensors whose shape does not fit (e.g. a head
+    Keys starting with one of ``ignore_prefixes`` (e.g. an ImageNet or Kinetics classifier
+    head) are dropped silently, from the file and from the module's own keys: a module's new
+    4-pattern head under that prefix is expected to keep its init, even with ``strict``. Tensors whose shape does not fit (e.g. a head
     for another number of classes) are skipped and reported with the unexpected keys; the
     parameters they were meant for keep their init and are reported as missing. A file sharing
     no key with the module raises ``CheckpointError``; with ``strict`` so does any missing,
@@ -190,7 +191,7 @@ def load_state_dict_file(
     mismatched = [k for k, v in state_dict.items() if k in own and own[k].shape != v.shape]
     fitting = {k: v for k, v in state_dict.items() if k not in mismatched}
     result = module.load_state_dict(fitting, strict=False)
-    missing = list(result.missing_keys) + mismatched
+    missing = [k for k in result.missing_keys if not (prefixes and k.startswith(prefixes))] + mismatched
     unexpected = list(result.unexpected_keys) + [
         f"{k} (shape {tuple(state_dict[k].shape)} != {tuple(own[k].shape)})" for k in mismatched
     ]
