@@ -135,8 +135,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     result = inference.predict_clip(args.clip, args.checkpoint, plot_path=args.plot)
     for pattern, probability in result.probabilities.items():
         print(f"{pattern:18s} {probability:.3f}")
-    if result.plot_path is not None:
-        print(f"attention plot: {result.plot_path}")
+    if result.plot_error:
+        print(f"lusv predict: error: {result.plot_error}", file=sys.stderr)
+        return 1
+    print(f"attention plot: {result.plot_path}" if result.plot_path is not None else result.plot_note)
     return 0
 
 

@@ -20,6 +20,8 @@ class ClipPrediction:
     attention: object | None  # (4 or 1, H, T) numpy array, None for models without attention
     length: int
     plot_path: Path | None
+    plot_note: str = ""  # why there is no plot, for a model without attention
+    plot_error: str = ""  # why the plot could not be written (the probabilities still stand)
 
 
 def predict_clip(
@@ -28,7 +30,8 @@ def predict_clip(
     """Probabilities per pattern for one video file; writes an attention plot when the model has attention.
 
     ``checkpoint`` is a run's ``best.pt`` or the run folder. Raises ``VideoError`` for a clip that
-    cannot be read and ``CheckpointError`` for a missing or unsafe checkpoint.
+    cannot be read and ``CheckpointError`` for a missing or unsafe checkpoint. A plot that cannot
+    be written does not raise: the result carries ``plot_error`` beside the probabilities.
     """
     import matplotlib
 
@@ -47,14 +50,20 @@ def predict_clip(
     probabilities, attention = predict(model, clip[None], [length], return_attention=True)
     named = {pattern: float(p) for pattern, p in zip(PATTERNS, probabilities[0])}
 
-    written = None
-    if attention is not None:
-        written = Path(plot_path) if plot_path else Path(f"{clip_path}.attention.png")
-        figure = plot_attention_over_time(
-            attention[0], frames=clip[..., 0], probabilities=probabilities[0], length=length,
-            title=Path(clip_path).name,
-        )  # fmt: skip
+    if attention is None:
+        note = f"no attention plot: model '{params.model}' has no attention over frames"
+        return ClipPrediction(named, None, length, None, note)
+    written = Path(plot_path) if plot_path else Path(f"{clip_path}.attention.png")
+    figure = plot_attention_over_time(
+        attention[0], frames=clip[..., 0], probabilities=probabilities[0], length=length,
+        title=Path(clip_path).name,
+    )  # fmt: skip
+    try:
         with atomic_path(written) as tmp:
             figure.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+    except OSError as exc:  # e.g. a read-only folder beside the clip: the probabilities still stand
+        return ClipPrediction(named, attention[0], length, None,
+                              plot_error=f"attention plot {written} not written: {exc}; choose another path with --plot")
+    finally:
         plt.close(figure)
-    return ClipPrediction(named, None if attention is None else attention[0], length, written)
+    return ClipPrediction(named, attention[0], length, written)

@@ -442,6 +442,8 @@ def load_trained(path: str | os.PathLike, device: torch.device | str = "cpu") ->
     path = Path(path)
     best = path / "best.pt" if path.is_dir() else path
     config_path = best.parent / "config.json"
+    if not best.is_file():
+        raise CheckpointError(f"checkpoint {best} does not exist: pass a training run's best.pt or its folder")
     if not config_path.is_file():
         raise CheckpointError(f"{config_path} not found: {best.parent} is not a lusv run directory (train it with lusv.train.run)")
     params = RunParams.from_dict(json.loads(config_path.read_text(encoding="utf-8"))["params"])

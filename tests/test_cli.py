@@ -190,7 +190,6 @@ def _pickled_code_run(trained_run: Path, tmp_path: Path) -> Path:
         ("missing checkpoint", r"checkpoint .*absent\.pt does not exist"),
         ("run folder without best.pt", r"best\.pt does not exist"),
         ("pickled code", r"refusing to load .*best\.pt: it carries pickled code"),
-        ("unwritable plot", r"(Not a directory|File exists)"),
     ],
 )
 def test_predict_bad_inputs_end_in_one_line(case, expected, trained_run, tiny_data, broken_folder, tmp_path, capsys):  # noqa: F811
@@ -208,15 +207,31 @@ def test_predict_bad_inputs_end_in_one_line(case, expected, trained_run, tiny_da
         checkpoint = str(tmp_path / "copy")
     elif case == "pickled code":
         checkpoint = str(_pickled_code_run(trained_run, tmp_path) / "best.pt")
-    else:
-        (tmp_path / "file.txt").write_text("x")
-        extra = ["--plot", str(tmp_path / "file.txt" / "attention.png")]
 
     status = main(["predict", clip, "--checkpoint", checkpoint, *extra])
     captured = capsys.readouterr()
     assert status != 0 and captured.out == ""
     assert re.search(expected, _error_line(captured.err, "predict"))
     assert "executed" not in captured.out + captured.err
+
+
+def test_predict_prints_the_probabilities_even_when_the_plot_cannot_be_written(trained_run, tiny_data, tmp_path, capsys):  # noqa: F811
+    (tmp_path / "file.txt").write_text("x")
+    unwritable = tmp_path / "file.txt" / "attention.png"  # a folder that is a file
+    status = main(["predict", tiny_data.labels()["path"].iloc[0], "--checkpoint", str(trained_run),
+                   "--plot", str(unwritable)])
+    captured = capsys.readouterr()
+    assert status == 1
+    assert [line.split()[0] for line in captured.out.splitlines()] == list(PATTERNS)
+    assert re.search(r"attention\.png not written: .*(Not a directory|File exists)", _error_line(captured.err, "predict"))
+
+
+def test_predict_with_a_model_without_attention_says_so(tiny_data, tmp_path, capsys):  # noqa: F811
+    plain_run = run(**tiny_data.params(tmp_path, model="cnn_lstm", epochs=1, max_batches_per_epoch=1))
+    capsys.readouterr()  # the training's own progress line
+    assert main(["predict", tiny_data.labels()["path"].iloc[0], "--checkpoint", str(plain_run)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 5 and lines[4] == "no attention plot: model 'cnn_lstm' has no attention over frames"
 
 
 def test_predict_in_a_real_process_prints_only_the_error(trained_run, tiny_data, tmp_path):  # noqa: F811
