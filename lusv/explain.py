@@ -17,6 +17,10 @@ computed per clip and only over the clip's real frames (padding excluded):
   pattern (the expected hit under random tie-breaking). Its **chance rate** is the fraction of
   real frames that show the pattern: what a frame picked at random would score.
 
+* **peak**: the largest frame weight times the number of real frames: 1 = uniform attention
+  (nothing to read into the two scores above: tiny differences decide them), the number of
+  frames = all attention on one frame.
+
 A clip is scored for a pattern only when it is labelled positive for that pattern and its
 real frames include some with and some without the pattern (otherwise neither score is
 defined: there is nothing to rank).
@@ -96,7 +100,7 @@ def attention_scores_per_clip(attention, lengths, frame_truth, clip_labels,
     pattern); ``lengths`` (N,) real frames per clip (None = all T); ``frame_truth`` (N, T, 4)
     0/1 presence per frame; ``clip_labels`` (N, 4) 0/1/NaN. See the module docstring for the
     definitions and which clips are scored. Columns: clip_id, pattern, n_frames, n_present,
-    attention_auc, pointing_hit, pointing_chance.
+    attention_auc, pointing_hit, pointing_chance, peak.
     """
     weights, lengths, truth, labels = _checked_inputs(attention, lengths, frame_truth, clip_labels, reduce)
     if clip_ids is None:
@@ -122,8 +126,10 @@ def attention_scores_per_clip(attention, lengths, frame_truth, clip_labels,
                 "attention_auc": float(roc_auc_score(present, scores)),
                 "pointing_hit": float(present[top].mean()),
                 "pointing_chance": n_present / length,
+                "peak": float(scores.max() * length),
             })
-    columns = ["clip_id", "pattern", "n_frames", "n_present", "attention_auc", "pointing_hit", "pointing_chance"]
+    columns = ["clip_id", "pattern", "n_frames", "n_present", "attention_auc", "pointing_hit", "pointing_chance",
+               "peak"]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -148,7 +154,8 @@ def score_attention_against_truth(attention, lengths, frame_truth, clip_labels,
       AUCs against 0.5, two-sided);
     * ``pointing_game``: fraction of scored clips whose most-attended frame shows the pattern;
       ``pointing_chance``: mean fraction of real frames showing it (a random frame's score);
-      ``pointing_lift`` = pointing_game - pointing_chance.
+      ``pointing_lift`` = pointing_game - pointing_chance;
+    * ``peak``: mean over scored clips of the largest frame weight x real frames (1 = uniform).
 
     Scores are NaN for a pattern with no scored clip.
     """
@@ -171,6 +178,7 @@ def score_attention_against_truth(attention, lengths, frame_truth, clip_labels,
             "pointing_game": float(game),
             "pointing_chance": float(chance),
             "pointing_lift": float(game - chance),
+            "peak": float(scored.peak.mean()) if len(scored) else float("nan"),
         })
     table = pd.DataFrame(rows)
     if (table.n_scored == 0).any():

@@ -61,6 +61,8 @@ def test_perfect_attention_scores_one_and_padding_is_ignored():
     np.testing.assert_allclose(scores.pointing_game, 1.0)
     # chance = fraction of present REAL frames: 2/6 and 2/4 (frame 5 of clip 1 is padding)
     np.testing.assert_allclose(scores.pointing_chance, (2 / 6 + 2 / 4) / 2)
+    # peak: clip a has 6 real frames, 2 at weight 1 and 4 at 0.01 -> 6 / 2.04; clip b 4 / 2.02
+    np.testing.assert_allclose(scores.peak, (6 / 2.04 + 4 / 2.02) / 2)
     per_clip = explain.attention_scores_per_clip(attention, lengths, truth, labels, clip_ids=["a", "b"])
     assert set(per_clip.n_frames[per_clip.clip_id == "b"]) == {4}
 
@@ -72,6 +74,7 @@ def test_uniform_attention_is_chance_and_inverted_attention_scores_zero():
     np.testing.assert_allclose(scores.attention_auc, 0.5)
     np.testing.assert_allclose(scores.pointing_game, scores.pointing_chance)  # ties split evenly
     np.testing.assert_allclose(scores.pointing_lift, 0.0, atol=1e-12)
+    np.testing.assert_allclose(scores.peak, 1.0)  # uniform: max weight x real frames = 1
 
     inverted = np.ones((2, 4, T))
     inverted[:, :, :2] = 0.01
