@@ -73,6 +73,7 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
             num_folds=args.num_folds,
             seed=args.seed,
             cache_root=_from_here(args.cache_dir),
+            dayfirst=args.dayfirst,
         )
     except LusvError as exc:
         # Nothing usable: show why clip by clip before the one-line error, so the user can fix the data.
@@ -166,6 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--num-folds", type=int, default=5)
     prepare.add_argument("--seed", type=int, default=0)
     prepare.add_argument("--cache-dir", default=None, help="clip cache root (default: data/cache/<dataset>)")
+    prepare.add_argument("--dayfirst", action="store_true",
+                         help="acquired_on holds day-first dates (20.04.2020) instead of YYYY-MM-DD")
     prepare.set_defaults(handler=_cmd_prepare)
 
     train = commands.add_parser("train", help="train one model on one fold (flags = lusv.config.RunParams)")

@@ -221,7 +221,8 @@ def _dates(values: pd.Series, where: _RowNamer, dayfirst: bool) -> pd.Series:
         except (ValueError, TypeError, OverflowError):
             raise LabelsError(
                 f"{where(position)}: column 'acquired_on' has {str(value)!r}, which is not one of the "
-                f"{style} expected here: fix the date, empty the cell, or pass dayfirst="
-                f"{not dayfirst} if the file uses the other format"
+                f"{style} expected here: fix the date, empty the cell, or, if the file uses the other "
+                f"format, read it with dayfirst={not dayfirst}"
+                f"{' (lusv prepare --dayfirst)' if not dayfirst else ' (lusv prepare without --dayfirst)'}"
             ) from None
     return pd.Series(pd.to_datetime(parsed), index=values.index)

@@ -138,7 +138,8 @@ def dataset_location(data: str, data_path: str | Path | None = None, synthetic: 
     raise ConfigError(f"unknown data source {data!r}: use 'synthetic', 'pocus' or 'folder'")
 
 
-def load_dataset(data: str, data_path: str | Path | None = None, synthetic: dict | None = None) -> pd.DataFrame:
+def load_dataset(data: str, data_path: str | Path | None = None, synthetic: dict | None = None,
+                 dayfirst: bool = False) -> pd.DataFrame:
     """The labels table of a dataset: ``synthetic`` (generated under data/), ``pocus`` or ``folder``."""
     from lusv.sources import load_source
 
@@ -147,7 +148,7 @@ def load_dataset(data: str, data_path: str | Path | None = None, synthetic: dict
         return load_source("synthetic", root=location, **dict(synthetic or {}))
     if data == "pocus":
         return load_source("pocus", root=location)
-    return load_source("folder", csv_path=location)
+    return load_source("folder", csv_path=location, dayfirst=dayfirst)
 
 
 def _synthetic_folder_name(options: dict) -> str:
@@ -168,10 +169,12 @@ def prepare(
     image_size: int | None = None,
     synthetic: dict | None = None,
     cache_root: str | Path | None = None,
+    dayfirst: bool = False,
 ) -> Prepared:
     """Read a dataset, decode every clip once into the cache, and make the split files.
 
-    Frames and size default to the profile's (``lusv.config.PROFILES``). Clips that cannot be
+    Frames and size default to the profile's (``lusv.config.PROFILES``). ``dayfirst`` reads a
+    folder dataset's ``acquired_on`` as day-first dates (20.04.2020). Clips that cannot be
     used are skipped and counted in ``prepare/ingest_report.csv``; the study stops only when
     none is usable. When every clip has an acquisition date, about ``temporal_test_fraction``
     of the clips (whole patients, the latest first seen) form the temporally separated test
@@ -182,6 +185,8 @@ def prepare(
     from lusv.splits import fold_balance, load_or_make_folds, load_or_make_temporal_split
 
     defaults = params_for(profile)
+    if num_folds < 3:  # checked before the (long) decoding, not when training refuses the folds
+        raise ConfigError(f"num_folds={num_folds}: separate train, validation and test folds need at least 3 folds")
     num_frames = num_frames or defaults.num_frames
     image_size = image_size or defaults.image_size
     run_dir = resolve_run_dir(run_dir)
@@ -189,7 +194,7 @@ def prepare(
     if data == "synthetic" and synthetic is None:
         synthetic = SYNTHETIC_BY_PROFILE[profile]
     name = dataset_name(data, data_path, synthetic)
-    labels = load_dataset(data, data_path, synthetic)
+    labels = load_dataset(data, data_path, synthetic, dayfirst=dayfirst)
 
     # Absolute: prepared.json must lead later steps to the same cache from any working directory.
     cache_root = Path(cache_root).resolve() if cache_root else DATA_ROOT / "cache" / name

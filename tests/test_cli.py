@@ -144,6 +144,30 @@ def test_prepare_reads_relative_paths_from_the_current_folder(broken_folder, tmp
     assert (tmp_path / "relcache").is_dir()
 
 
+def test_prepare_refuses_fewer_than_three_folds_before_decoding(broken_folder, tmp_path, capsys):
+    args = _prepare(broken_folder, tmp_path)
+    args[args.index("--num-folds") + 1] = "2"
+    assert main(args) == 2
+    assert "need at least 3 folds" in _error_line(capsys.readouterr().err, "prepare")
+    assert not (tmp_path / "cache").exists()
+
+
+def test_prepare_reads_day_first_dates_on_request(tmp_path, capsys):
+    folder = tmp_path / "data"
+    rows = []
+    for index in range(6):
+        write_test_video(folder / f"c{index}.mp4", make_frames(6, 32, 48, seed=index))
+        rows.append({**_label_row(f"c{index}", f"c{index}.mp4", f"P{index}", index), "acquired_on": f"2{index}.04.2020"})
+    pd.DataFrame(rows).to_csv(folder / "labels.csv", index=False)
+    args = ["prepare", "--run-dir", str(tmp_path / "run"), "--profile", "quick", "--data", "folder",
+            "--data-path", str(folder / "labels.csv"), "--num-folds", "3", "--cache-dir", str(tmp_path / "cache")]
+    assert main(args) == 2
+    assert "lusv prepare --dayfirst" in _error_line(capsys.readouterr().err, "prepare")
+    assert main([*args, "--dayfirst"]) == 0
+    labels = pd.read_csv(tmp_path / "run" / "prepare" / "labels.csv")
+    assert labels["acquired_on"].tolist()[:2] == ["2020-04-20", "2020-04-21"]
+
+
 # ----------------------------------------------------------------------------- a trained run
 
 

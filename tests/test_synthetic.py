@@ -218,6 +218,8 @@ def test_load_synthetic_reuses_and_regenerates(tmp_path):
     (tmp_path / "videos" / "SYN-C0002.mp4").unlink()  # a damaged dataset is rebuilt
     load_synthetic(tmp_path, **{**params, "seed": 1})
     assert (tmp_path / "videos" / "SYN-C0002.mp4").is_file()
+    (tmp_path / "labels.csv").write_text("")  # an emptied labels file: regenerated, not a pandas error
+    assert len(load_synthetic(tmp_path, **{**params, "seed": 1})) == 3
 
 
 def test_write_video_refuses_odd_sizes(tmp_path):

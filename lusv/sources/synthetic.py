@@ -34,7 +34,10 @@ def _is_current(root: Path, params: dict) -> bool:
         return False
     if not (root / synthetic.FRAME_TRUTH_FILE).is_file() or not (root / synthetic.LABELS_FILE).is_file():
         return False
-    labels = pd.read_csv(root / synthetic.LABELS_FILE, usecols=["path"])
+    try:
+        labels = pd.read_csv(root / synthetic.LABELS_FILE, usecols=["path"])
+    except (ValueError, OSError, pd.errors.ParserError):  # damaged (empty, edited): generate it again
+        return False
     return all((root / path).is_file() for path in labels["path"])
 
 
