@@ -12,6 +12,7 @@ Predictions tables follow the contract: ``clip_id, patient_id, fold``, one proba
 
 from __future__ import annotations
 
+import logging
 import warnings
 from typing import NamedTuple, Sequence
 
@@ -22,6 +23,8 @@ from sklearn.metrics import roc_auc_score, roc_curve
 
 from lusv.errors import LusvError
 from lusv.patterns import PATTERNS
+
+logger = logging.getLogger(__name__)
 
 ArrayLike = np.ndarray | Sequence[float] | pd.Series
 
@@ -181,15 +184,32 @@ def delong_test(y: ArrayLike, score_a: ArrayLike, score_b: ArrayLike) -> DelongT
 def youden_threshold(y: ArrayLike, score: ArrayLike) -> float:
     """Threshold maximising Youden's J = sensitivity + specificity - 1 (NaN labels ignored).
 
-    Returns one of the observed scores; predictions ``score >= threshold`` are positive, so the
-    clip whose score equals the threshold is called positive. Ties in J go to the highest
-    threshold (the more specific one). Choose it on validation predictions, apply it to test.
+    Returns one of the observed scores, never an infinite one; predictions ``score >= threshold``
+    are positive, so the clip whose score equals the threshold is called positive. Ties in J go
+    to the highest threshold (the more specific one). Choose it on validation predictions,
+    apply it to test.
+
+    The candidates are the observed scores only: ``roc_curve``'s extra first point (threshold
+    +inf, nothing called positive) is not one. The lowest score (everything positive) has
+    J = 0, so the best J is never negative. When no score separates the classes better than
+    chance (best J = 0, e.g. scores that rank every negative above every positive), the highest
+    observed score with J = 0 is returned all the same and a warning is logged: that threshold
+    carries no information. NaN only when the labelled clips lack one of the classes.
     """
     y, (score,) = _labelled(y, score)
     if y.all() or not y.any():
         return float("nan")
     fpr, tpr, thresholds = roc_curve(y, score, drop_intermediate=False)
-    return float(thresholds[int(np.argmax(tpr - fpr))])
+    # thresholds are decreasing; index 0 is sklearn's sentinel above every score (+inf).
+    j = (tpr - fpr)[1:]
+    best = int(np.argmax(j))  # first maximum = highest threshold among ties
+    if j[best] <= 0:
+        logger.warning(
+            "Youden's J is at most 0 at every threshold (%d positives, %d negatives): the scores do not "
+            "separate the classes; returning the highest score with J = 0 (%.4g)",
+            int(y.sum()), int((~y).sum()), thresholds[best + 1],
+        )
+    return float(thresholds[best + 1])
 
 
 def sensitivity_specificity(y: ArrayLike, score: ArrayLike, threshold: float) -> ThresholdCounts:

@@ -159,6 +159,45 @@ def test_youden_threshold_equals_a_score_and_counts_it_positive():
     assert (at_negative.tp, at_negative.fn, at_negative.tn, at_negative.fp) == (3, 0, 2, 2)
 
 
+def test_youden_threshold_is_never_infinite_and_warns_without_discrimination(caplog):
+    # every negative above every positive: J <= 0 at every score. sklearn's roc_curve puts +inf
+    # first (J = 0 there too); the threshold must be an observed score: the lowest, J = 0.
+    with caplog.at_level("WARNING", logger="lusv.metrics"):
+        threshold = youden_threshold([0, 0, 1, 1], [0.9, 0.8, 0.2, 0.1])
+    assert threshold == 0.1
+    assert "do not separate the classes" in caplog.text
+    # constant scores: the one observed score, with a warning
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="lusv.metrics"):
+        assert youden_threshold([0, 1, 0, 1], [0.5, 0.5, 0.5, 0.5]) == 0.5
+    assert "do not separate the classes" in caplog.text
+    # perfect separation: the lowest positive score, and no warning
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="lusv.metrics"):
+        assert youden_threshold([0, 0, 1, 1], [0.1, 0.2, 0.8, 0.9]) == 0.8
+    assert caplog.text == ""
+    # a single class: no threshold
+    assert np.isnan(youden_threshold([1, 1, np.nan], [0.2, 0.3, 0.4]))
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_youden_threshold_equals_brute_force_over_observed_scores(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(4, 40))
+    y = (rng.random(n) < 0.4).astype(float)
+    y[:2] = [0, 1]  # both classes
+    # weak, sometimes inverted signal, rounded so that ties occur
+    score = np.round(rng.normal(size=n) + rng.normal() * y, 1)
+    best_j, best_t = -np.inf, None
+    for t in np.unique(score)[::-1]:  # highest first: ties go to the highest threshold
+        c = sensitivity_specificity(y, score, t)
+        if c.sensitivity + c.specificity - 1 > best_j + 1e-12:
+            best_j, best_t = c.sensitivity + c.specificity - 1, t
+    threshold = youden_threshold(y, score)
+    assert np.isfinite(threshold) and threshold in score
+    assert threshold == best_t
+
+
 # ----------------------------------------------------------------------------- patient bootstrap
 
 
