@@ -2,7 +2,8 @@
 
 Every function takes out-of-fold predictions of several models as a mapping
 ``{model name: predictions DataFrame}`` (contract: clip_id, patient_id, fold, p_<pattern>,
-<pattern>); the mapping's order is the row order of every table and the legend order.
+<pattern>; cross-validated predictions also model_fold, see ``threshold_table``); the mapping's
+order is the row order of every table and the legend order.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import pandas as pd
 from lusv.errors import ConfigError
 from lusv.io import atomic_path, write_csv
 from lusv.metrics import (
+    PredictionsError,
     compare_models,
     prediction_arrays,
     roc_auc,
@@ -90,51 +92,124 @@ def delong_table(predictions: Predictions, reference: str = "luvnet") -> pd.Data
 
 
 def _threshold_counts(val: pd.DataFrame, test: pd.DataFrame, pattern: str) -> tuple[float, list[int]]:
+    """Youden threshold chosen on ``val``, confusion counts on ``test``; no counts (zeros) when
+    ``val`` lacks a class of ``pattern`` (NaN threshold)."""
     threshold = youden_threshold(val[pattern], val[f"p_{pattern}"])
+    if not math.isfinite(threshold):
+        return threshold, [0, 0, 0, 0]
     counts = sensitivity_specificity(test[pattern], test[f"p_{pattern}"], threshold)
     return threshold, [counts.tp, counts.fn, counts.tn, counts.fp]
+
+
+def _folds_text(folds) -> str:
+    return ", ".join(str(int(f)) for f in folds)
+
+
+def _per_fold_model(val: pd.DataFrame, test: pd.DataFrame, pattern: str, name: str) -> dict:
+    """Each fold model's threshold from its own validation predictions, applied to its own test
+    predictions; counts pooled over the fold models."""
+    model_folds = sorted(test["model_fold"].unique())
+    missing = [m for m in model_folds if not (val["model_fold"] == m).any()]
+    if missing:
+        raise PredictionsError(
+            f"{name}: no validation predictions of fold model(s) {_folds_text(missing)}, whose test "
+            "predictions are given: thresholds must come from the model that scored the test clips"
+        )
+    thresholds, counts, pooled_for = [], np.zeros(4, dtype=int), []
+    for m in model_folds:
+        v, t = val[val["model_fold"] == m], test[test["model_fold"] == m]
+        threshold, c = _threshold_counts(v, t, pattern)
+        if not math.isfinite(threshold):  # this model's validation fold has one class only
+            pooled_for.append(m)
+            threshold, c = _threshold_counts(val, t, pattern)
+        thresholds.append(threshold)
+        counts += c
+    source = "per fold model: chosen on its validation predictions, applied to its test predictions"
+    if pooled_for:
+        source += (
+            f"; fold model(s) {_folds_text(pooled_for)}: one class in its validation fold, "
+            "threshold chosen on all fold models' validation predictions pooled"
+        )
+    finite = [t for t in thresholds if math.isfinite(t)]
+    return {
+        "threshold": float(np.median(finite)) if finite else float("nan"),
+        "counts": counts.tolist(),
+        "threshold_source": source,
+        "fold_thresholds": "; ".join(f"{int(m)}: {t:.4g}" for m, t in zip(model_folds, thresholds)),
+    }
 
 
 def threshold_table(test_predictions: Predictions, val_predictions: Predictions | None = None) -> pd.DataFrame:
     """Table 3: sensitivity and specificity at Youden thresholds (``score >= threshold`` positive).
 
-    Thresholds are chosen on ``val_predictions[model]`` and applied to ``test_predictions[model]``.
-    When both tables have a ``fold`` column, each fold's threshold comes from that fold's
-    validation predictions and applies to that fold's test clips; counts are then pooled and
-    ``threshold`` is the mean of the per-fold thresholds. Without validation predictions the
-    threshold is chosen on the test predictions themselves — optimistic, and marked so in
-    ``threshold_source``.
+    Thresholds are chosen on ``val_predictions[model]`` and applied to ``test_predictions[model]``:
 
-    Columns: model, pattern, threshold, sensitivity, specificity, tp, fn, tn, fp, threshold_source.
+    * Both tables have ``model_fold`` (the fold of the model that predicted each clip; in the
+      validation table a clip's own ``fold`` is model_fold + 1): each fold model's threshold is
+      chosen on that model's validation predictions and applied to that model's test
+      predictions; counts are pooled over the fold models, ``threshold`` is the median of the
+      per-model thresholds and ``fold_thresholds`` lists them ("model fold: threshold").
+    * The test table has neither ``model_fold`` nor ``fold`` (e.g. the fold ensemble's
+      predictions on the temporal test set, which no single fold model made): one threshold per
+      pattern, chosen on all validation predictions pooled, applied to every test clip.
+    * A test table with ``fold`` but no ``model_fold`` is refused (which model scored which clip
+      is unknown); ``lusv.study.load_out_of_fold`` adds the column to older study files.
+    * Without validation predictions the threshold is chosen on the test predictions themselves
+      — optimistic, and marked so in ``threshold_source``.
+
+    A validation set with one class only for a pattern gives no threshold: a fold model's falls
+    back to the pooled validation predictions (said in ``threshold_source``); with no threshold
+    at all the counts are 0 and sensitivity/specificity NaN.
+
+    Columns: model, pattern, threshold, sensitivity, specificity, tp, fn, tn, fp,
+    threshold_source, fold_thresholds.
     """
     rows = []
     for name, test in test_predictions.items():
         val = None if val_predictions is None else val_predictions.get(name)
+        prediction_arrays(test)  # clear error for missing columns
         if val is None:
             logger.warning("no validation predictions for %s: Youden thresholds chosen on test (optimistic)", name)
-        per_fold = val is not None and "fold" in val.columns and "fold" in test.columns
-        source = "test (optimistic)" if val is None else "validation per fold" if per_fold else "validation"
-        prediction_arrays(test)  # clear error for missing columns
+            mode, source = "pooled", "test (optimistic)"
+            val = test
+        elif "model_fold" in test.columns:
+            if "model_fold" not in val.columns:
+                raise PredictionsError(
+                    f"{name}: the test predictions say which fold model scored each clip (model_fold) but "
+                    "the validation predictions do not: both need model_fold to pair each model's threshold "
+                    "with its test clips"
+                )
+            mode = "per fold model"
+        elif "fold" in test.columns:
+            raise PredictionsError(
+                f"{name}: the test predictions have a fold column but no model_fold, so which fold model's "
+                "validation predictions should set the thresholds is unknown; add model_fold (the fold of the "
+                "model that predicted each clip; lusv.study.load_out_of_fold derives it for study files)"
+            )
+        else:
+            mode = "pooled"
+            source = "one threshold for all clips, chosen on the validation predictions" + (
+                f" of fold models {_folds_text(sorted(val['model_fold'].unique()))} pooled"
+                if "model_fold" in val.columns else ""
+            )
+        prediction_arrays(val)
         for pattern in PATTERNS:
-            if per_fold:
-                results = [
-                    _threshold_counts(val[val["fold"] == f], test[test["fold"] == f], pattern)
-                    for f in sorted(test["fold"].unique())
-                ]
-                thresholds = [t for t, _ in results]
-                threshold = float(np.nanmean(thresholds)) if np.isfinite(thresholds).any() else float("nan")
-                tp, fn, tn, fp = np.sum([c for _, c in results], axis=0).tolist()
+            if mode == "per fold model":
+                cell = _per_fold_model(val, test, pattern, name)
             else:
-                threshold, (tp, fn, tn, fp) = _threshold_counts(test if val is None else val, test, pattern)
+                threshold, counts = _threshold_counts(val, test, pattern)
+                cell = {"threshold": threshold, "counts": counts, "threshold_source": source, "fold_thresholds": ""}
+            tp, fn, tn, fp = cell["counts"]
             rows.append(
                 {
                     "model": name,
                     "pattern": pattern,
-                    "threshold": threshold,
+                    "threshold": cell["threshold"],
                     "sensitivity": tp / (tp + fn) if tp + fn else float("nan"),
                     "specificity": tn / (tn + fp) if tn + fp else float("nan"),
                     "tp": tp, "fn": fn, "tn": tn, "fp": fp,
-                    "threshold_source": source,
+                    "threshold_source": cell["threshold_source"],
+                    "fold_thresholds": cell["fold_thresholds"],
                 }
             )
     return pd.DataFrame(rows)

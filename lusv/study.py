@@ -11,6 +11,7 @@ A study run lives in one folder, ``results/<run>/``::
     runs/       one folder per (model configuration, fold), written by lusv.train
     oof/        <key>.test.csv   out-of-fold test predictions (each development clip once)
                 <key>.val.csv    each fold model's validation-fold predictions (for thresholds)
+                (both: fold = the clip's fold, model_fold = the fold of the model that predicted it)
                 <key>.temporal_test.csv   fold-ensemble predictions on the temporally separated set
     tables/, figures/   what the results notebook writes
 
@@ -298,8 +299,10 @@ def out_of_fold(run_dirs: list[Path], split: str = "test") -> pd.DataFrame:
 
     With test = fold f and validation = fold f+1, each development clip is in exactly one
     fold's test set and exactly one fold's validation set, so both stacks are clean.
+    ``model_fold`` (after ``fold``) says which fold model predicted each clip; runs written
+    before that column existed get it from their config.json.
     """
-    frames = [_read_predictions(Path(d) / f"predictions_{split}.csv") for d in run_dirs]
+    frames = [_with_model_fold(_read_predictions(Path(d) / f"predictions_{split}.csv"), Path(d)) for d in run_dirs]
     stacked = pd.concat(frames, ignore_index=True)
     duplicated = stacked["clip_id"][stacked["clip_id"].duplicated()]
     if len(duplicated):
@@ -312,7 +315,7 @@ def fold_ensemble(run_dirs: list[Path], split: str = "temporal_test") -> pd.Data
     frames = [_read_predictions(Path(d) / f"predictions_{split}.csv") for d in run_dirs]
     stacked = pd.concat(frames, ignore_index=True)
     probability_columns = [c for c in stacked.columns if c.startswith("p_")]
-    keep_first = [c for c in stacked.columns if c not in probability_columns and c != "fold"]
+    keep_first = [c for c in stacked.columns if c not in probability_columns and c not in ("fold", "model_fold")]
     firsts = stacked.groupby("clip_id", sort=False)[keep_first].first().reset_index(drop=True)
     means = stacked.groupby("clip_id", sort=False)[probability_columns].mean().reset_index(drop=True)
     return pd.concat([firsts, means], axis=1)
@@ -322,6 +325,36 @@ def _read_predictions(path: Path) -> pd.DataFrame:
     if not path.is_file():
         raise LusvError(f"{path} is missing: that training run did not finish")
     return pd.read_csv(path, dtype={"clip_id": str, "patient_id": str})
+
+
+def _insert_model_fold(table: pd.DataFrame, model_fold) -> pd.DataFrame:
+    """``table`` with a ``model_fold`` column right after ``fold``."""
+    table = table.copy()
+    table.insert(table.columns.get_loc("fold") + 1, "model_fold", model_fold)
+    return table
+
+
+def _with_model_fold(table: pd.DataFrame, run_dir: Path) -> pd.DataFrame:
+    """A run's predictions with ``model_fold``; older runs lack it: it is the run's own fold."""
+    if "model_fold" in table.columns:
+        return table
+    config = run_dir / "config.json"
+    if not config.is_file():
+        raise LusvError(f"{run_dir}: predictions without model_fold and no config.json to tell the run's fold")
+    return _insert_model_fold(table, int(json.loads(config.read_text())["params"]["fold"]))
+
+
+def _derive_model_fold(table: pd.DataFrame, split: str, run_dir: Path, path: Path) -> pd.DataFrame:
+    """Out-of-fold files written before ``model_fold`` existed: the fold model of a test clip is
+    its own fold; that of a validation clip is the fold before it ((fold - 1) % K, since the
+    model of fold f validates on fold (f + 1) % K)."""
+    if split not in ("test", "val") or "model_fold" in table.columns or "fold" not in table.columns:
+        return table
+    folds = table["fold"].astype(int)
+    if split == "val":
+        folds = (folds - 1) % Prepared.load(run_dir).num_folds
+    log.info("%s has no model_fold column (written by an older lusv): derived from the clips' folds", path)
+    return _insert_model_fold(table, folds)
 
 
 def load_out_of_fold(run_dir: str | Path, split: str = "test", keys: list[str] | None = None) -> dict[str, pd.DataFrame]:
@@ -338,7 +371,7 @@ def load_out_of_fold(run_dir: str | Path, split: str = "test", keys: list[str] |
     missing = [key for key in keys if key not in found]
     if missing:
         raise LusvError(f"no {split} predictions for {missing} in {oof_dir}: train those models first")
-    return {key: _read_predictions(found[key]) for key in keys}
+    return {key: _derive_model_fold(_read_predictions(found[key]), split, oof_dir.parent, found[key]) for key in keys}
 
 
 def ingest_summary(prepared: Prepared) -> pd.DataFrame:
@@ -373,7 +406,8 @@ def results(
     held_out = {"test": (test, val)}
     temporal_keys = [key for key in test if (run_dir / "oof" / f"{key}.temporal_test.csv").is_file()]
     if temporal_keys:
-        # The fold ensemble has no fold column, so its thresholds come from all validation folds pooled.
+        # The fold ensemble (mean of the fold models) is no single fold model: its thresholds are
+        # chosen on the validation predictions of all fold models pooled (see threshold_source).
         held_out["temporal_test"] = (load_out_of_fold(run_dir, "temporal_test", temporal_keys), val)
     for split, (predictions, val_predictions) in held_out.items():
         tables = results_tables(predictions, reference=reference, val_predictions=val_predictions, n_boot=n_boot)

@@ -8,7 +8,8 @@
       checkpoint.pt                  latest epoch: model, optimizer, scaler, counters, RNG states
       best.pt                        model state dict of the epoch with the lowest validation loss
       splits.csv (+ .json)           only when no splits file was given: the folds made for this run
-      predictions_val.csv            clip_id, patient_id, fold, p_<pattern>..., <pattern>... (labels)
+      predictions_val.csv            clip_id, patient_id, fold, model_fold, p_<pattern>..., <pattern>... (labels);
+                                     fold = the clip's fold, model_fold = this run's fold
       predictions_test.csv
       predictions_temporal_test.csv  only with a temporal split file
 
@@ -535,8 +536,11 @@ def _progress_is_live() -> bool:
     return bool(getattr(sys.stderr, "isatty", lambda: False)())
 
 
-def _predictions_table(rows: pd.DataFrame, probabilities: np.ndarray) -> pd.DataFrame:
+def _predictions_table(rows: pd.DataFrame, probabilities: np.ndarray, model_fold: int) -> pd.DataFrame:
+    """Predictions CSV rows: ``fold`` is each clip's own fold, ``model_fold`` the fold of the
+    model that predicted it (this run's fold; a validation clip's ``fold`` is (model_fold + 1) % K)."""
     table = rows[["clip_id", "patient_id", "fold"]].reset_index(drop=True).copy()
+    table["model_fold"] = int(model_fold)
     for i, pattern in enumerate(PATTERNS):
         table[f"p_{pattern}"] = probabilities[:, i].astype(np.float64)
     for pattern in PATTERNS:
@@ -768,7 +772,7 @@ class _Trainer:
             if role == "train":
                 continue
             probabilities, _ = self.evaluate(table)
-            io.write_csv(self.run_dir / f"predictions_{role}.csv", _predictions_table(table, probabilities))
+            io.write_csv(self.run_dir / f"predictions_{role}.csv", _predictions_table(table, probabilities, self.p.fold))
 
 
 def _resolve_params(params: RunParams | Mapping[str, Any] | None, overrides: Mapping[str, Any]) -> RunParams:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -11,7 +13,7 @@ import pandas as pd
 import pytest
 
 from lusv.errors import ConfigError
-from lusv.metrics import compare_models, delong_ci, sensitivity_specificity, youden_threshold
+from lusv.metrics import PredictionsError, compare_models, delong_ci, sensitivity_specificity, youden_threshold
 from lusv.patterns import DISPLAY_NAMES, PATTERNS
 from lusv.report import (
     auc_summaries,
@@ -36,7 +38,7 @@ def make_predictions(seed: int = 0, n_patients: int = 30) -> dict[str, pd.DataFr
     labels = (rng.random((n, 4)) < [0.5, 0.4, 0.35, 0.3]).astype(float)
     labels[rng.random((n, 4)) < 0.05] = np.nan
     base = pd.DataFrame({"clip_id": [f"c{i:03d}" for i in range(n)], "patient_id": [f"P{p}" for p in patient],
-                         "fold": patient % 5})
+                         "fold": patient % 5, "model_fold": patient % 5})  # test layout: scored by its fold's model
     out = {}
     for name, strength in MODELS.items():
         logits = np.nan_to_num(labels) * strength + rng.normal(size=(n, 4))
@@ -82,25 +84,137 @@ def test_delong_table_against_reference(preds):
         delong_table(preds, reference="nonexistent")
 
 
-def test_threshold_table_uses_validation_thresholds_per_fold(preds):
-    val = make_predictions(seed=1)  # stand-in for each fold model's validation predictions
+def validation_layout(val: pd.DataFrame, num_folds: int = 5) -> pd.DataFrame:
+    """The real layout of stacked validation predictions: the model of fold m validates on the
+    clips of fold (m + 1) % K, so a clip of fold g was predicted by fold model (g - 1) % K."""
+    return val.assign(model_fold=(val["fold"] - 1) % num_folds)
+
+
+def test_threshold_table_uses_each_fold_models_own_validation_thresholds(preds):
+    val = {name: validation_layout(v) for name, v in make_predictions(seed=1).items()}
     table = threshold_table(preds, val)
-    assert table.shape == (12, 10)
-    assert (table["threshold_source"] == "validation per fold").all()
+    assert table.shape == (12, 11)
+    assert table["threshold_source"].str.startswith("per fold model").all()
     row = table[(table["model"] == "usvn") & (table["pattern"] == "b_lines")].iloc[0]
     test, v = preds["usvn"], val["usvn"]
-    counts = np.zeros(4, int)
-    for f in range(5):
-        t = youden_threshold(v.loc[v["fold"] == f, "b_lines"], v.loc[v["fold"] == f, "p_b_lines"])
-        c = sensitivity_specificity(test.loc[test["fold"] == f, "b_lines"], test.loc[test["fold"] == f, "p_b_lines"], t)
+    counts, thresholds = np.zeros(4, int), []
+    for m in range(5):
+        validated = v[v["fold"] == (m + 1) % 5]  # the clips the model of fold m validated on
+        t = youden_threshold(validated["b_lines"], validated["p_b_lines"])
+        scored = test[test["fold"] == m]  # the clips it scored as test
+        c = sensitivity_specificity(scored["b_lines"], scored["p_b_lines"], t)
         counts += [c.tp, c.fn, c.tn, c.fp]
+        thresholds.append(t)
     assert [row["tp"], row["fn"], row["tn"], row["fp"]] == counts.tolist()
     assert row["sensitivity"] == pytest.approx(counts[0] / (counts[0] + counts[1]))
+    assert row["threshold"] == pytest.approx(np.median(thresholds))
+    assert row["fold_thresholds"] == "; ".join(f"{m}: {t:.4g}" for m, t in enumerate(thresholds))
     # without validation predictions the table says the thresholds are optimistic
     optimistic = threshold_table({"usvn": test})
     assert (optimistic["threshold_source"] == "test (optimistic)").all()
     c = sensitivity_specificity(test["b_lines"], test["p_b_lines"], youden_threshold(test["b_lines"], test["p_b_lines"]))
     assert optimistic.loc[1, ["tp", "fn", "tn", "fp"]].tolist() == [c.tp, c.fn, c.tn, c.fp]
+
+
+def scaled_fold_models(num_folds: int = 5) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Test and validation predictions where fold model m scores on its own scale 0.2 m + ...:
+    only the model's own validation threshold (0.2 m + 0.15) fits its test scores."""
+    pos_val, neg_val = [0.15, 0.16, 0.17], [0.05, 0.06, 0.07]
+    pos_test, neg_test = [0.15, 0.18, 0.02], [0.05, 0.08, 0.10]  # one positive scored low
+    val_rows, test_rows = [], []
+    for fold in range(num_folds):
+        for rows, model, pos, neg in (
+            (test_rows, fold, pos_test, neg_test),
+            (val_rows, (fold - 1) % num_folds, pos_val, neg_val),
+        ):
+            for i, (label, offset) in enumerate([(1.0, o) for o in pos] + [(0.0, o) for o in neg]):
+                score = 0.2 * model + offset
+                rows.append({"clip_id": f"c{fold}{i}", "patient_id": f"P{fold}{i // 2}", "fold": fold,
+                             "model_fold": model, **{f"p_{p}": score for p in PATTERNS},
+                             **{p: label for p in PATTERNS}})
+    return pd.DataFrame(test_rows), pd.DataFrame(val_rows)
+
+
+def test_threshold_table_pairs_thresholds_with_the_model_that_scored_the_test_clips():
+    test, val = scaled_fold_models()
+    table = threshold_table({"m": test}, {"m": val}).set_index("pattern")
+    # per fold: 2 of 3 positives at or above 0.2 m + 0.15, every negative below -> 10/5/15/0.
+    # Pairing test fold f with the validation clips of fold f (those of fold model f - 1) would
+    # give tp 12, fn 3, tn 3, fp 12.
+    for pattern in PATTERNS:
+        assert table.loc[pattern, ["tp", "fn", "tn", "fp"]].tolist() == [10, 5, 15, 0]
+        assert table.loc[pattern, "sensitivity"] == pytest.approx(2 / 3)
+        assert table.loc[pattern, "specificity"] == 1.0
+        assert table.loc[pattern, "threshold"] == pytest.approx(0.55)  # median of 0.15 ... 0.95
+        assert table.loc[pattern, "fold_thresholds"] == "0: 0.15; 1: 0.35; 2: 0.55; 3: 0.75; 4: 0.95"
+
+
+def test_threshold_table_falls_back_to_pooled_validation_for_a_one_class_validation_fold():
+    test, val = scaled_fold_models()
+    val.loc[val["model_fold"] == 2, "a_lines"] = 0.0  # fold model 2 validated on no A-lines clip
+    row = threshold_table({"m": test}, {"m": val}).set_index("pattern").loc["a_lines"]
+    assert "fold model(s) 2: one class in its validation fold" in row["threshold_source"]
+    pooled = youden_threshold(val["a_lines"], val["p_a_lines"])
+    assert np.isfinite(row["threshold"]) and f"2: {pooled:.4g}" in row["fold_thresholds"]
+    assert row[["tp", "fn", "tn", "fp"]].sum() == len(test)  # every test clip counted
+
+
+def test_threshold_table_for_an_ensemble_pools_validation_and_refuses_unknown_models():
+    test, val = scaled_fold_models()
+    ensemble = test.drop(columns=["fold", "model_fold"])  # like the fold ensemble's temporal predictions
+    table = threshold_table({"m": ensemble}, {"m": val})
+    assert (table["threshold_source"] == "one threshold for all clips, chosen on the validation "
+            "predictions of fold models 0, 1, 2, 3, 4 pooled").all()
+    assert table.loc[0, "threshold"] == youden_threshold(val["a_lines"], val["p_a_lines"])
+    assert np.isfinite(table["threshold"]).all()
+    # which fold model scored which test clip must be known, not guessed from the clips' folds
+    with pytest.raises(PredictionsError, match="no model_fold"):
+        threshold_table({"m": test.drop(columns="model_fold")}, {"m": val})
+    with pytest.raises(PredictionsError, match="validation predictions do not"):
+        threshold_table({"m": test}, {"m": val.drop(columns="model_fold")})
+    with pytest.raises(PredictionsError, match="fold model.s. 3"):
+        threshold_table({"m": test}, {"m": val[val["model_fold"] != 3]})
+
+
+def test_study_out_of_fold_files_carry_model_fold_also_from_older_runs(tmp_path):
+    from lusv import study
+
+    test, val = scaled_fold_models()
+    temporal = test.assign(clip_id="t" + test["clip_id"])
+    runs = []
+    for m in range(5):
+        run = tmp_path / "runs" / f"m-fold{m}"
+        run.mkdir(parents=True)
+        (run / "config.json").write_text(json.dumps({"params": {"fold": m}}))
+        for split, table in (("test", test), ("val", val), ("temporal_test", temporal)):
+            mine = table[table["model_fold"] == m]
+            if split == "temporal_test":
+                mine = table[table["fold"] == 0].assign(fold=m, model_fold=m)
+            if m % 2:  # runs written before model_fold existed
+                mine = mine.drop(columns="model_fold")
+            mine.to_csv(run / f"predictions_{split}.csv", index=False)
+        runs.append(run)
+    for split, expected in (("test", test), ("val", val)):
+        stacked = study.out_of_fold(runs, split)
+        assert stacked.columns.tolist() == expected.columns.tolist()  # model_fold right after fold
+        pd.testing.assert_frame_equal(stacked.sort_values("clip_id", ignore_index=True),
+                                      expected.sort_values("clip_id", ignore_index=True), check_dtype=False)
+    ensemble = study.fold_ensemble(runs, "temporal_test")
+    assert "fold" not in ensemble.columns and "model_fold" not in ensemble.columns
+    # out-of-fold files written before model_fold existed: derived from the clips' folds
+    prepared = study.Prepared(run_dir=tmp_path, labels_csv=tmp_path / "l.csv", folds_csv=tmp_path / "f.csv",
+                              temporal_csv=None, cache_root=tmp_path / "cache", num_frames=4, image_size=8,
+                              num_folds=5, dataset="x")
+    prepared.save()
+    (tmp_path / "oof").mkdir()
+    test.drop(columns="model_fold").to_csv(tmp_path / "oof" / "m.test.csv", index=False)
+    val.drop(columns="model_fold").to_csv(tmp_path / "oof" / "m.val.csv", index=False)
+    loaded_test = study.load_out_of_fold(tmp_path, "test")["m"]
+    loaded_val = study.load_out_of_fold(tmp_path, "val")["m"]
+    assert loaded_test["model_fold"].tolist() == test["model_fold"].tolist()
+    assert loaded_val["model_fold"].tolist() == val["model_fold"].tolist()
+    table = threshold_table({"m": loaded_test}, {"m": loaded_val})
+    assert table.loc[0, ["tp", "fn", "tn", "fp"]].tolist() == [10, 5, 15, 0]
 
 
 def test_roc_figure_has_one_axis_per_pattern(preds, tmp_path):

@@ -27,7 +27,7 @@ from lusv.train import (
     set_rng_state,
 )
 
-PREDICTION_COLUMNS = ["clip_id", "patient_id", "fold", *(f"p_{p}" for p in PATTERNS), *PATTERNS]
+PREDICTION_COLUMNS = ["clip_id", "patient_id", "fold", "model_fold", *(f"p_{p}" for p in PATTERNS), *PATTERNS]
 
 
 @pytest.fixture(autouse=True)
@@ -164,7 +164,8 @@ def test_predictions_follow_contract_and_roles(finished_run, tiny_data):  # noqa
             table[list(PATTERNS)].to_numpy(), labels.loc[table["clip_id"], list(PATTERNS)].to_numpy()
         )
         assert (table["patient_id"].to_numpy() == labels.loc[table["clip_id"], "patient_id"].to_numpy()).all()
-        assert set(table["fold"]) == {2 if role == "val" else 1}
+        assert set(table["fold"]) == {2 if role == "val" else 1}  # the clips' own fold
+        assert set(table["model_fold"]) == {1}  # the fold of the model that predicted them: this run's
 
 
 def test_load_trained_and_predict_reproduce_test_predictions(finished_run, tiny_data):  # noqa: F811
