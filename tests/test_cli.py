@@ -35,14 +35,6 @@ BROKEN = {  # clip id -> (file, reason the ingest report must give)
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _write_broken_files(folder: Path, good: Path) -> None:
     (folder / "empty.mp4").write_bytes(b"")
     (folder / "text.mp4").write_text("these are notes, not a video\n")

@@ -14,8 +14,6 @@ from lusv.models import DEFAULT_CFG, MODEL_NAMES, build_model, count_parameters
 from lusv.models.c3d import C3D
 from lusv.models.encoders import _remap_densenet_keys, build_encoder, hub_cache_file
 
-torch.set_num_threads(1)
-
 FRAME_MODELS = [
     ("luvnet", {}),
     ("luvnet_no_temporal", {}),

@@ -30,14 +30,6 @@ from lusv.train import (
 PREDICTION_COLUMNS = ["clip_id", "patient_id", "fold", "model_fold", *(f"p_{p}" for p in PATTERNS), *PATTERNS]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ----------------------------------------------------------------------------- config
 
 
