@@ -108,10 +108,11 @@ def run(size: AttentionSize, device: torch.device) -> list[Row]:
         shape = f"B={batch} T={size.num_frames} F={size.feature_dim} H={size.num_heads} P={size.num_patterns}"
         loop_label = f"{mode} B={batch}: per clip/pattern/head loop"
         rows.append(Row(name, loop_label, seconds["loop"] * 1e3, "ms/call", memory["loop"].mib, memory["loop"].kind,
-                        1.0, "self", shape))
+                        1.0, "self", shape, memory["loop"].rss_mib))
         rows.append(Row(name, f"{mode} B={batch}: AttentionPool (one einsum)", seconds["vectorised"] * 1e3, "ms/call",
                         memory["vectorised"].mib, memory["vectorised"].kind, seconds["loop"] / seconds["vectorised"],
-                        loop_label, f"{shape}; allclose, max abs diff {max_diff:.1e}"))
+                        loop_label, f"{shape}; allclose, max abs diff {max_diff:.1e}",
+                        memory["vectorised"].rss_mib))
     return rows
 
 

@@ -5,15 +5,29 @@ then times each repetition and reports the median, which shrugs off the occasion
 repetition on a shared machine. On CUDA every timed call is bracketed by
 ``torch.cuda.synchronize`` so that queued kernels are counted.
 
-Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``.
-On the CPU neither ``ru_maxrss`` (a high-water mark for the whole process, so it cannot go down
-between benchmarks in one run) nor ``tracemalloc`` (it sees Python objects, not torch's, PIL's
-or FFmpeg's buffers) can say what one benchmark needed, so ``PeakMemory`` samples the resident
-set size in a thread and reports its rise above the size at the start.
+Peak memory: ``PeakMemory`` first frees what it can (``gc.collect``; CUDA: ``empty_cache``;
+CPU: glibc's ``malloc_trim(0)``) and then measures from there. CUDA:
+``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``. CPU: two figures, both
+sampled every 5 ms by a thread (``ru_maxrss`` is a high-water mark for the whole process, so it
+cannot tell one benchmark from the one before it, and ``tracemalloc`` does not see torch's,
+PIL's or FFmpeg's buffers):
+
+- the peak rise of the bytes **in use** through malloc (glibc's ``mallinfo2``, all arenas),
+  the CPU counterpart of ``max_memory_allocated``: what the variant's live buffers needed,
+  whatever the allocator keeps. A peak shorter than 5 ms can be missed.
+- the peak rise of the **resident set size** (RSS): what the process really grew by, including
+  freed buffers the allocator keeps and heap fragmentation. ``lusv.datasets.
+  keep_freed_cpu_buffers`` (applied by ``run_all``, as by training) keeps freed buffers
+  resident, so without the trim each variant would reuse what the one before it left and show
+  a rise of ~0; ``malloc_trim(0)`` on entry hands them back first, so the rise is the variant's
+  own.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import gc
 import os
 import platform
 import resource
@@ -46,6 +60,7 @@ class Row:
     ratio: Optional[float] = None
     baseline: str = ""
     note: str = ""
+    rss_rise_mib: Optional[float] = None  # CPU: the resident-set rise next to peak_mem_mib (see PeakMemory)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -120,13 +135,19 @@ def measure_interleaved(
     The timed repetitions take turns (a, b, a, b, ...) so that a load change on a shared machine
     hits every variant alike and the ratios between them stay fair. Peak memory is taken over
     the warm-up calls (at least one), which do the same work untimed.
+
+    The warm-ups run in reverse order: ``PeakMemory`` hands freed memory back to the OS before
+    each, so the variant warmed up last is the only one whose pages are all still resident, and
+    it is the first one timed. Any re-faulting of pages (~0.4 ms per MiB here) then falls on the
+    later variants (lusv's, in every benchmark here), not on the baseline.
     """
     memory = {}
-    for name, fn in fns.items():
+    for name, fn in reversed(list(fns.items())):
         with PeakMemory(device) as peak:
             for _ in range(max(warmup, 1)):
                 fn()
         memory[name] = peak
+    memory = {name: memory[name] for name in fns}
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
@@ -152,37 +173,106 @@ def _rss_bytes() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
 
-class PeakMemory:
-    """Peak memory of the code inside ``with PeakMemory(device) as peak:`` -> ``peak.mib``.
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                 "keepcost")]
 
-    CUDA: ``max_memory_allocated`` (tensors held by torch's allocator, the usual figure).
-    CPU: the highest resident set size sampled every ``interval`` seconds, minus the size at
-    entry (``kind`` says which).
+
+_LIBC: list = []
+
+
+def _libc() -> Optional[ctypes.CDLL]:
+    if not _LIBC:
+        name = ctypes.util.find_library("c")
+        try:
+            _LIBC.append(ctypes.CDLL(name) if name else None)
+        except OSError:
+            _LIBC.append(None)
+        if _LIBC[0] is not None and hasattr(_LIBC[0], "mallinfo2"):
+            _LIBC[0].mallinfo2.restype = _MallInfo2
+    return _LIBC[0]
+
+
+def _malloc_trim() -> bool:
+    """glibc's ``malloc_trim(0)``: hand every free page of the C heap back to the OS, whatever
+    ``keep_freed_cpu_buffers`` set. False where the C library has no ``malloc_trim``."""
+    libc = _libc()
+    if libc is None or not hasattr(libc, "malloc_trim"):
+        return False
+    libc.malloc_trim(ctypes.c_size_t(0))
+    return True
+
+
+def _malloc_in_use_bytes() -> Optional[int]:
+    """Bytes allocated with malloc and not yet freed, all arenas (glibc >= 2.33 ``mallinfo2``:
+    heap chunks in use + mmapped chunks); None where unavailable. Free buffers the allocator
+    keeps do not count."""
+    libc = _libc()
+    if libc is None or not hasattr(libc, "mallinfo2"):
+        return None
+    info = libc.mallinfo2()
+    return int(info.uordblks + info.hblkhd)
+
+
+def release_memory(device: torch.device) -> bool:
+    """Free what is no longer referenced: ``gc.collect()``, then on CUDA ``empty_cache``, on the
+    CPU ``malloc_trim(0)`` (True when it could be called)."""
+    gc.collect()
+    if device.type == "cuda":
+        synchronize(device)
+        torch.cuda.empty_cache()
+        return True
+    return _malloc_trim()
+
+
+class PeakMemory:
+    """Peak memory of the code inside ``with PeakMemory(device) as peak:`` -> ``peak.mib``
+    (``kind`` says what it is) and, on the CPU, ``peak.rss_mib``.
+
+    Entry first calls ``release_memory`` (see the module docstring). CUDA:
+    ``max_memory_allocated`` (tensors held by torch's allocator, the usual figure). CPU:
+    ``mib`` is the rise of the bytes in use through malloc (``mallinfo2``; torch, numpy, PIL
+    and FFmpeg buffers; falls back to the resident set size without glibc) and ``rss_mib`` the
+    rise of the resident set size, both sampled every ``interval`` seconds, above their values
+    at entry after the trim.
     """
 
     def __init__(self, device: torch.device, interval: float = 0.005):
         self.device = device
         self.interval = interval
         self.mib: float = float("nan")
+        self.rss_mib: Optional[float] = None
         self.kind = "cuda max_memory_allocated" if device.type == "cuda" else "CPU RSS rise (sampled)"
         self._stop = threading.Event()
-        self._peak = 0
-        self._start = 0
+        self._peak = self._start = 0
+        self._peak_use: Optional[int] = None
+        self._start_use: Optional[int] = None
         self._thread: Optional[threading.Thread] = None
 
     def __enter__(self) -> "PeakMemory":
+        trimmed = release_memory(self.device)
         if self.device.type == "cuda":
-            synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
         else:
+            self._start_use = self._peak_use = _malloc_in_use_bytes()
+            if self._start_use is not None:
+                self.kind = "CPU peak malloc in use (sampled)"
+            elif trimmed:
+                self.kind = "CPU RSS rise after malloc_trim (sampled)"
             self._start = self._peak = _rss_bytes()
             self._thread = threading.Thread(target=self._sample, daemon=True)
             self._thread.start()
         return self
 
+    def _take_sample(self) -> None:
+        self._peak = max(self._peak, _rss_bytes())
+        if self._peak_use is not None:
+            self._peak_use = max(self._peak_use, _malloc_in_use_bytes() or 0)
+
     def _sample(self) -> None:
         while not self._stop.wait(self.interval):
-            self._peak = max(self._peak, _rss_bytes())
+            self._take_sample()
 
     def __exit__(self, *exc_info: Any) -> None:
         if self.device.type == "cuda":
@@ -192,8 +282,12 @@ class PeakMemory:
             self._stop.set()
             assert self._thread is not None
             self._thread.join()
-            self._peak = max(self._peak, _rss_bytes())
-            self.mib = (self._peak - self._start) / MIB
+            self._take_sample()
+            self.rss_mib = (self._peak - self._start) / MIB
+            if self._start_use is not None and self._peak_use is not None:
+                self.mib = (self._peak_use - self._start_use) / MIB
+            else:
+                self.mib = self.rss_mib
 
 
 def process_peak_rss_mib() -> float:

@@ -42,15 +42,18 @@ def _number(value: float | None, digits: int = 3) -> str:
 
 
 def markdown_table(rows: list[Row]) -> str:
-    """The rows as a markdown table (benchmark, variant, figure, ratio to the same-run baseline, peak memory)."""
-    lines = [
-        "| benchmark | variant | figure | x baseline | peak memory (MiB) | setting |",
-        "|---|---|---:|---:|---:|---|",
-    ]
+    """The rows as a markdown table (benchmark, variant, figure, ratio to the same-run baseline,
+    peak memory, and on the CPU the resident-set rise)."""
+    rss = any(row.rss_rise_mib is not None for row in rows)
+    header = "| benchmark | variant | figure | x baseline | peak memory (MiB) |" + (" RSS rise (MiB) |" if rss else "")
+    lines = [header + " setting |", "|---|---|---:|---:|---:|" + ("---:|" if rss else "") + "---|"]
     for row in rows:
         ratio = "baseline" if row.baseline == "self" else (f"{_number(row.ratio)}x" if row.ratio else "")
         memory = _number(row.peak_mem_mib, 2) if row.peak_mem_mib is not None else ""
-        cells = (row.benchmark, row.variant, f"{_number(row.value)} {row.unit}", ratio, memory, row.note)
+        cells = [row.benchmark, row.variant, f"{_number(row.value)} {row.unit}", ratio, memory]
+        if rss:
+            cells.append(_number(row.rss_rise_mib, 2) if row.rss_rise_mib is not None else "")
+        cells.append(row.note)
         lines.append("| " + " | ".join(str(cell).replace("|", "\\|") for cell in cells) + " |")
     return "\n".join(lines)
 
@@ -128,7 +131,8 @@ def main(argv: list[str] | None = None) -> list[Row]:
     print(f"Machine: {machine_text(info)}")
     print(markdown_table(rows))
     memory_kinds = sorted({row.mem_kind for row in rows if row.mem_kind})
-    print(f"\nPeak memory: {'; '.join(memory_kinds)}. Process peak RSS {process_peak_rss_mib():.0f} MiB. "
+    rss_note = "; RSS rise: resident set size above its value after malloc_trim" if device.type == "cpu" else ""
+    print(f"\nPeak memory: {'; '.join(memory_kinds)}{rss_note}. Process peak RSS {process_peak_rss_mib():.0f} MiB. "
           f"Total {seconds:.0f} s. Saved {out} (+ .csv)")
     return rows
 

@@ -50,6 +50,30 @@ def test_baseline_clip_matches_the_lusv_model_input_shape(tmp_path):
     assert torch.isfinite(clip).all()
 
 
+def test_baseline_augments_one_gray_channel_and_converts_only_the_kept_frames(tmp_path, monkeypatch):
+    import random
+
+    import av
+    from lusv.patterns import IMAGENET_MEAN, IMAGENET_STD
+
+    table = bench_data_path.write_mjpg_clips(tmp_path, n_clips=1, num_frames=9, frame_size=32)[(32, 32)]
+    converted = []
+    original = av.VideoFrame.to_ndarray
+
+    def counting(frame, *args, **kwargs):
+        converted.append(kwargs.get("format"))
+        return original(frame, *args, **kwargs)
+
+    monkeypatch.setattr(av.VideoFrame, "to_ndarray", counting)
+    images = bench_data_path._decode_avi(table["path"][0], num_frames=4)
+    assert converted == ["gray"] * 4  # 9 frames decoded, the 4 kept ones converted
+    assert [image.mode for image in images] == ["L"] * 4
+    clip = bench_data_path.baseline_clip(table["path"][0], num_frames=4, image_size=24, rng=random.Random(1))
+    gray = clip * torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) + torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    assert torch.allclose(gray[:, 0], gray[:, 1], atol=1e-5) and torch.allclose(gray[:, 0], gray[:, 2], atol=1e-5)
+    assert gray.min() >= -1e-5 and gray.max() <= 1 + 1e-5
+
+
 def test_data_path_benchmark_reports_both_paths_and_their_ratio():
     rows = bench_data_path.run(TOY_DATA, CPU)
     assert len(rows) == 6  # baseline, lusv, cache build for each source size
@@ -84,7 +108,8 @@ def test_model_step_benchmark_returns_train_and_inference_figures():
     train, infer = bench_model_step.run(CPU, cases=[case])
     assert train.unit == "clips/s" and infer.unit == "ms/clip"
     assert _positive(train.value) and _positive(infer.value)
-    assert train.peak_mem_mib is not None and infer.mem_kind == "CPU RSS rise (sampled)"
+    assert train.peak_mem_mib is not None and infer.mem_kind.startswith("CPU ")
+    assert train.rss_rise_mib is not None and infer.rss_rise_mib is not None
 
 
 def test_peak_memory_sees_a_large_cpu_allocation():
@@ -93,6 +118,31 @@ def test_peak_memory_sees_a_large_cpu_allocation():
         block += 1
         del block
     assert peak.mib > 32
+
+
+def test_peak_memory_counts_buffers_kept_from_before():
+    from lusv.datasets import keep_freed_cpu_buffers
+
+    if not keep_freed_cpu_buffers():  # as run_all and training set it (process-wide, glibc only)
+        pytest.skip("not glibc")
+    block = torch.ones(64 * 1024 * 1024 // 4)
+    del block  # 64 MiB freed but kept resident by the allocator setting
+    with PeakMemory(CPU, interval=0.001) as peak:
+        block = torch.ones(64 * 1024 * 1024 // 4)  # reuses the kept buffer
+        block += 1
+        del block
+    assert peak.mib > 32  # bytes in use: kept free buffers do not count
+    assert peak.rss_mib > 32  # resident set: without the trim on entry this read ~0
+
+
+def test_fp32_on_cuda_is_true_fp32_and_tf32_settings_are_restored():
+    cases = bench_model_step.default_cases(torch.device("cuda"), quick=False)
+    assert cases[0].tf32 is False and "TF32 off" in cases[0].label and cases[0].amp is None
+    assert any(case.tf32 and "TF32" in case.label for case in cases[1:])
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    with bench_model_step._tf32(torch.device("cuda"), False):  # flags only: no GPU needed
+        assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == (False, False)
+    assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == before
 
 
 def test_run_all_writes_json_and_csv(tmp_path, monkeypatch, capsys):
