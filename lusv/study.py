@@ -299,10 +299,9 @@ def out_of_fold(run_dirs: list[Path], split: str = "test") -> pd.DataFrame:
 
     With test = fold f and validation = fold f+1, each development clip is in exactly one
     fold's test set and exactly one fold's validation set, so both stacks are clean.
-    ``model_fold`` (after ``fold``) says which fold model predicted each clip; runs written
-    before that column existed get it from their config.json.
+    ``model_fold`` (after ``fold``) says which fold model predicted each clip.
     """
-    frames = [_with_model_fold(_read_predictions(Path(d) / f"predictions_{split}.csv"), Path(d)) for d in run_dirs]
+    frames = [_read_predictions(Path(d) / f"predictions_{split}.csv") for d in run_dirs]
     stacked = pd.concat(frames, ignore_index=True)
     duplicated = stacked["clip_id"][stacked["clip_id"].duplicated()]
     if len(duplicated):
@@ -327,36 +326,6 @@ def _read_predictions(path: Path) -> pd.DataFrame:
     return pd.read_csv(path, dtype={"clip_id": str, "patient_id": str})
 
 
-def _insert_model_fold(table: pd.DataFrame, model_fold) -> pd.DataFrame:
-    """``table`` with a ``model_fold`` column right after ``fold``."""
-    table = table.copy()
-    table.insert(table.columns.get_loc("fold") + 1, "model_fold", model_fold)
-    return table
-
-
-def _with_model_fold(table: pd.DataFrame, run_dir: Path) -> pd.DataFrame:
-    """A run's predictions with ``model_fold``; older runs lack it: it is the run's own fold."""
-    if "model_fold" in table.columns:
-        return table
-    config = run_dir / "config.json"
-    if not config.is_file():
-        raise LusvError(f"{run_dir}: predictions without model_fold and no config.json to tell the run's fold")
-    return _insert_model_fold(table, int(json.loads(config.read_text())["params"]["fold"]))
-
-
-def _derive_model_fold(table: pd.DataFrame, split: str, run_dir: Path, path: Path) -> pd.DataFrame:
-    """Out-of-fold files written before ``model_fold`` existed: the fold model of a test clip is
-    its own fold; that of a validation clip is the fold before it ((fold - 1) % K, since the
-    model of fold f validates on fold (f + 1) % K)."""
-    if split not in ("test", "val") or "model_fold" in table.columns or "fold" not in table.columns:
-        return table
-    folds = table["fold"].astype(int)
-    if split == "val":
-        folds = (folds - 1) % Prepared.load(run_dir).num_folds
-    log.info("%s has no model_fold column (written by an older lusv): derived from the clips' folds", path)
-    return _insert_model_fold(table, folds)
-
-
 def load_out_of_fold(run_dir: str | Path, split: str = "test", keys: list[str] | None = None) -> dict[str, pd.DataFrame]:
     """The ``split`` prediction tables of a study run keyed by model configuration.
 
@@ -371,7 +340,7 @@ def load_out_of_fold(run_dir: str | Path, split: str = "test", keys: list[str] |
     missing = [key for key in keys if key not in found]
     if missing:
         raise LusvError(f"no {split} predictions for {missing} in {oof_dir}: train those models first")
-    return {key: _derive_model_fold(_read_predictions(found[key]), split, oof_dir.parent, found[key]) for key in keys}
+    return {key: _read_predictions(found[key]) for key in keys}
 
 
 def ingest_summary(prepared: Prepared) -> pd.DataFrame:

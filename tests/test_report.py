@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import matplotlib
 
 matplotlib.use("Agg")
@@ -176,7 +174,7 @@ def test_threshold_table_for_an_ensemble_pools_validation_and_refuses_unknown_mo
         threshold_table({"m": test}, {"m": val[val["model_fold"] != 3]})
 
 
-def test_study_out_of_fold_files_carry_model_fold_also_from_older_runs(tmp_path):
+def test_study_out_of_fold_files_carry_model_fold(tmp_path):
     from lusv import study
 
     test, val = scaled_fold_models()
@@ -185,35 +183,21 @@ def test_study_out_of_fold_files_carry_model_fold_also_from_older_runs(tmp_path)
     for m in range(5):
         run = tmp_path / "runs" / f"m-fold{m}"
         run.mkdir(parents=True)
-        (run / "config.json").write_text(json.dumps({"params": {"fold": m}}))
         for split, table in (("test", test), ("val", val), ("temporal_test", temporal)):
             mine = table[table["model_fold"] == m]
             if split == "temporal_test":
                 mine = table[table["fold"] == 0].assign(fold=m, model_fold=m)
-            if m % 2:  # runs written before model_fold existed
-                mine = mine.drop(columns="model_fold")
             mine.to_csv(run / f"predictions_{split}.csv", index=False)
         runs.append(run)
+    stacked = {}
     for split, expected in (("test", test), ("val", val)):
-        stacked = study.out_of_fold(runs, split)
-        assert stacked.columns.tolist() == expected.columns.tolist()  # model_fold right after fold
-        pd.testing.assert_frame_equal(stacked.sort_values("clip_id", ignore_index=True),
+        stacked[split] = study.out_of_fold(runs, split)
+        assert stacked[split].columns.tolist() == expected.columns.tolist()  # model_fold right after fold
+        pd.testing.assert_frame_equal(stacked[split].sort_values("clip_id", ignore_index=True),
                                       expected.sort_values("clip_id", ignore_index=True), check_dtype=False)
     ensemble = study.fold_ensemble(runs, "temporal_test")
     assert "fold" not in ensemble.columns and "model_fold" not in ensemble.columns
-    # out-of-fold files written before model_fold existed: derived from the clips' folds
-    prepared = study.Prepared(run_dir=tmp_path, labels_csv=tmp_path / "l.csv", folds_csv=tmp_path / "f.csv",
-                              temporal_csv=None, cache_root=tmp_path / "cache", num_frames=4, image_size=8,
-                              num_folds=5, dataset="x")
-    prepared.save()
-    (tmp_path / "oof").mkdir()
-    test.drop(columns="model_fold").to_csv(tmp_path / "oof" / "m.test.csv", index=False)
-    val.drop(columns="model_fold").to_csv(tmp_path / "oof" / "m.val.csv", index=False)
-    loaded_test = study.load_out_of_fold(tmp_path, "test")["m"]
-    loaded_val = study.load_out_of_fold(tmp_path, "val")["m"]
-    assert loaded_test["model_fold"].tolist() == test["model_fold"].tolist()
-    assert loaded_val["model_fold"].tolist() == val["model_fold"].tolist()
-    table = threshold_table({"m": loaded_test}, {"m": loaded_val})
+    table = threshold_table({"m": stacked["test"]}, {"m": stacked["val"]})
     assert table.loc[0, ["tp", "fn", "tn", "fp"]].tolist() == [10, 5, 15, 0]
 
 
