@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import gc
 import os
 import platform
@@ -179,19 +180,16 @@ class _MallInfo2(ctypes.Structure):
                  "keepcost")]
 
 
-_LIBC: list = []
-
-
+@functools.cache
 def _libc() -> Optional[ctypes.CDLL]:
-    if not _LIBC:
-        name = ctypes.util.find_library("c")
-        try:
-            _LIBC.append(ctypes.CDLL(name) if name else None)
-        except OSError:
-            _LIBC.append(None)
-        if _LIBC[0] is not None and hasattr(_LIBC[0], "mallinfo2"):
-            _LIBC[0].mallinfo2.restype = _MallInfo2
-    return _LIBC[0]
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
+    if libc is not None and hasattr(libc, "mallinfo2"):
+        libc.mallinfo2.restype = _MallInfo2
+    return libc
 
 
 def _malloc_trim() -> bool:
