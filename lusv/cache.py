@@ -72,7 +72,10 @@ class IngestReport:
         return counts.drop(columns="order").reset_index(drop=True)
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the per-clip table as CSV (atomically)."""
+        """Write the per-clip table as CSV and the summary beside it (``<name>_summary.csv``),
+        both atomically; returns the per-clip table's path."""
+        path = Path(path)
+        write_csv(path.with_name(f"{path.stem}_summary.csv"), self.summary())
         return write_csv(path, self.table)
 
     def __str__(self) -> str:

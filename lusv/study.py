@@ -7,7 +7,7 @@ by a model that never saw its patient.
 
 A study run lives in one folder, ``results/<run>/``::
 
-    prepare/    labels.csv, ingest_report.csv, temporal_split.csv, folds.csv, fold_balance.csv
+    prepare/    labels.csv, ingest_report.csv (+ _summary), temporal_split.csv, folds.csv, fold_balance.csv
     runs/       one folder per (model configuration, fold), written by lusv.train
     oof/        <key>.test.csv   out-of-fold test predictions (each development clip once)
                 <key>.val.csv    each fold model's validation-fold predictions (for thresholds)
@@ -344,9 +344,9 @@ def load_out_of_fold(run_dir: str | Path, split: str = "test", keys: list[str] |
 
 
 def ingest_summary(prepared: Prepared) -> pd.DataFrame:
-    """Clips ingested / reused / rebuilt / skipped, by reason, for this prepared dataset."""
-    table = pd.read_csv(prepared.prepare_dir / "ingest_report.csv")
-    return table.groupby(["status", "reason"], dropna=False).size().rename("clips").reset_index()
+    """Clips ingested / reused / rebuilt / skipped, by reason, for this prepared dataset
+    (``prepare/ingest_report_summary.csv``, saved beside the per-clip ``ingest_report.csv``)."""
+    return pd.read_csv(prepared.prepare_dir / "ingest_report_summary.csv")
 
 
 @dataclass

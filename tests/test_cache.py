@@ -111,6 +111,8 @@ def test_report_summary_and_save(tmp_path, clips):
     saved = pd.read_csv(report.save(tmp_path / "report.csv"))
     assert list(saved.columns) == ["clip_id", "path", "status", "reason", "detail"]
     assert saved.set_index("clip_id").loc["gone", "detail"].count("gone.mp4") >= 1
+    beside = pd.read_csv(tmp_path / "report_summary.csv")  # the counts, saved next to the per-clip table
+    assert beside.to_dict("records") == summary.to_dict("records")
 
 
 def test_nothing_usable_raises_with_the_report(tmp_path):
