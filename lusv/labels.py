@@ -22,7 +22,6 @@ from __future__ import annotations
 import csv
 import logging
 import os
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -106,45 +105,46 @@ class _RowNamer:
 
 
 def _read_csv(csv_path: Path) -> tuple[pd.DataFrame, list[int]]:
-    """The CSV as text, without its blank lines, and the file line number of every row."""
+    """The CSV as text, without its blank lines, and the file line on which each row starts.
+
+    One pass with the csv module: every value stays text, so validation rather than a parser's
+    guessing decides what it means; a row with more non-empty values than the header has
+    columns is refused (pandas would shift every column of a file whose rows end in a comma,
+    or drop the extra values); short rows are padded with empty (= missing) values.
+    """
     if not csv_path.is_file():
         raise LabelsError(f"labels CSV {csv_path} does not exist: check the path")
+    rows: list[list[str]] = []
+    lines: list[int] = []
     try:
-        _check_no_extra_fields(csv_path)
-        # Everything as text so that validation, not pandas' guessing, decides what a value means;
-        # utf-8-sig drops the byte-order mark that spreadsheet exports add. index_col=False: rows
-        # ending in a comma would otherwise make pandas take the first column as an index and
-        # shift every value one column to the left, silently (the empty trailing fields it drops
-        # instead were checked to be empty above). Blank lines are kept here (as empty rows) so
-        # that error messages can count file lines, and dropped below.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", pd.errors.ParserWarning)
-            raw = pd.read_csv(csv_path, dtype=str, keep_default_na=False, encoding="utf-8-sig",
-                              index_col=False, skip_blank_lines=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        reason = str(exc).strip().splitlines()[0]  # pandas' messages can run over several lines
-        raise LabelsError(f"labels CSV {csv_path} is not a readable CSV ({reason}): save it as UTF-8 CSV "
-                          "with the same number of fields on every line") from None
-    blank = [all(pd.isna(value) or str(value).strip() == "" for value in row) for row in raw.itertuples(index=False)]
-    lines = [position + 2 for position, is_blank in enumerate(blank) if not is_blank]  # header is line 1
-    raw = raw[[not is_blank for is_blank in blank]]
-    if raw.empty:
+        # utf-8-sig drops the byte-order mark that spreadsheet exports add.
+        with open(csv_path, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.reader(handle)
+            header = next(reader, None)
+            start = reader.line_num + 1
+            for fields in reader:
+                if any(value.strip() for value in fields):
+                    extra = [value for value in fields[len(header):] if value.strip()]
+                    if extra:
+                        raise LabelsError(
+                            f"{csv_path} line {start}: {len(fields)} fields but the header has {len(header)} "
+                            f"columns (extra value(s) {extra[:3]}): quote values that contain commas or add "
+                            "the column's name"
+                        )
+                    rows.append((fields + [""] * len(header))[: len(header)])
+                    lines.append(start)
+                start = reader.line_num + 1
+    except (csv.Error, UnicodeDecodeError) as exc:
+        raise LabelsError(f"labels CSV {csv_path} is not a readable CSV ({exc}): save it as UTF-8 CSV") from None
+    if not header or not any(name.strip() for name in header):
+        raise LabelsError(f"labels CSV {csv_path} is empty: it needs a header line naming its columns")
+    names = [name.strip() for name in header]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise LabelsError(f"labels CSV {csv_path} names column(s) {repeated} more than once in its header")
+    if not rows:
         raise LabelsError(f"labels CSV {csv_path} has a header but no clip rows")
-    return raw.reset_index(drop=True), lines
-
-
-def _check_no_extra_fields(csv_path: Path) -> None:
-    """Refuse a line with more non-empty fields than the header has columns, naming the line."""
-    with open(csv_path, newline="", encoding="utf-8-sig") as handle:
-        rows = csv.reader(handle)
-        header = next(rows, [])
-        for fields in rows:
-            extra = [value for value in fields[len(header):] if value.strip()]
-            if extra:
-                raise LabelsError(
-                    f"{csv_path} line {rows.line_num}: {len(fields)} fields but the header has {len(header)} "
-                    f"columns (extra value(s) {extra[:3]}): quote values that contain commas or add the column's name"
-                )
+    return pd.DataFrame(rows, columns=names), lines
 
 
 def _is_missing(value) -> bool:

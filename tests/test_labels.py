@@ -106,6 +106,24 @@ def test_extra_values_beyond_the_header_name_the_line(tmp_path):
         read_labels(csv)
 
 
+def test_a_row_ending_in_one_comma_is_read_and_a_quoted_line_break_keeps_line_numbers(tmp_path):
+    csv = write_csv(tmp_path, ["c1,a.mp4,p1,1,0,0,0", 'c2,"b\nc.mp4",p2,0,1,0,0,', "c3,d.mp4,p3,0,7,0,0"])
+    with pytest.raises(LabelsError, match=r"line 5: column 'b_lines' has value '7'"):
+        read_labels(csv)
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "is empty"),
+    (b"\xff\xfeclip_id,path\n", "not a readable CSV.*UTF-8"),
+    (HEADER.replace("probe", "x").encode() + b",path\nc1,a.mp4,p1,1,0,0,0,b.mp4\n", r"column\(s\) \['path'\] more than once"),
+])
+def test_unreadable_or_ambiguous_files_are_named(tmp_path, content, message):
+    path = tmp_path / "labels.csv"
+    path.write_bytes(content)
+    with pytest.raises(LabelsError, match=message):
+        read_labels(path)
+
+
 def test_header_without_rows_is_an_error(tmp_path):
     with pytest.raises(LabelsError, match="no clip rows"):
         read_labels(write_csv(tmp_path, []))
