@@ -163,6 +163,25 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)  # also seeds every CUDA device
 
 
+def loader_generator(seed: int, rank: int = 0) -> torch.Generator:
+    """A DataLoader's own generator, seeded from the run seed.
+
+    Without one, every new loader iterator draws its workers' base seed from the global torch
+    generator that dropout also uses: once per process with persistent workers, once per epoch
+    with none, so results depended on ``num_workers`` and on where a run was resumed. Our
+    datasets draw nothing at random in the workers (augmentation runs in the main process), so
+    this generator only keeps the loaders off the global stream.
+    """
+    return torch.Generator().manual_seed(derive_seed(seed, rank, 0x10ADE5))
+
+
+def make_deterministic(device: torch.device) -> None:
+    """Deterministic kernels on the CPU (what the CPU kernels lusv uses already are, so it
+    costs nothing measurable there); on CUDA the fast non-deterministic kernels stay (see README)."""
+    if device.type == "cpu":
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
 def derive_seed(*parts: int) -> int:
     """A stable 63-bit seed from integers (seed, epoch, rank...), independent of PYTHONHASHSEED."""
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, dtype=np.uint64)[0] >> 1)
@@ -558,6 +577,7 @@ class _Trainer:
         self.p, self.run_dir, self.dist = p, run_dir, dist
         self.device = resolve_device(p.device, dist.local_rank)
         self.amp_dtype = resolve_amp(p.amp, self.device)
+        make_deterministic(self.device)
         if self.device.type == "cpu" and keep_freed_cpu_buffers():
             logger.debug("glibc keeps freed CPU buffers for reuse (no page faults per batch)")
         self.live = _progress_is_live() and dist.is_main
@@ -573,6 +593,7 @@ class _Trainer:
         self.train_loader = DataLoader(
             self.train_set, batch_size=p.batch_size, sampler=self.sampler, collate_fn=collate_clips,
             num_workers=p.num_workers, pin_memory=pin, persistent_workers=p.num_workers > 0,
+            generator=loader_generator(p.seed, dist.rank),
         )
         self.augment = ClipAugment() if p.augment else None
 
@@ -597,6 +618,7 @@ class _Trainer:
         return DataLoader(
             ClipDataset(self.cache, table), batch_size=self.p.batch_size, shuffle=False, collate_fn=collate_clips,
             num_workers=self.p.num_workers, pin_memory=self.device.type == "cuda",
+            generator=loader_generator(self.p.seed, self.dist.rank),
         )
 
     # -- checkpoint

@@ -82,6 +82,34 @@ def test_killed_and_resumed_run_equals_uninterrupted_run(tiny_data, tmp_path):  
         torch.testing.assert_close(state_a[key], state_b[key], atol=1e-6, rtol=0)
 
 
+def _test_probabilities(run_dir: Path) -> np.ndarray:
+    return _probabilities(run_dir, "test")[[f"p_{p}" for p in PATTERNS]].to_numpy()
+
+
+def test_same_predictions_with_0_1_2_loader_workers_and_after_kill_and_resume(tiny_data, tmp_path):  # noqa: F811
+    # Dropout and augmentation on, several epochs: before each loader had its own generator,
+    # every new loader iterator drew its workers' base seed from the global generator that
+    # dropout uses (per epoch with 0 workers, once with persistent workers): |dp| up to 0.1.
+    common = {"epochs": 3, "max_batches_per_epoch": 3, "batch_size": 2, "patience": 10, "augment": True}
+    reference = None
+    for workers in (0, 1, 2):
+        params = tiny_data.params(tmp_path, run_name=f"workers{workers}", num_workers=workers, **common)
+        done = _train_in_subprocess(params)
+        assert done.returncode == 0, done.stderr
+        probabilities = _test_probabilities(tmp_path / f"workers{workers}")
+        if reference is None:
+            reference = probabilities
+        else:
+            np.testing.assert_array_equal(probabilities, reference, err_msg=f"num_workers={workers}")
+
+    params = tiny_data.params(tmp_path, run_name="workers2-killed", num_workers=2, **common)
+    killed = _train_in_subprocess(params, kill_at="2:2")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    resumed = _train_in_subprocess({**params, "resume": True})
+    assert resumed.returncode == 0, resumed.stderr
+    np.testing.assert_array_equal(_test_probabilities(tmp_path / "workers2-killed"), reference)
+
+
 def test_kill_before_first_checkpoint_then_resume_starts_afresh(tiny_data, tmp_path):  # noqa: F811
     params = tiny_data.params(tmp_path, run_name="early", epochs=1, max_batches_per_epoch=2)
     killed = _train_in_subprocess(params, kill_at="1:1")
