@@ -1,0 +1,136 @@
+"""The paper's published figures as data, its way of reporting, and paper-vs-lusv tables.
+
+LUV-Net (Lee et al., MIDL 2025) reports each AUC as the mean ± standard deviation of the five
+fold models' AUCs (its Tables 1-3), with per-fold DeLong CIs and paired p-values in its appendix
+(Tables 5-7). lusv's headline numbers pool the out-of-fold predictions instead (one AUC with a
+CI over every development clip); this module adds the paper's way beside them, so that every
+published number can be set beside ours made the same way.
+
+The published tables ship with the package (``lusv/paper_tables/table{1,2,3,4,8,9}.csv``, copied
+from the paper; USVN's consolidation cell of Table 1 corrected from its printing typo). Rows are
+keyed by the lusv study key of the matching model (``luvnet``, ``usvn``, ``c3d``...).
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from typing import Mapping
+
+import numpy as np
+import pandas as pd
+
+from lusv.metrics import delong_ci, delong_test, macro_auc, micro_auc, prediction_arrays
+from lusv.patterns import PATTERNS
+
+SUMMARY_COLUMNS = (*PATTERNS, "micro", "macro")
+TABLES = (1, 2, 3, 4, 8, 9)
+
+
+def published_table(number: int) -> pd.DataFrame:
+    """Table ``number`` of the paper as published (1-3: AUC mean/sd per column; 4: size and
+    cost; 8, 9: the single-fold sweeps over K and H)."""
+    if number not in TABLES:
+        raise ValueError(f"the paper's tables shipped with lusv are {TABLES}, not {number}")
+    with resources.files("lusv").joinpath(f"paper_tables/table{number}.csv").open("r", encoding="utf-8") as handle:
+        return pd.read_csv(handle, dtype={"key": str})
+
+
+def per_fold_auc(predictions: pd.DataFrame, fold_column: str = "model_fold", alpha: float = 0.05) -> pd.DataFrame:
+    """The paper's appendix tables: each fold model's AUC on its own test fold.
+
+    One row per (fold, column) with ``auc, ci_low, ci_high`` (DeLong, logit interval) for each
+    pattern and the micro/macro AUC (no CI, as in the paper). ``predictions`` is an out-of-fold
+    table (``lusv.study`` writes ``oof/<key>.test.csv``).
+    """
+    if fold_column not in predictions.columns:
+        raise ValueError(f"predictions lack the {fold_column!r} column: per-fold AUCs need to know each row's fold model")
+    rows = []
+    for fold, part in predictions.groupby(fold_column, sort=True):
+        labels, scores = prediction_arrays(part)
+        for j, pattern in enumerate(PATTERNS):
+            auc, low, high = delong_ci(labels[:, j], scores[:, j], alpha=alpha)
+            rows.append((int(fold), pattern, auc, low, high))
+        rows.append((int(fold), "micro", micro_auc(labels, scores), np.nan, np.nan))
+        rows.append((int(fold), "macro", macro_auc(labels, scores), np.nan, np.nan))
+    return pd.DataFrame(rows, columns=["fold", "column", "auc", "ci_low", "ci_high"])
+
+
+def per_fold_delong(
+    predictions: Mapping[str, pd.DataFrame], reference: str = "luvnet", fold_column: str = "model_fold"
+) -> pd.DataFrame:
+    """Paired DeLong p-value of each model against ``reference``, per fold and pattern (the
+    paper's Tables 5-7). Models are matched clip by clip within each fold."""
+    if reference not in predictions:
+        raise ValueError(f"no predictions for the reference model {reference!r} (have {sorted(predictions)})")
+    ref = predictions[reference].set_index("clip_id")
+    rows = []
+    for key, table in predictions.items():
+        if key == reference:
+            continue
+        other = table.set_index("clip_id").loc[ref.index]
+        for fold in sorted(ref[fold_column].unique()):
+            in_fold = (ref[fold_column] == fold).to_numpy()
+            labels, ref_scores = prediction_arrays(ref[in_fold])
+            _, scores = prediction_arrays(other[in_fold])
+            for j, pattern in enumerate(PATTERNS):
+                test = delong_test(labels[:, j], scores[:, j], ref_scores[:, j])
+                rows.append((key, int(fold), pattern, test.auc_a, test.auc_b, test.p_value))
+    return pd.DataFrame(rows, columns=["model", "fold", "pattern", "auc", f"auc_{reference}", "p_value"])
+
+
+def fold_mean_sd(per_fold: pd.DataFrame) -> pd.Series:
+    """Mean and sample standard deviation (ddof=1, as numpy/pandas/Excel's STDEV) over folds:
+    a Series indexed like ``a_lines_mean, a_lines_sd, ..., macro_sd`` (the paper's Tables 1-3).
+
+    The paper does not say which standard deviation it used; with 5 folds the population sd is
+    sqrt(4/5) = 0.89 times this one.
+    """
+    values = {}
+    for column in SUMMARY_COLUMNS:
+        aucs = per_fold.loc[per_fold["column"] == column, "auc"].to_numpy(dtype=float)
+        aucs = aucs[np.isfinite(aucs)]
+        values[f"{column}_mean"] = float(aucs.mean()) if aucs.size else np.nan
+        values[f"{column}_sd"] = float(aucs.std(ddof=1)) if aucs.size > 1 else np.nan
+    return pd.Series(values)
+
+
+def fold_summary_table(predictions: Mapping[str, pd.DataFrame], fold_column: str = "model_fold") -> pd.DataFrame:
+    """Mean ± sd over folds for each model: one row per key, columns as ``published_table(1)``."""
+    rows = {key: fold_mean_sd(per_fold_auc(table, fold_column)) for key, table in predictions.items()}
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("key").reset_index()
+
+
+def compare_with_paper(ours: pd.DataFrame, number: int, statistic: str = "mean") -> pd.DataFrame:
+    """Paper | lusv | difference for each AUC column of Table ``number`` (1, 2 or 3), matched by
+    model key. ``ours`` has a ``key`` column and ``<column>_mean`` columns (``fold_summary_table``).
+    Paper rows lusv has not trained are kept with empty lusv cells, so the gap stays visible."""
+    if number not in (1, 2, 3):
+        raise ValueError("compare_with_paper takes the AUC tables 1, 2 or 3; Tables 4, 8, 9 have their own shape")
+    paper = published_table(number)
+    merged = paper.merge(ours, on="key", how="left", suffixes=("_paper", "_lusv"))
+    out = merged[["key", "paper_model"]].copy()
+    for column in SUMMARY_COLUMNS:
+        paper_value = merged[f"{column}_{statistic}_paper"]
+        lusv_value = merged[f"{column}_{statistic}_lusv"]
+        out[f"{column}_paper"] = paper_value
+        out[f"{column}_lusv"] = lusv_value
+        out[f"{column}_diff"] = lusv_value - paper_value
+    return out
+
+
+def compare_sweep_with_paper(ours: pd.DataFrame, number: int) -> pd.DataFrame:
+    """Tables 8 (kernel size K) and 9 (heads H): paper | lusv | difference per sweep value.
+
+    ``ours`` has the sweep column (``kernel_size`` or ``num_heads``) and ``<column>_mean`` columns.
+    Values we did not run stay empty."""
+    if number not in (8, 9):
+        raise ValueError("compare_sweep_with_paper takes Table 8 (K) or 9 (H)")
+    paper = published_table(number)
+    knob = paper.columns[0]
+    merged = paper.merge(ours, on=knob, how="left")
+    out = merged[[knob]].copy()
+    for column in SUMMARY_COLUMNS:
+        out[f"{column}_paper"] = merged[column]
+        out[f"{column}_lusv"] = merged.get(f"{column}_mean", np.nan)
+        out[f"{column}_diff"] = out[f"{column}_lusv"] - out[f"{column}_paper"]
+    return out
