@@ -301,3 +301,81 @@ def plot_attention_summary(score_df: pd.DataFrame):
         ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     return fig
+
+
+def appendix_b_curves(attention, length: int | None = None) -> np.ndarray:
+    """The paper's Appendix B curves of one clip: attention summed over heads, min-max
+    normalised over the clip's real frames -> (P, length) in [0, 1].
+
+    ``attention`` is (P, H, T) (or (P, T)); a pattern whose attention is the same on every frame
+    gets a flat 0 curve (there is no most-attended frame to show).
+    """
+    weights = _as_numpy(attention)
+    if weights.ndim == 2:
+        weights = weights[:, None, :]
+    if weights.ndim != 3:
+        raise ConfigError(f"attention of one clip must be (P, H, T) or (P, T), got {weights.shape}")
+    length = weights.shape[-1] if length is None else int(length)
+    if not 1 <= length <= weights.shape[-1]:
+        raise ConfigError(f"length must be in 1..{weights.shape[-1]}, got {length}")
+    summed = weights[:, :, :length].sum(axis=1)
+    low, high = summed.min(axis=1, keepdims=True), summed.max(axis=1, keepdims=True)
+    span = high - low
+    return np.divide(summed - low, span, out=np.zeros_like(summed), where=span > 0)
+
+
+def top_frames(curves: np.ndarray, k: int = 3) -> np.ndarray:
+    """Indices (P, min(k, T)) of each curve's k highest frames, highest first; ties go to the
+    earlier frame (a stable sort)."""
+    curves = np.asarray(curves, dtype=float)
+    order = np.argsort(-curves, axis=1, kind="stable")
+    return order[:, : min(k, curves.shape[1])]
+
+
+def plot_appendix_b(attention, frames, frame_truth=None, length: int | None = None, k: int = 3,
+                    saliency=None, title: str | None = None):
+    """The paper's attention figure for one clip (its Appendix B, Figure 3).
+
+    Per pattern: the min-max normalised head-summed attention over time (``appendix_b_curves``),
+    the ground truth as a dashed line when ``frame_truth`` (T, 4) is given, the top-``k`` frames
+    marked, and those frames as thumbnails under the curve. ``saliency`` maps a pattern index to
+    (k, S, S) maps in [0, 1] (``lusv.saliency.grad_cam``) drawn over the thumbnails.
+    Returns the Figure.
+    """
+    import matplotlib.pyplot as plt
+
+    curves = appendix_b_curves(attention, length)
+    n_sets, length = curves.shape
+    best = top_frames(curves, k)
+    frames = np.asarray(frames)[:length]
+    truth = None if frame_truth is None else _as_numpy(frame_truth)[:length] > 0.5
+    names = list(PATTERNS) if n_sets == NUM_PATTERNS else ["shared"]
+    fig = plt.figure(figsize=(9, 2.9 * n_sets))
+    grid = fig.add_gridspec(2 * n_sets, 1, height_ratios=[1.0, 1.1] * n_sets, hspace=0.55)
+    x = np.arange(length)
+    for row, name in enumerate(names):
+        ax = fig.add_subplot(grid[2 * row])
+        ax.plot(x, curves[row], color="tab:blue", linewidth=1.8, label="attention (min-max)")
+        if truth is not None and name != "shared":
+            ax.plot(x, truth[:, PATTERNS.index(name)].astype(float), color="black", linestyle="--",
+                    linewidth=1, label="ground truth")
+        ax.scatter(best[row], curves[row, best[row]], color="tab:red", zorder=3, label=f"top {best.shape[1]} frames")
+        ax.set_title("All patterns (shared attention)" if name == "shared" else DISPLAY_NAMES[name], fontsize=9, loc="left")
+        ax.set_xlim(-0.5, length - 0.5)
+        ax.set_ylim(-0.05, 1.1)
+        ax.tick_params(labelsize=7)
+        ax.set_xlabel("frame", fontsize=8)
+        strip = grid[2 * row + 1].subgridspec(1, best.shape[1], wspace=0.05)
+        for j, index in enumerate(best[row]):
+            thumb = fig.add_subplot(strip[0, j])
+            image = frames[index]
+            thumb.imshow(image[..., 0] if image.ndim == 3 and image.shape[-1] == 1 else image, cmap="gray", vmin=0, vmax=255)
+            if saliency is not None and row in saliency:
+                thumb.imshow(np.asarray(saliency[row])[j], cmap="jet", alpha=0.35, vmin=0, vmax=1)
+            thumb.set_xticks([]), thumb.set_yticks([])
+            thumb.set_title(f"frame {index}", fontsize=7)
+    handles, labels = fig.axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper right", fontsize=7, frameon=False)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
