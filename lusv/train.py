@@ -63,7 +63,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm  # text bars: readable in JupyterLab and in papermill-rendered notebooks alike
 
 from lusv import io
-from lusv.config import RunParams, params_for
+from lusv.config import RunParams, model_options, params_for, resume_may_change
 from lusv.datasets import ClipAugment, ClipDataset, collate_clips, keep_freed_cpu_buffers, to_model_input
 from lusv.errors import CheckpointError, ConfigError, LabelsError, LeakageError, LusvError
 from lusv.metrics import macro_auc
@@ -75,7 +75,7 @@ KILL_ENV = "LUSV_TEST_KILL_AFTER_BATCHES"
 CHECKPOINT_FORMAT = 1
 LOG_COLUMNS = ("epoch", "train_loss", "val_loss", "val_macro_auc", "lr", "seconds")
 # Parameters that may differ between a run and its resumption without changing its numbers.
-_RESUME_MAY_CHANGE = frozenset({"resume", "num_workers", "log_every", "device", "cache_dir", "labels", "splits", "temporal_split", "out_dir"})
+_RESUME_MAY_CHANGE = resume_may_change()
 
 
 # ----------------------------------------------------------------------------- devices, AMP, DDP
@@ -360,18 +360,8 @@ def _ensure_cached(p: RunParams, data: FoldData, dist: Distributed):
 
 
 def model_config(p: RunParams) -> dict[str, Any]:
-    """The ``build_model`` keyword arguments of a run."""
-    return {
-        "encoder": p.encoder,
-        "weights": p.weights,
-        "num_heads": p.num_heads,
-        "kernel_size": p.kernel_size,
-        "pooling": p.pooling,
-        "width": p.width,
-        "num_frames": p.num_frames,
-        "image_size": p.image_size,
-        "channels_last": p.channels_last,
-    }
+    """The ``build_model`` keyword arguments of a run: its fields marked ``model_option``."""
+    return {name: getattr(p, name) for name in model_options()}
 
 
 def build_run_model(p: RunParams, weights: Optional[str] = None) -> nn.Module:
