@@ -65,7 +65,7 @@ from tqdm import tqdm  # text bars: readable in JupyterLab and in papermill-rend
 from lusv import io
 from lusv.config import RunParams, model_options, params_for, resume_may_change
 from lusv.datasets import ClipAugment, ClipDataset, collate_clips, keep_freed_cpu_buffers, to_model_input
-from lusv.errors import CheckpointError, ConfigError, LabelsError, LeakageError, LusvError
+from lusv.errors import CheckpointError, ConfigError, LabelsError, LeakageError, LusvError, name_a_few
 from lusv.metrics import macro_auc
 from lusv.patterns import PATTERNS
 
@@ -252,10 +252,8 @@ def _read_split_csv(path: str, required: Iterable[str], what: str) -> pd.DataFra
     return table
 
 
-def _named(values: Iterable[Any], limit: int = 10) -> str:
-    values = sorted(map(str, values))
-    shown = ", ".join(repr(v) for v in values[:limit])
-    return shown + (f" and {len(values) - limit} more" if len(values) > limit else "")
+def _named(values: Iterable[Any]) -> str:
+    return name_a_few(sorted(map(str, values)))
 
 
 def load_fold_data(p: RunParams, run_dir: Path, dist: Distributed = Distributed()) -> FoldData:
