@@ -30,7 +30,7 @@ import torch
 from benchmarks.common import PeakMemory, Row, measure, median, release_memory, resolve_device
 from lusv.datasets import to_model_input
 from lusv.models import build_model
-from lusv.train import masked_bce
+from lusv.inference import masked_bce
 
 
 @dataclass(frozen=True)
