@@ -110,6 +110,8 @@ def run_case(case: ModelCase, device: torch.device) -> list[Row]:
     Training and inference are measured one after the other, each on its own model: the training
     model, its optimizer state and gradients are freed before inference is measured on a fresh
     model in eval mode, so the inference peak memory holds only the weights and activations.
+    Longer than most functions here: the two step builders are closures over this case's inputs,
+    kept next to the measurement that uses them.
     """
     shape = f"{case.num_frames}x{case.image_size}x{case.image_size}, batch {case.batch_size}"
     generator = torch.Generator().manual_seed(0)

@@ -7,8 +7,9 @@
     lusv report   --run-dir results/quick-synthetic
 
 ``lusv train``'s flags are generated from ``lusv.config.RunParams``: one flag per field, with
-the field's help text, so the command line, the notebooks' parameters and ``config.json``
-never drift apart. Deliberate errors (``LusvError``) end in a one-line message and exit 2.
+the field's help text, so the command line and ``config.json`` never drift apart; the fields
+``RunParams`` marks as paths (and a weights file) are made absolute against the current folder.
+Deliberate errors (``LusvError``) end in a one-line message and exit 2.
 """
 
 from __future__ import annotations
