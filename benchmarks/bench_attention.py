@@ -11,13 +11,12 @@ Run alone: ``python -m benchmarks.bench_attention [--quick] [--device cpu|cuda|a
 
 from __future__ import annotations
 
-import argparse
 import math
 from dataclasses import dataclass
 
 import torch
 
-from benchmarks.common import Row, measure_interleaved, resolve_device
+from benchmarks.common import Row, bench_main, measure_interleaved
 from lusv.models.attention import AttentionPool, lengths_to_mask
 
 
@@ -116,13 +115,8 @@ def run(size: AttentionSize, device: torch.device) -> list[Row]:
     return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    args = parser.parse_args()
-    for row in run(QUICK if args.quick else AttentionSize(), resolve_device(args.device)):
-        print(row)
+def main(argv: list[str] | None = None) -> list[Row]:
+    return bench_main(__doc__, lambda quick, device: run(QUICK if quick else AttentionSize(), device), argv)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ Run alone: ``python -m benchmarks.bench_data_path [--quick] [--device cpu|cuda|a
 
 from __future__ import annotations
 
-import argparse
 import math
 import random
 import tempfile
@@ -34,7 +33,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
-from benchmarks.common import PeakMemory, Row, measure, measure_interleaved, resolve_device
+from benchmarks.common import PeakMemory, Row, bench_main, measure, measure_interleaved
 from lusv.patterns import IMAGENET_MEAN, IMAGENET_STD, PATTERNS
 
 
@@ -254,13 +253,8 @@ def run(size: DataPathSize, device: torch.device) -> list[Row]:
     return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    args = parser.parse_args()
-    for row in run(QUICK if args.quick else DataPathSize(), resolve_device(args.device)):
-        print(row)
+def main(argv: list[str] | None = None) -> list[Row]:
+    return bench_main(__doc__, lambda quick, device: run(QUICK if quick else DataPathSize(), device), argv)
 
 
 if __name__ == "__main__":

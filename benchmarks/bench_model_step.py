@@ -20,17 +20,17 @@ Run alone: ``python -m benchmarks.bench_model_step [--quick] [--device cpu|cuda|
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
 
-from benchmarks.common import PeakMemory, Row, measure, median, release_memory, resolve_device
+from benchmarks.common import PeakMemory, Row, bench_main, measure, median, release_memory
 from lusv.datasets import to_model_input
+from lusv.devices import autocast
+from lusv.inference import masked_bce
 from lusv.models import build_model
-from lusv.train import masked_bce
 
 
 @dataclass(frozen=True)
@@ -72,10 +72,6 @@ def default_cases(device: torch.device, quick: bool) -> list[ModelCase]:
     ]
 
 
-def _autocast(device: torch.device, dtype: Optional[torch.dtype]):
-    return contextlib.nullcontext() if dtype is None else torch.autocast(device_type=device.type, dtype=dtype)
-
-
 @contextlib.contextmanager
 def _tf32(device: torch.device, enabled: Optional[bool]):
     """TF32 for cuDNN convolutions and CUDA matmuls set to ``enabled`` inside, restored after
@@ -114,6 +110,8 @@ def run_case(case: ModelCase, device: torch.device) -> list[Row]:
     Training and inference are measured one after the other, each on its own model: the training
     model, its optimizer state and gradients are freed before inference is measured on a fresh
     model in eval mode, so the inference peak memory holds only the weights and activations.
+    Longer than most functions here: the two step builders are closures over this case's inputs,
+    kept next to the measurement that uses them.
     """
     shape = f"{case.num_frames}x{case.image_size}x{case.image_size}, batch {case.batch_size}"
     generator = torch.Generator().manual_seed(0)
@@ -134,7 +132,7 @@ def run_case(case: ModelCase, device: torch.device) -> list[Row]:
         labels = labels_cpu.to(device)
 
         def train_step() -> None:
-            with _autocast(device, case.amp):
+            with autocast(device, case.amp):
                 out = model(x, lengths=lengths)
             loss_sum, count = masked_bce(out["logits"], labels)
             (loss_sum / count.clamp(min=1)).backward()
@@ -149,7 +147,7 @@ def run_case(case: ModelCase, device: torch.device) -> list[Row]:
         x, lengths = inputs()
 
         def infer() -> None:
-            with torch.inference_mode(), _autocast(device, case.amp):
+            with torch.inference_mode(), autocast(device, case.amp):
                 model(x, lengths=lengths)
 
         return infer
@@ -196,13 +194,8 @@ def run(device: torch.device, quick: bool = False, cases: Optional[list[ModelCas
     return [row for rows in per_case for row in rows]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    args = parser.parse_args()
-    for row in run(resolve_device(args.device), args.quick):
-        print(row)
+def main(argv: list[str] | None = None) -> list[Row]:
+    return bench_main(__doc__, lambda quick, device: run(device, quick), argv)
 
 
 if __name__ == "__main__":

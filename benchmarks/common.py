@@ -1,4 +1,8 @@
-"""What every benchmark shares: the machine description, timing, peak memory and result rows.
+"""What every benchmark shares: the command line, the machine description, timing, peak memory and result rows.
+
+Command line: ``bench_main`` is every ``benchmarks/bench_*.py``'s ``main`` (``--quick``,
+``--device``), ``bench_parser`` the parser ``run_all`` extends; the device is resolved as lusv
+resolves a run's (``lusv.devices.resolve_device``).
 
 Timing: ``measure`` runs warm-up calls (first-call allocations, lazy imports, cuDNN autotuning),
 then times each repetition and reports the median, which shrugs off the occasional slow
@@ -25,6 +29,7 @@ PIL's or FFmpeg's buffers):
 
 from __future__ import annotations
 
+import argparse
 import ctypes
 import ctypes.util
 import functools
@@ -40,6 +45,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Optional
 
 import torch
+
+from lusv.devices import resolve_device
+from lusv.errors import LusvError
 
 MIB = 1024 * 1024
 
@@ -68,14 +76,32 @@ class Row:
         return asdict(self)
 
 
-def resolve_device(name: str) -> torch.device:
-    """"auto" -> cuda when available, else cpu; "cuda" without a GPU is an error that says so."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(f"--device {name}: CUDA is not available on this machine (use --device cpu or auto)")
-    return device
+def device_from_flag(name: str) -> torch.device:
+    """``--device`` as a torch device, resolved as lusv resolves a run's (``lusv.devices.resolve_device``);
+    a device this machine lacks ends the command with the reason instead of a traceback."""
+    try:
+        return resolve_device(name)
+    except LusvError as exc:
+        raise SystemExit(f"--device {name}: {exc}") from None
+
+
+def bench_parser(doc: str) -> argparse.ArgumentParser:
+    """The command line every benchmark shares: ``--quick`` and ``--device``; described by the
+    first line of the module docstring ``doc``."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="toy sizes: a smoke run in under a minute")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    return parser
+
+
+def bench_main(doc: str, rows_for: Callable[[bool, torch.device], list[Row]], argv: Optional[list[str]] = None) -> list[Row]:
+    """``main`` of a benchmark run alone: parse ``--quick``/``--device``, run ``rows_for(quick,
+    device)``, print each row and return them."""
+    args = bench_parser(doc).parse_args(argv)
+    rows = rows_for(args.quick, device_from_flag(args.device))
+    for row in rows:
+        print(row)
+    return rows
 
 
 def cpu_model() -> str:

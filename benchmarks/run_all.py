@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from benchmarks import bench_attention, bench_data_path, bench_model_step
-from benchmarks.common import Row, machine_info, process_peak_rss_mib, resolve_device
+from benchmarks.common import Row, bench_parser, device_from_flag, machine_info, process_peak_rss_mib
 from lusv.datasets import keep_freed_cpu_buffers
 
 BENCHMARKS = ("data", "attention", "model")
@@ -84,9 +84,7 @@ def save(path: Path, info: dict[str, Any], rows: list[Row], seconds: float, args
 
 
 def main(argv: list[str] | None = None) -> list[Row]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="toy sizes: a smoke run in under a minute")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser = bench_parser(__doc__)
     parser.add_argument("--threads", type=int, default=None,
                         help="torch intra-op threads; default 1 on the CPU (see README), torch's own choice on CUDA; "
                              "0 = torch's own choice")
@@ -97,7 +95,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
                         help="JSON file for the table (a CSV goes next to it); default benchmarks/results/<host>-<date>.json")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    device = resolve_device(args.device)
+    device = device_from_flag(args.device)
     if args.threads is None:
         # One thread per process is how a DataLoader worker runs, and on a CPU shared with other
         # jobs OpenMP's spinning threads slow small per-frame torch calls (the baseline's) by up to

@@ -7,8 +7,9 @@
     lusv report   --run-dir results/quick-synthetic
 
 ``lusv train``'s flags are generated from ``lusv.config.RunParams``: one flag per field, with
-the field's help text, so the command line, the notebooks' parameters and ``config.json``
-never drift apart. Deliberate errors (``LusvError``) end in a one-line message and exit 2.
+the field's help text, so the command line and ``config.json`` never drift apart; the fields
+``RunParams`` marks as paths (and a weights file) are made absolute against the current folder.
+Deliberate errors (``LusvError``) end in a one-line message and exit 2.
 """
 
 from __future__ import annotations
@@ -90,10 +91,6 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
-# RunParams fields that name files or folders (``weights`` also takes the words imagenet/random).
-PATH_FIELDS = ("labels", "splits", "temporal_split", "cache_dir", "out_dir")
-
-
 def _from_here(path: str | None) -> str | None:
     """A path typed on the command line, made absolute against the current directory.
 
@@ -105,14 +102,14 @@ def _from_here(path: str | None) -> str | None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from lusv.config import field_names, params_for
+    from lusv.config import field_names, params_for, path_fields
     from lusv.models.encoders import WEIGHT_NAMES
     from lusv.train import run
 
     overrides = {name: getattr(args, name) for name in field_names() if getattr(args, name) is not None}
     params = params_for(args.profile, **overrides)
-    paths = {name: _from_here(getattr(params, name)) for name in PATH_FIELDS if getattr(params, name)}
-    if params.weights not in WEIGHT_NAMES:
+    paths = {name: _from_here(getattr(params, name)) for name in path_fields() if getattr(params, name)}
+    if params.weights not in WEIGHT_NAMES:  # a weights file, not one of the words imagenet/random
         paths["weights"] = _from_here(params.weights)
     run_dir = run(dataclasses.replace(params, **paths))
     print(run_dir)

@@ -2,9 +2,18 @@
 
 ``RunParams`` is the single parameter object of a run (one model, one fold). It is saved as
 ``config.json`` next to the run's results, so every number can be traced back to the exact
-parameters that produced it. The ``lusv train`` CLI flags and the notebooks' parameter cells
-are generated from its fields: each field has a simple type (str/int/float/bool/Optional) and
-a one-line help text in ``field.metadata["help"]`` (see ``field_help``).
+parameters that produced it. The ``lusv train`` CLI flags are generated from its fields: each
+field has a simple type (str/int/float/bool/Optional) and a one-line help text in
+``field.metadata["help"]`` (see ``field_help``). Three more marks in the metadata say how the
+rest of lusv treats a field, so that no list of field names is kept by hand elsewhere:
+
+* ``path`` — names a file or folder: ``lusv train`` makes it absolute against the current
+  directory (``path_fields``).
+* ``may_change_on_resume`` — may differ between a run and its resumption without changing its
+  numbers (where the data lives, how many loader workers, logging); every other field must match
+  to resume (``resume_may_change``).
+* ``model_option`` — passed to ``lusv.models.build_model`` (``model_options``,
+  ``lusv.inference.model_config``).
 
 Profiles (``PROFILES``):
 
@@ -33,9 +42,18 @@ from lusv.errors import ConfigError
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 
 
-def _p(default: Any, help: str) -> Any:  # noqa: A002 - "help" mirrors argparse
-    """A dataclass field with a one-line help text (read by the CLI and notebook generators)."""
-    return field(default=default, metadata={"help": help})
+def _p(
+    default: Any,
+    help: str,  # noqa: A002 - "help" mirrors argparse
+    *,
+    path: bool = False,
+    may_change_on_resume: bool = False,
+    model_option: bool = False,
+) -> Any:
+    """A dataclass field with a one-line help text (read by the CLI generator) and the marks
+    described in the module docstring."""
+    metadata = {"help": help, "path": path, "may_change_on_resume": may_change_on_resume, "model_option": model_option}
+    return field(default=default, metadata=metadata)
 
 
 # No ``from __future__ import annotations`` in this module: the CLI generator reads
@@ -47,22 +65,40 @@ class RunParams:
 
     # --- model -------------------------------------------------------------------------
     model: str = _p("luvnet", "model name: luvnet, luvnet_no_temporal, usvn, c3d, r2plus1d, cnn_lstm")
-    encoder: str = _p("densenet161", "frame encoder: densenet161, resnet18, resnet50, efficientnet_lite0, tiny")
-    weights: str = _p("imagenet", "encoder weights: imagenet, random, or a local weights file")
-    num_heads: int = _p(8, "attention heads H (LUV-Net, USVN)")
-    kernel_size: int = _p(13, "temporal convolution kernel width K (LUV-Net)")
-    pooling: str = _p("attention", "USVN frame pooling: attention, mean or max")
-    width: float = _p(1.0, "channel multiplier of the 3-D comparators c3d and r2plus1d (1.0 = published size)")
+    encoder: str = _p(
+        "densenet161", "frame encoder: densenet161, resnet18, resnet50, efficientnet_lite0, tiny",
+        model_option=True,
+    )
+    weights: str = _p("imagenet", "encoder weights: imagenet, random, or a local weights file", model_option=True)
+    num_heads: int = _p(8, "attention heads H (LUV-Net, USVN)", model_option=True)
+    kernel_size: int = _p(13, "temporal convolution kernel width K (LUV-Net)", model_option=True)
+    pooling: str = _p("attention", "USVN frame pooling: attention, mean or max", model_option=True)
+    width: float = _p(
+        1.0, "channel multiplier of the 3-D comparators c3d and r2plus1d (1.0 = published size)",
+        model_option=True,
+    )
     # --- data ---------------------------------------------------------------------------
-    labels: Optional[str] = _p(None, "labels CSV (clip_id, path, patient_id, one column per pattern)")
-    splits: Optional[str] = _p(None, "folds CSV (clip_id, patient_id, fold); made from labels and saved in the run dir if unset")
-    temporal_split: Optional[str] = _p(None, "temporal split CSV (clip_id, patient_id, split); its temporal_test clips are predicted after training")
-    cache_dir: str = _p("data/cache", "clip cache root (entries in <cache_dir>/T<frames>_S<size>/)")
+    labels: Optional[str] = _p(
+        None, "labels CSV (clip_id, path, patient_id, one column per pattern)",
+        path=True, may_change_on_resume=True,
+    )
+    splits: Optional[str] = _p(
+        None, "folds CSV (clip_id, patient_id, fold); made from labels and saved in the run dir if unset",
+        path=True, may_change_on_resume=True,
+    )
+    temporal_split: Optional[str] = _p(
+        None, "temporal split CSV (clip_id, patient_id, split); its temporal_test clips are predicted after training",
+        path=True, may_change_on_resume=True,
+    )
+    cache_dir: str = _p(
+        "data/cache", "clip cache root (entries in <cache_dir>/T<frames>_S<size>/)",
+        path=True, may_change_on_resume=True,
+    )
     fold: int = _p(0, "test fold f; validation fold is (f+1) % num_folds, the rest trains")
     num_folds: int = _p(5, "number of cross-validation folds K")
     split_seed: int = _p(0, "seed of the patient-level folds made when no splits file is given")
-    num_frames: int = _p(30, "frames per clip T")
-    image_size: int = _p(256, "frame side S in pixels")
+    num_frames: int = _p(30, "frames per clip T", model_option=True)
+    image_size: int = _p(256, "frame side S in pixels", model_option=True)
     augment: bool = _p(True, "augment training clips (flip, rotation, brightness/contrast/gamma, blur/noise)")
     # --- optimisation -------------------------------------------------------------------
     batch_size: int = _p(4, "clips per micro-batch")
@@ -74,15 +110,27 @@ class RunParams:
     max_batches_per_epoch: Optional[int] = _p(None, "cap on training micro-batches per epoch (tests, smoke runs)")
     # --- hardware -----------------------------------------------------------------------
     amp: str = _p("auto", "mixed precision: auto (bf16 if the GPU supports it else fp16; off on CPU), bf16, fp16, off")
-    device: str = _p("auto", "device: auto (cuda if available else cpu), cpu, cuda, cuda:1 ...")
-    num_workers: int = _p(2, "DataLoader worker processes (0 = load in the main process)")
-    channels_last: bool = _p(False, "channels-last memory format for the model (faster convolutions on recent GPUs)")
+    device: str = _p("auto", "device: auto (cuda if available else cpu), cpu, cuda, cuda:1 ...", may_change_on_resume=True)
+    num_workers: int = _p(2, "DataLoader worker processes (0 = load in the main process)", may_change_on_resume=True)
+    channels_last: bool = _p(
+        False, "channels-last memory format for the model (faster convolutions on recent GPUs)",
+        model_option=True,
+    )
     # --- bookkeeping --------------------------------------------------------------------
     seed: int = _p(0, "seed of weights init, data order, augmentation and dropout")
-    out_dir: str = _p("results/runs", "results root; the run writes to <out_dir>/<run_name>/")
+    out_dir: str = _p(
+        "results/runs", "results root; the run writes to <out_dir>/<run_name>/",
+        path=True, may_change_on_resume=True,
+    )
     run_name: Optional[str] = _p(None, "run folder name (default: <model>-<encoder>-T<T>-S<S>-fold<f>-seed<seed>)")
-    resume: bool = _p(False, "continue from <run dir>/checkpoint.pt; a finished run is returned as is")
-    log_every: int = _p(50, "log a progress line to the 'lusv.train' logger every N optimizer steps (0 = never)")
+    resume: bool = _p(
+        False, "continue from <run dir>/checkpoint.pt; a finished run is returned as is",
+        may_change_on_resume=True,
+    )
+    log_every: int = _p(
+        50, "log a progress line to the 'lusv.train' logger every N optimizer steps (0 = never)",
+        may_change_on_resume=True,
+    )
 
     def __post_init__(self) -> None:
         problems = []
@@ -130,8 +178,27 @@ def field_names() -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(RunParams))
 
 
+def _marked(mark: str) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(RunParams) if f.metadata[mark])
+
+
+def path_fields() -> tuple[str, ...]:
+    """Fields that name a file or folder (``weights`` also takes the words imagenet/random, so it is not one)."""
+    return _marked("path")
+
+
+def resume_may_change() -> frozenset[str]:
+    """Fields that may differ between a run and its resumption without changing its numbers."""
+    return frozenset(_marked("may_change_on_resume"))
+
+
+def model_options() -> tuple[str, ...]:
+    """Fields passed to ``lusv.models.build_model`` as keyword arguments, in field order."""
+    return _marked("model_option")
+
+
 def field_help(name: str) -> str:
-    """The one-line help text of a RunParams field (used for CLI flags and notebook cells)."""
+    """The one-line help text of a RunParams field (used for the CLI flags)."""
     for f in dataclasses.fields(RunParams):
         if f.name == name:
             return f.metadata["help"]

@@ -27,3 +27,12 @@ class CheckpointError(LusvError):
 
 class ConfigError(LusvError):
     """Run parameters are inconsistent or name something that does not exist."""
+
+
+def name_a_few(values, limit: int = 10, *, sort: bool = False) -> str:
+    """The first ``limit`` values, repr-quoted and comma-separated, then "and N more": how an
+    error message names the clips or patients at fault without listing thousands. ``sort``
+    names them as sorted strings (for a set, whose order would otherwise vary)."""
+    values = sorted(map(str, values)) if sort else list(values)
+    shown = ", ".join(repr(v) for v in values[:limit])
+    return shown + (f" and {len(values) - limit} more" if len(values) > limit else "")

@@ -1,17 +1,149 @@
-"""Predict one clip with a trained run: the four probabilities and a plot of where it looked.
+"""Use a trained run: rebuild its model, predict clips, and judge one video file with it.
 
-Used by ``lusv predict``. The clip goes through exactly the preparation the training data went
-through (``lusv.video.read_clip`` + ``prepare_clip`` at the run's T and S), so a user's own
-video is judged the way the cross-validated model was.
+* ``load_trained(run_dir or best.pt)`` -> the model of a training run, rebuilt from its
+  ``config.json`` (``build_run_model``, the ``model_option`` fields of ``RunParams``) with the
+  weights of its ``best.pt``.
+* ``predict(model, clips)`` -> pattern probabilities (and attention) for cached uint8 clips;
+  ``predict_batches`` is the batch loop under it, which training also uses to score its
+  validation and test clips (``masked_bce``, the loss of training, over the labelled entries).
+* ``predict_clip(video, checkpoint)`` -> ``lusv predict``: one video through exactly the
+  preparation the training data went through (``lusv.video.read_clip`` + ``prepare_clip`` at
+  the run's T and S), so a user's own video is judged the way the cross-validated model was.
+
+Training imports this module, never the other way round.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Iterable, Mapping, Optional
 
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lusv import io
+from lusv.config import RunParams, model_options
+from lusv.datasets import to_model_input
+from lusv.devices import autocast
+from lusv.errors import CheckpointError
 from lusv.patterns import PATTERNS
+
+
+def masked_bce(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum of BCE-with-logits over the labelled entries (NaN = missing) and their count.
+
+    The loss training minimises and the validation loss early stopping watches."""
+    known = ~torch.isnan(labels)
+    losses = F.binary_cross_entropy_with_logits(logits.float(), torch.nan_to_num(labels), reduction="none")
+    return (losses * known).sum(), known.sum()
+
+
+def model_config(p: RunParams) -> dict[str, Any]:
+    """The ``build_model`` keyword arguments of a run: its fields marked ``model_option``."""
+    return {name: getattr(p, name) for name in model_options()}
+
+
+def build_run_model(p: RunParams, weights: Optional[str] = None) -> nn.Module:
+    """The model a run trains, built from its parameters; ``weights`` overrides ``p.weights``."""
+    from lusv.models import build_model
+
+    config = model_config(p)
+    if weights is not None:
+        config["weights"] = weights
+    return build_model(p.model, **config)
+
+
+@torch.no_grad()
+def predict_batches(
+    model: nn.Module,
+    batches: Iterable[Mapping[str, Any]],
+    device: torch.device,
+    amp_dtype: Optional[torch.dtype] = None,
+    channels_last: bool = False,
+) -> tuple[np.ndarray, torch.Tensor, torch.Tensor, list[np.ndarray]]:
+    """Probabilities (N, 4), summed masked BCE, label count, and attention per batch (if any)."""
+    model.eval()
+    probabilities, attentions = [], []
+    loss_sum = torch.zeros((), device=device)
+    count = torch.zeros((), device=device, dtype=torch.int64)
+    for batch in batches:
+        x = to_model_input(batch["clips"], device, channels_last=channels_last)
+        lengths = batch["lengths"].to(device)
+        with autocast(device, amp_dtype):
+            out = model(x, lengths=lengths)
+        logits = out["logits"].float()
+        if "labels" in batch:
+            batch_loss, batch_count = masked_bce(logits, batch["labels"].to(device))
+            loss_sum += batch_loss
+            count += batch_count
+        probabilities.append(torch.sigmoid(logits).cpu().numpy())
+        if out.get("attention") is not None:
+            attentions.append(out["attention"].float().cpu().numpy())
+    stacked = np.concatenate(probabilities) if probabilities else np.zeros((0, len(PATTERNS)), np.float32)
+    return stacked, loss_sum, count, attentions
+
+
+def predict(
+    model: nn.Module,
+    clips: np.ndarray | torch.Tensor,
+    lengths: np.ndarray | torch.Tensor | None = None,
+    *,
+    batch_size: int = 8,
+    device: torch.device | str | None = None,
+    return_attention: bool = False,
+) -> np.ndarray | tuple[np.ndarray, Optional[np.ndarray]]:
+    """Pattern probabilities (N, 4) for uint8 clips (N, T, S, S, 1), e.g. from ``ClipCache.load_many``.
+
+    ``lengths`` (N,) gives the real frames of zero-padded clips (None = all real). Runs on the
+    model's device unless ``device`` is given. With ``return_attention`` also returns the
+    model's attention (N, 4, H, T) (None for models without one).
+    """
+    clips_t = torch.as_tensor(np.asarray(clips)) if not isinstance(clips, torch.Tensor) else clips
+    n, t = clips_t.shape[:2]
+    lengths_t = torch.full((n,), t, dtype=torch.int64) if lengths is None else torch.as_tensor(np.asarray(lengths), dtype=torch.int64)
+    if device is None:
+        first = next(model.parameters(), None)
+        device = first.device if first is not None else torch.device("cpu")
+    device = torch.device(device)
+    model.to(device)
+    batches = (
+        {"clips": clips_t[i : i + batch_size], "lengths": lengths_t[i : i + batch_size]} for i in range(0, n, batch_size)
+    )
+    probabilities, _, _, attentions = predict_batches(model, batches, device)
+    if not return_attention:
+        return probabilities
+    return probabilities, (np.concatenate(attentions) if attentions else None)
+
+
+def load_trained(path: str | os.PathLike, device: torch.device | str = "cpu") -> nn.Module:
+    """Rebuild a trained model from a run directory (or its best.pt) in eval mode.
+
+    The architecture comes from the run's config.json; the weights from best.pt (read with
+    weights_only=True). The returned model has ``run_params`` (RunParams) and
+    ``weights_source`` = "trained:<best.pt>".
+    """
+    path = Path(path)
+    best = path / "best.pt" if path.is_dir() else path
+    config_path = best.parent / "config.json"
+    if not best.is_file():
+        raise CheckpointError(f"checkpoint {best} does not exist: pass a training run's best.pt or its folder")
+    if not config_path.is_file():
+        raise CheckpointError(f"{config_path} not found: {best.parent} is not a lusv run directory (train it with lusv.train.run)")
+    params = RunParams.from_dict(json.loads(config_path.read_text(encoding="utf-8"))["params"])
+    state = io.torch_load(best)
+    model = build_run_model(params, weights="random")  # the trained weights replace any init
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{best} does not fit the model described by {config_path}: {exc}") from None
+    model.weights_source = f"trained:{best.resolve()}"
+    model.run_params = params
+    return model.to(device).eval()
 
 
 @dataclass
@@ -40,7 +172,6 @@ def predict_clip(
 
     from lusv.explain import plot_attention_over_time
     from lusv.io import atomic_path
-    from lusv.train import load_trained, predict
     from lusv.video import prepare_clip, read_clip
 
     model = load_trained(checkpoint)  # checked first: a wrong checkpoint should not cost a decode

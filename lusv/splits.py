@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
-from lusv.errors import ConfigError, LabelsError, LeakageError
+from lusv.errors import ConfigError, LabelsError, LeakageError, name_a_few
 from lusv.io import write_csv, write_json
 from lusv.patterns import PATTERNS
 
@@ -64,12 +64,6 @@ def _check_labels(labels_df: pd.DataFrame, columns: Sequence[str]) -> None:
         )
 
 
-def _named(values: Sequence[Any]) -> str:
-    values = list(values)
-    shown = ", ".join(repr(v) for v in values[:_MAX_NAMED])
-    return shown + (f" and {len(values) - _MAX_NAMED} more" if len(values) > _MAX_NAMED else "")
-
-
 def assert_no_patient_overlap(
     left_df: pd.DataFrame,
     right_df: pd.DataFrame,
@@ -83,7 +77,7 @@ def assert_no_patient_overlap(
     shared = sorted(set(left_df["patient_id"].astype(str)) & set(right_df["patient_id"].astype(str)))
     if shared:
         raise LeakageError(
-            f"patient(s) {_named(shared)} appear in both {names[0]} and {names[1]} "
+            f"patient(s) {name_a_few(shared)} appear in both {names[0]} and {names[1]} "
             f"({len(shared)} shared): a patient's clips must all be on one side of a split; "
             "rebuild the split with lusv.splits.make_folds / temporal_split"
         )
@@ -94,7 +88,7 @@ def _assert_one_fold_per_patient(folds_df: pd.DataFrame) -> None:
     leaking = folds_per_patient.index[folds_per_patient > 1].tolist()
     if leaking:
         raise LeakageError(
-            f"patient(s) {_named(leaking)} have clips in more than one fold: "
+            f"patient(s) {name_a_few(leaking)} have clips in more than one fold: "
             "folds must be made per patient (lusv.splits.make_folds)"
         )
 
@@ -241,7 +235,7 @@ def _acquisition_dates(labels_df: pd.DataFrame) -> pd.Series:
     if dates.isna().any():
         missing = labels_df.loc[dates.isna(), "clip_id"].tolist()
         raise LabelsError(
-            f"{len(missing)} clip(s) have no valid 'acquired_on' date: {_named(missing)}; "
+            f"{len(missing)} clip(s) have no valid 'acquired_on' date: {name_a_few(missing)}; "
             "fill in the dates or drop these clips before a temporal split"
         )
     return dates

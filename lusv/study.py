@@ -437,7 +437,7 @@ def out_of_fold_attention(prepared: Prepared, key: str = "luvnet") -> FoldAttent
     import numpy as np
 
     from lusv.patterns import PATTERNS
-    from lusv.train import load_trained, predict
+    from lusv.inference import load_trained, predict
 
     cache = prepared.cache()
     parts = []

@@ -16,16 +16,9 @@ from lusv.cache import ClipCache
 from lusv.config import PROFILES, RunParams, field_help, params_for
 from lusv.errors import CheckpointError, ConfigError, LeakageError
 from lusv.patterns import PATTERNS
-from lusv.train import (
-    load_trained,
-    masked_bce,
-    predict,
-    resolve_amp,
-    resolve_device,
-    rng_state,
-    run,
-    set_rng_state,
-)
+from lusv.devices import resolve_amp, resolve_device
+from lusv.inference import load_trained, masked_bce, predict
+from lusv.train import rng_state, run, set_rng_state
 
 PREDICTION_COLUMNS = ["clip_id", "patient_id", "fold", "model_fold", *(f"p_{p}" for p in PATTERNS), *PATTERNS]
 

@@ -1,0 +1,129 @@
+"""The clips of one run's fold: read the labels and split files a run names, check them, hand out roles.
+
+``lusv.splits`` makes and saves splits; this module reads them back for one training run
+(``load_fold_data(params, run_dir)``) and refuses anything that could leak before a model sees a
+clip: a temporal-test clip inside the folds, a folds file naming clips the labels do not know or
+giving a clip another patient than the labels do, and a patient in two roles. Roles of fold f:
+test = fold f, validation = fold (f + 1) % K, training = the other folds; the temporal test set
+(if any) is predicted by every fold's model.
+
+A sibling of ``lusv.splits`` rather than part of it: that module is about making splits (and is
+long enough), this one is about what a run reads from the files, under the run's parameters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Optional
+
+import pandas as pd
+
+from lusv.config import RunParams
+from lusv.devices import Distributed
+from lusv.errors import ConfigError, LabelsError, LeakageError, name_a_few
+from lusv.labels import read_labels
+from lusv.splits import assert_no_patient_overlap, fold_roles, load_or_make_folds
+
+
+@dataclass
+class FoldData:
+    """The clips of each role for one fold, as labels-table rows (clip_id, patient_id, fold, patterns)."""
+
+    train: pd.DataFrame
+    val: pd.DataFrame
+    test: pd.DataFrame
+    temporal_test: Optional[pd.DataFrame] = None
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    def roles(self) -> dict[str, pd.DataFrame]:
+        out = {"train": self.train, "val": self.val, "test": self.test}
+        if self.temporal_test is not None:
+            out["temporal_test"] = self.temporal_test
+        return out
+
+
+def read_split_table(path: str, required: Iterable[str], what: str) -> pd.DataFrame:
+    """A split CSV with ids read as strings; ConfigError if absent, LabelsError if a column is missing."""
+    if not Path(path).is_file():
+        raise ConfigError(f"{what} file {path} does not exist: check the path or make it with lusv.splits")
+    table = pd.read_csv(path, dtype={"clip_id": str, "patient_id": str})
+    missing = [c for c in required if c not in table.columns]
+    if missing:
+        raise LabelsError(f"{what} file {path} lacks column(s) {missing} (needed: {list(required)})")
+    return table
+
+
+def load_fold_data(p: RunParams, run_dir: Path, dist: Distributed = Distributed()) -> FoldData:
+    """Read labels, folds and temporal split; check them for leakage; return each role's rows."""
+    if not p.labels:
+        raise ConfigError("no labels CSV given: set labels=<path to the labels CSV> (see lusv.labels)")
+    labels = read_labels(p.labels)
+    labels = labels.assign(clip_id=labels["clip_id"].astype(str), patient_id=labels["patient_id"].astype(str))
+
+    temporal_ids: set[str] = set()
+    if p.temporal_split:
+        temporal = read_split_table(p.temporal_split, ("clip_id", "split"), "temporal split")
+        temporal_ids = set(temporal.loc[temporal["split"] == "temporal_test", "clip_id"])
+
+    folds = _read_or_make_folds(p, labels, temporal_ids, run_dir, dist)
+    _check_folds_against_labels(p, folds, labels, temporal_ids)
+
+    roles = fold_roles(folds, p.fold, p.num_folds)
+    indexed = labels.set_index("clip_id", drop=False)
+    fold_of = folds.set_index("clip_id")["fold"].astype(int)
+    tables = {role: indexed.loc[ids].assign(fold=fold_of.loc[ids].to_numpy()).reset_index(drop=True) for role, ids in roles.items()}
+    # fold_roles checks this too; checking here keeps training safe whatever builds the roles.
+    assert_no_patient_overlap(tables["train"], tables["val"], names=("train", "validation"))
+    assert_no_patient_overlap(tables["train"], tables["test"], names=("train", "test"))
+    assert_no_patient_overlap(tables["val"], tables["test"], names=("validation", "test"))
+
+    temporal_table = None
+    if p.temporal_split:
+        missing = temporal_ids - set(labels["clip_id"])
+        if missing:
+            raise LabelsError(
+                f"temporal split {p.temporal_split} names clip(s) not in the labels CSV: {name_a_few(missing, sort=True)}"
+            )
+        temporal_table = indexed.loc[sorted(temporal_ids)].assign(fold=p.fold).reset_index(drop=True)
+        seen = pd.concat([tables["train"], tables["val"]])
+        assert_no_patient_overlap(seen, temporal_table, names=("development (train/validation)", "temporal_test"))
+    return FoldData(tables["train"], tables["val"], tables["test"], temporal_table)
+
+
+def _read_or_make_folds(
+    p: RunParams, labels: pd.DataFrame, temporal_ids: set[str], run_dir: Path, dist: Distributed
+) -> pd.DataFrame:
+    """The folds file ``p.splits``, or (unset) folds of the development clips saved in the run dir."""
+    if p.splits:
+        return read_split_table(p.splits, ("clip_id", "patient_id", "fold"), "splits")
+    development = labels[~labels["clip_id"].isin(temporal_ids)]
+    if dist.is_main:  # rank 0 makes and saves the folds; the other ranks then reuse the file
+        load_or_make_folds(development, run_dir / "splits.csv", num_folds=p.num_folds, seed=p.split_seed)
+    dist.barrier()
+    folds = load_or_make_folds(development, run_dir / "splits.csv", num_folds=p.num_folds, seed=p.split_seed)
+    return folds.assign(clip_id=folds["clip_id"].astype(str), patient_id=folds["patient_id"].astype(str))
+
+
+def _check_folds_against_labels(p: RunParams, folds: pd.DataFrame, labels: pd.DataFrame, temporal_ids: set[str]) -> None:
+    """Refuse folds that hold temporal-test clips, name unknown clips, or move a clip to another patient."""
+    in_both = temporal_ids & set(folds["clip_id"])
+    if in_both:
+        raise LeakageError(
+            f"clip(s) {name_a_few(in_both, sort=True)} of the temporal test set ({p.temporal_split}) are also in the "
+            f"folds ({p.splits}): make the folds from the development clips only "
+            "(lusv.study.prepare does this)"
+        )
+    unknown = set(folds["clip_id"]) - set(labels["clip_id"])
+    if unknown:
+        raise LabelsError(
+            f"splits file {p.splits} names clip(s) not in the labels CSV {p.labels}: {name_a_few(unknown, sort=True)}"
+        )
+    # The labels table is the authority on patients: a folds file that disagrees could hide leakage.
+    patient_of = labels.set_index("clip_id")["patient_id"]
+    moved = folds[folds["patient_id"] != folds["clip_id"].map(patient_of)]
+    if len(moved):
+        raise LeakageError(
+            f"splits file {p.splits} gives clip(s) {name_a_few(moved['clip_id'], sort=True)} another patient than the labels "
+            f"CSV {p.labels}: remake the splits from the current labels"
+        )

@@ -1,0 +1,48 @@
+"""Fit one model on one fold: masked BCE, Adam, early stopping, atomic checkpoints, resume.
+
+``run(**params)`` trains the model named by the ``RunParams`` and returns its run directory::
+
+    <out_dir>/<run_name>/            run_name default: <model>-<encoder>-T<T>-S<S>-fold<f>-seed<seed>
+      config.json                    params, status, git sha, versions, device, weights_source, data sizes
+      log.csv                        epoch, train_loss, val_loss, val_macro_auc, lr, seconds
+      checkpoint.pt                  latest epoch: model, optimizer, scaler, counters, RNG states
+      best.pt                        model state dict of the epoch with the lowest validation loss
+      splits.csv (+ .json)           only when no splits file was given: the folds made for this run
+      predictions_val.csv            clip_id, patient_id, fold, model_fold, p_<pattern>..., <pattern>... (labels);
+                                     fold = the clip's fold, model_fold = this run's fold
+      predictions_test.csv
+      predictions_temporal_test.csv  only with a temporal split file
+
+Fold roles: test = fold f, validation = fold (f + 1) % K, training = the other folds; a patient
+on two sides refuses to train (``LeakageError`` naming the patient, see ``lusv.folds``). Clips
+of the temporal test set must not be in the folds file at all.
+
+Reproducibility and resume: everything random is seeded from ``seed`` (``randomness``). A run
+killed at any point and restarted with ``resume=True`` continues from the last finished epoch
+(``checkpoint``) and produces the same numbers as an uninterrupted run (CPU; GPU kernels may
+differ in the last bits). A finished run restarted with ``resume=True`` is returned as is.
+
+Multi-GPU: under ``torchrun`` (``WORLD_SIZE`` > 1) the model is wrapped in DDP and each process
+trains on its ``DistributedSampler`` shard (``batch_size`` is per process); every process
+evaluates the whole validation set (identical early-stopping decisions without communication)
+and rank 0 alone writes files (``lusv.devices.Distributed``).
+
+The rooms of this package:
+
+    runner.py      run(params) -> run_dir: set-up, the epochs with early stopping, predictions
+    loop.py        train_one_epoch and evaluate (gradient accumulation, AMP, DDP no_sync; kill hook)
+    checkpoint.py  TrainState, atomic checkpoint save/restore, the checks before resuming
+    randomness.py  seeds, per-epoch generators, RNG state save/restore, deterministic kernels
+    data.py        the fold's clips checked in the cache; train and evaluation loaders
+    record.py      config.json's contents and the predictions tables
+    progress.py    live bars on a terminal, one line per epoch elsewhere
+
+Models are built and used for prediction by ``lusv.inference`` (which does not import this
+package); devices, mixed precision and torchrun ranks come from ``lusv.devices``.
+"""
+
+from lusv.train.loop import KILL_ENV
+from lusv.train.randomness import rng_state, set_rng_state
+from lusv.train.runner import run
+
+__all__ = ["KILL_ENV", "rng_state", "run", "set_rng_state"]

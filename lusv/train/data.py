@@ -1,0 +1,83 @@
+"""A run's clips: checked in the clip cache before training, and the loaders that feed them.
+
+``ensure_cached`` checks every clip of the fold against the cache (decoding missing or stale
+entries on the main process) and leaves out, with a warning, clips that cannot be cached.
+``train_loader`` shards and reshuffles the training clips per epoch (``DistributedSampler``,
+also for a single process); ``eval_loader`` gives a whole role in table order on every rank.
+Both loaders draw from their own seeded generator, never the global one.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+
+from lusv.cache import ClipCache
+from lusv.config import RunParams
+from lusv.datasets import ClipDataset, collate_clips
+from lusv.devices import Distributed
+from lusv.errors import LabelsError, LusvError, name_a_few
+from lusv.folds import FoldData
+from lusv.patterns import PATTERNS
+from lusv.train.progress import progress_is_live
+from lusv.train.randomness import loader_generator
+
+logger = logging.getLogger("lusv.train")
+
+
+def ensure_cached(p: RunParams, data: FoldData, dist: Distributed) -> ClipCache:
+    """Open the clip cache, check every entry and decode missing or stale clips (rank 0), drop
+    unusable ones with a warning."""
+    cache = ClipCache(p.cache_dir, p.num_frames, p.image_size)
+    everything = pd.concat(list(data.roles().values()), ignore_index=True)
+    if dist.is_main:
+        # Every entry is checked against its source and checksum before training, not only in the
+        # prepare step: an entry edited or truncated since, or made from another file under the
+        # same id (the default cache_dir is shared and ids like "clip001" recur), is decoded
+        # again with a warning instead of being trained on. A valid entry costs one read.
+        try:
+            cache.build(everything.drop(columns=["fold"]), progress=progress_is_live())
+        except LusvError as exc:
+            if getattr(exc, "report", None) is None:
+                raise
+            logger.warning("none of the %d clip(s) of this fold could be cached: %s", len(everything), exc.report)
+    dist.barrier()
+    cache = ClipCache(p.cache_dir, p.num_frames, p.image_size)  # re-read the manifest (other ranks)
+    for role, table in data.roles().items():
+        absent = [cid for cid in table["clip_id"] if cid not in cache]
+        if absent:
+            logger.warning(
+                "%s: %d clip(s) could not be cached and are left out: %s", role, len(absent), name_a_few(absent, sort=True)
+            )
+            data.skipped.update({cid: role for cid in absent})
+            setattr(data, role, table[~table["clip_id"].isin(absent)].reset_index(drop=True))
+    for role in ("train", "val", "test"):
+        if getattr(data, role).empty:
+            raise LusvError(f"fold {p.fold}: no usable {role} clips left (see the cache's ingest report)")
+    if np.isnan(data.val[list(PATTERNS)].to_numpy(dtype=float)).all():
+        raise LabelsError(f"fold {p.fold}: the validation fold has no labels at all, so early stopping is impossible")
+    return cache
+
+
+def train_loader(p: RunParams, cache: ClipCache, table: pd.DataFrame, dist: Distributed, device: torch.device) -> DataLoader:
+    """This process's shard of the training clips, reshuffled from (seed, epoch) at every ``set_epoch``."""
+    dataset = ClipDataset(cache, table)
+    sampler = DistributedSampler(dataset, num_replicas=dist.world_size, rank=dist.rank, shuffle=True, seed=p.seed, drop_last=False)
+    return DataLoader(
+        dataset, batch_size=p.batch_size, sampler=sampler, collate_fn=collate_clips,
+        num_workers=p.num_workers, pin_memory=device.type == "cuda", persistent_workers=p.num_workers > 0,
+        generator=loader_generator(p.seed, dist.rank),
+    )  # fmt: skip
+
+
+def eval_loader(p: RunParams, cache: ClipCache, table: pd.DataFrame, dist: Distributed, device: torch.device) -> DataLoader:
+    """Every clip of ``table`` in table order (each rank sees them all)."""
+    return DataLoader(
+        ClipDataset(cache, table), batch_size=p.batch_size, shuffle=False, collate_fn=collate_clips,
+        num_workers=p.num_workers, pin_memory=device.type == "cuda",
+        generator=loader_generator(p.seed, dist.rank),
+    )  # fmt: skip

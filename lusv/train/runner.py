@@ -1,0 +1,196 @@
+"""One run: ``run(params) -> run_dir`` trains one model on one fold and writes its folder.
+
+The order of a run: read and check the fold's clips (``lusv.folds``) and the cache
+(``data.ensure_cached``); seed and build the model, Adam and the AMP scaler; resume from
+``checkpoint.pt`` if asked; then epochs (``loop.train_one_epoch``, ``loop.evaluate`` on the
+validation fold) until ``epochs`` or until the validation loss has not fallen for ``patience``
+epochs (early stopping), saving after each (``checkpoint.save_epoch``); finally the best
+epoch's model predicts the validation, test and temporal-test clips. ``config.json``
+(``record.config_record``) says "running" during and "finished" after.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from lusv import io
+from lusv.cache import ClipCache
+from lusv.config import RunParams, params_for
+from lusv.datasets import ClipAugment, keep_freed_cpu_buffers
+from lusv.devices import Distributed, init_distributed, resolve_amp, resolve_device, unwrap
+from lusv.errors import LusvError
+from lusv.folds import FoldData, load_fold_data
+from lusv.inference import build_run_model
+from lusv.metrics import macro_auc
+from lusv.patterns import PATTERNS
+from lusv.train import checkpoint
+from lusv.train.checkpoint import TrainState
+from lusv.train.data import ensure_cached, eval_loader, train_loader
+from lusv.train.loop import evaluate, train_one_epoch
+from lusv.train.progress import EpochProgress, progress_is_live
+from lusv.train.randomness import make_deterministic, seed_everything
+from lusv.train.record import config_record, predictions_table
+
+logger = logging.getLogger("lusv.train")
+
+
+@dataclass
+class _Run:
+    """What one run holds from set-up to predictions (built by ``_set_up``)."""
+
+    p: RunParams
+    run_dir: Path
+    dist: Distributed
+    device: torch.device
+    amp_dtype: Optional[torch.dtype]
+    live: bool
+    data: FoldData
+    cache: ClipCache
+    train_loader: DataLoader
+    augment: Optional[ClipAugment]
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    weights_source: str
+    state: TrainState = field(default_factory=TrainState)
+
+    def evaluate(self, table: pd.DataFrame):
+        loader = eval_loader(self.p, self.cache, table, self.dist, self.device)
+        return evaluate(self.model, loader, self.device, self.amp_dtype, self.p.channels_last)
+
+    def write_config(self, status: str, **extra: Any) -> None:
+        if self.dist.is_main:
+            record = config_record(
+                self.p, status, self.run_dir, self.device, self.amp_dtype, self.dist.world_size,
+                self.weights_source, self.data, self.state, **extra,
+            )  # fmt: skip
+            io.write_json(self.run_dir / "config.json", record)
+
+
+def _set_up(p: RunParams, run_dir: Path, dist: Distributed) -> _Run:
+    """Device and precision, the fold's clips and loaders, then (seeded) model, optimizer, scaler."""
+    device = resolve_device(p.device, dist.local_rank)
+    amp_dtype = resolve_amp(p.amp, device)
+    make_deterministic(device)
+    if device.type == "cpu" and keep_freed_cpu_buffers():
+        logger.debug("glibc keeps freed CPU buffers for reuse (no page faults per batch)")
+    data = load_fold_data(p, run_dir, dist)
+    cache = ensure_cached(p, data, dist)
+    loader = train_loader(p, cache, data.train, dist, device)
+    augment = ClipAugment() if p.augment else None
+
+    seed_everything(p.seed)
+    model = build_run_model(p).to(device)
+    weights_source = getattr(model, "weights_source", "unknown")
+    model = dist.wrap(model, device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    live = progress_is_live() and dist.is_main
+    return _Run(p, run_dir, dist, device, amp_dtype, live, data, cache, loader, augment, model, optimizer, scaler, weights_source)
+
+
+def _fit(r: _Run) -> None:
+    """Epochs until ``p.epochs`` or early stopping (``p.patience`` epochs without a lower validation loss)."""
+    p, state = r.p, r.state
+    progress = EpochProgress(p.name, p.epochs, state.epoch, live=r.live, show=r.dist.is_main)
+    while not state.training_done and state.epoch < p.epochs:
+        started = time.perf_counter()
+        train_loss = train_one_epoch(
+            r.model, r.optimizer, r.scaler, r.train_loader, epoch=state.epoch, p=p, device=r.device,
+            amp_dtype=r.amp_dtype, augment=r.augment, dist=r.dist, live=r.live,
+        )  # fmt: skip
+        val_probabilities, val_loss = r.evaluate(r.data.val)
+        auc = macro_auc(r.data.val[list(PATTERNS)].to_numpy(dtype=float), val_probabilities)
+        state.epoch += 1
+        improved = val_loss < state.best_val_loss
+        if improved:
+            state.best_val_loss, state.best_epoch, state.bad_epochs = val_loss, state.epoch, 0
+        else:
+            state.bad_epochs += 1
+        seconds = time.perf_counter() - started
+        state.history.append(
+            {"epoch": state.epoch, "train_loss": train_loss, "val_loss": val_loss, "val_macro_auc": auc,
+             "lr": r.optimizer.param_groups[0]["lr"], "seconds": seconds}
+        )  # fmt: skip
+        state.training_done = state.bad_epochs >= p.patience or state.epoch >= p.epochs
+        if r.dist.is_main:
+            checkpoint.save_epoch(r.run_dir, p, r.model, r.optimizer, r.scaler, state, improved)
+        progress.epoch_done(state.epoch, train_loss, val_loss, auc, seconds, improved)
+    progress.close()
+    if state.bad_epochs >= p.patience and r.dist.is_main:
+        logger.info("early stop after epoch %d: no lower validation loss for %d epochs", state.epoch, p.patience)
+    state.training_done = True
+
+
+def _write_predictions(r: _Run) -> None:
+    """The best epoch's model predicts every role but training: predictions_<role>.csv."""
+    if not r.dist.is_main:
+        return
+    best = r.run_dir / "best.pt"
+    if not best.is_file():
+        raise LusvError(
+            f"{r.run_dir}: no epoch reached a finite validation loss, so there is no best.pt; "
+            "lower the learning rate or check the labels"
+        )
+    unwrap(r.model).load_state_dict(io.torch_load(best, map_location=r.device))
+    for role, table in r.data.roles().items():
+        if role == "train":
+            continue
+        probabilities, _ = r.evaluate(table)
+        io.write_csv(r.run_dir / f"predictions_{role}.csv", predictions_table(table, probabilities, r.p.fold))
+
+
+def _resolve_params(params: RunParams | Mapping[str, Any] | None, overrides: Mapping[str, Any]) -> RunParams:
+    overrides = dict(overrides)
+    profile = overrides.pop("profile", None)
+    base = params.to_dict() if isinstance(params, RunParams) else dict(params or {})
+    merged = {**base, **overrides}
+    return params_for(profile, **merged) if profile is not None else RunParams.from_dict(merged)
+
+
+def run(params: RunParams | Mapping[str, Any] | None = None, /, **overrides: Any) -> Path:
+    """Train one model on one fold and write its run directory (see ``lusv.train``).
+
+    Call as ``run(**params_for("quick", labels=..., splits=...).to_dict())``, ``run(params)``
+    with a ``RunParams``, or ``run(profile="quick", labels=..., ...)``; unset fields take the
+    RunParams defaults (= paper profile). Returns the run directory.
+    """
+    p = _resolve_params(params, overrides)
+    dist = init_distributed()
+    run_dir = Path(p.out_dir) / p.name
+
+    saved = checkpoint.read_config(run_dir) if p.resume else None
+    if saved is not None:
+        checkpoint.check_same_run(p, saved.get("params", {}), run_dir)
+        if saved.get("status") == "finished":
+            logger.info("%s already finished: reusing it (resume=True)", run_dir)
+            return run_dir
+    if dist.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if not p.resume:
+            checkpoint.clear_previous(run_dir)
+    dist.barrier()
+
+    r = _set_up(p, run_dir, dist)
+    saved_checkpoint = run_dir / "checkpoint.pt"
+    if p.resume and saved_checkpoint.is_file():
+        r.state = checkpoint.restore(saved_checkpoint, p, run_dir, r.model, r.optimizer, r.scaler)
+    r.write_config("running")
+    try:
+        _fit(r)
+        _write_predictions(r)
+        r.write_config("finished", finished_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        dist.barrier()
+    finally:
+        if dist.enabled and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    return run_dir
