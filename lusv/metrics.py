@@ -21,16 +21,12 @@ import pandas as pd
 from scipy import stats
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from lusv.errors import LusvError
+from lusv.errors import PredictionsError
 from lusv.patterns import PATTERNS
 
 logger = logging.getLogger(__name__)
 
 ArrayLike = np.ndarray | Sequence[float] | pd.Series
-
-
-class PredictionsError(LusvError):
-    """A predictions table breaks the contract or two tables cannot be compared."""
 
 
 class AucCI(NamedTuple):

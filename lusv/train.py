@@ -65,7 +65,7 @@ from tqdm import tqdm  # text bars: readable in JupyterLab and in papermill-rend
 from lusv import io
 from lusv.config import RunParams, params_for
 from lusv.datasets import ClipAugment, ClipDataset, collate_clips, keep_freed_cpu_buffers, to_model_input
-from lusv.errors import CheckpointError, ConfigError, LabelsError, LeakageError, LusvError
+from lusv.errors import CheckpointError, ConfigError, IngestError, LabelsError, LeakageError, LusvError
 from lusv.metrics import macro_auc
 from lusv.patterns import PATTERNS
 
@@ -336,9 +336,7 @@ def _ensure_cached(p: RunParams, data: FoldData, dist: Distributed):
         # again with a warning instead of being trained on. A valid entry costs one read.
         try:
             cache.build(everything.drop(columns=["fold"]), progress=_progress_is_live())
-        except LusvError as exc:
-            if getattr(exc, "report", None) is None:
-                raise
+        except IngestError as exc:
             logger.warning("none of the %d clip(s) of this fold could be cached: %s", len(everything), exc.report)
     dist.barrier()
     cache = ClipCache(p.cache_dir, p.num_frames, p.image_size)  # re-read the manifest (other ranks)
