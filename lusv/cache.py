@@ -10,7 +10,8 @@ Layout under ``root/f"T{T}_S{S}"/`` (other T or S values get their own folder):
 ``build`` reuses an entry only when its source file is unchanged (same path, size and
 mtime), the preparation code is the same version and the stored array still matches
 its checksum; otherwise the clip is decoded again and the entry "rebuilt" (logged).
-Clips that cannot be used are skipped with a reason; ``IngestReport`` counts them.
+Clips that cannot be used are skipped with a reason; ``IngestReport`` counts them, and when no
+clip is usable ``build`` raises ``IngestError`` carrying that report.
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ Conventions used throughout:
 * An AUC is NaN when its pairs lack either class; no function raises for that.
 
 Predictions tables follow the contract: ``clip_id, patient_id, fold``, one probability column
-``p_<pattern>`` and one label column ``<pattern>`` per pattern.
+``p_<pattern>`` and one label column ``<pattern>`` per pattern; a table that breaks it raises
+``PredictionsError``.
 """
 
 from __future__ import annotations

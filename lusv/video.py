@@ -4,7 +4,9 @@ Decoding goes through PyAV (mp4, avi, mov, mpeg, gif and whatever else FFmpeg re
 DICOM files (multi-frame ultrasound) go through pydicom when it is installed. Every
 frame is converted with ``frame.to_ndarray(format="rgb24")`` so grayscale, RGBA (GIF)
 and palette sources all come out as uint8 RGB. Each file is decoded once; ``read_clip``
-with ``num_frames`` converts and holds only the frames the short-clip policy keeps.
+with ``num_frames`` converts and holds only the frames the short-clip policy keeps. A clip
+that cannot be used raises ``VideoError`` naming the file, with a short ``reason`` ("missing
+file", "too few frames", ...) that the clip cache's ingest report counts.
 
 Preparing a clip for the model (``prepare_clip``) follows the team contract:
 
