@@ -10,7 +10,8 @@ Layout under ``root/f"T{T}_S{S}"/`` (other T or S values get their own folder):
 ``build`` reuses an entry only when its source file is unchanged (same path, size and
 mtime), the preparation code is the same version and the stored array still matches
 its checksum; otherwise the clip is decoded again and the entry "rebuilt" (logged).
-Clips that cannot be used are skipped with a reason; ``IngestReport`` counts them.
+Clips that cannot be used are skipped with a reason; ``IngestReport`` counts them, and when no
+clip is usable ``build`` raises ``IngestError`` carrying that report.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm  # text bars: readable in JupyterLab and in papermill-rendered notebooks alike
 
-from lusv.errors import ConfigError, LabelsError, LusvError, VideoError
+from lusv.errors import CacheError, ConfigError, IngestError, LabelsError, VideoError
 from lusv.io import save_npy, write_csv
 from lusv.video import PREPARATION_VERSION, prepare_clip, read_clip
 
@@ -42,10 +43,6 @@ MANIFEST_COLUMNS = (
 )
 # Persist the manifest this often during a build so an interrupted build keeps its work.
 MANIFEST_SAVE_EVERY_S = 30.0
-
-
-class CacheError(LusvError):
-    """A cache entry asked for is missing or damaged; ``ClipCache.build`` rebuilds it."""
 
 
 @dataclass
@@ -144,8 +141,8 @@ class ClipCache:
         """Make sure every clip of ``labels_df`` (columns clip_id, path) has a valid entry.
 
         Valid entries are reused, the rest decoded (once each). ``workers > 1`` decodes in
-        that many processes. Raises ``LusvError`` only when no clip is usable; the error
-        carries the report as ``.report``.
+        that many processes. Raises ``IngestError`` (carrying this report) only when no clip
+        is usable.
         """
         jobs = _jobs_from_labels(labels_df)
         records: list[dict] = []
@@ -173,12 +170,11 @@ class ClipCache:
         report = IngestReport(pd.DataFrame(records, columns=["clip_id", "path", "status", "reason", "detail"]))
         log.info("clip cache %s: %s", self.dir, report)
         if not report.usable_ids:
-            error = LusvError(
+            raise IngestError(
                 f"no usable clip in {len(jobs)} labelled clip(s) for the clip cache {self.dir}: {report}. "
-                "Check the paths in the labels table and the video files"
+                "Check the paths in the labels table and the video files",
+                report,
             )
-            error.report = report
-            raise error
         return report
 
     def _prepare_all(self, todo: list[tuple[str, str, str | None]], workers: int) -> Iterable[dict]:
@@ -282,7 +278,7 @@ def _prepare_one(task: tuple[str, int, int]) -> dict:
         clip = read_clip(path, num_frames=num_frames)
         array, length = prepare_clip(clip.frames, num_frames, image_size, source=path)
     except VideoError as exc:
-        return {"error": getattr(exc, "reason", "unusable clip"), "detail": str(exc)}
+        return {"error": exc.reason, "detail": str(exc)}
     except Exception as exc:  # noqa: BLE001 - one odd file must not stop the ingestion of thousands
         # Not a case lusv knows (a decoder or numpy surprise): counted and explained like the
         # others, with the exception's type so that it can be reported as a bug.

@@ -21,7 +21,7 @@ import sys
 import typing
 from pathlib import Path
 
-from lusv.errors import LusvError
+from lusv.errors import IngestError, LusvError
 
 log = logging.getLogger("lusv")
 
@@ -76,14 +76,11 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
             cache_root=_from_here(args.cache_dir),
             dayfirst=args.dayfirst,
         )
-    except LusvError as exc:
+    except IngestError as exc:
         # Nothing usable: show why clip by clip before the one-line error, so the user can fix the data.
-        report = getattr(exc, "report", None)
-        if report is not None:
-            print(report.summary().to_string(index=False))
-            saved = getattr(exc, "report_path", None)
-            if saved is not None:
-                print(f"ingest report (one row per clip): {saved}")
+        print(exc.report.summary().to_string(index=False))
+        if exc.report_path is not None:
+            print(f"ingest report (one row per clip): {exc.report_path}")
         raise
     print(study.ingest_summary(prepared).to_string(index=False))
     print(f"ingest report (one row per clip): {prepared.prepare_dir / 'ingest_report.csv'}")

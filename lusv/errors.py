@@ -1,8 +1,18 @@
-"""Errors that lusv raises on purpose: each names the file, row or column and the fix.
+"""Every error lusv raises on purpose, each naming the file, row or column and the fix.
 
 Catching ``LusvError`` at the command line turns them into a one-line message and a
-non-zero exit instead of a traceback from deep inside a library.
+non-zero exit instead of a traceback from deep inside a library. An error that callers need
+more from than its message carries that data through its constructor (``VideoError.reason``,
+``IngestError.report``), so no caller attaches attributes after raising or probes for them.
 """
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only: errors sit below every other room of the package
+    from lusv.cache import IngestReport
 
 
 class LusvError(Exception):
@@ -10,11 +20,43 @@ class LusvError(Exception):
 
 
 class VideoError(LusvError):
-    """A clip cannot be used: unreadable, corrupt, empty, too short, unknown format."""
+    """A clip cannot be used: unreadable, corrupt, empty, too short, unknown format.
+
+    ``reason`` is a short cause shared by alike clips ("missing file", "too few frames"), which
+    the ingest report counts; the message is the full explanation naming the file.
+    """
+
+    def __init__(self, message: str, reason: str = "unusable clip") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+    def __reduce__(self):  # keep the reason when the error crosses a process boundary
+        return type(self), (str(self), self.reason)
+
+
+class IngestError(LusvError):
+    """No clip of a labels table is usable: carries the ``IngestReport`` with every clip's reason
+    and, once it is saved, ``report_path``, so that the user can fix the data clip by clip."""
+
+    def __init__(self, message: str, report: IngestReport, report_path: Path | None = None) -> None:
+        super().__init__(message)
+        self.report = report
+        self.report_path = report_path
+
+    def __reduce__(self):
+        return type(self), (str(self), self.report, self.report_path)
+
+
+class CacheError(LusvError):
+    """A clip cache entry asked for is missing or damaged; ``ClipCache.build`` rebuilds it."""
 
 
 class LabelsError(LusvError):
     """The labels table breaks the contract (missing column, bad value, duplicate id)."""
+
+
+class PredictionsError(LusvError):
+    """A predictions table breaks the contract or two tables cannot be compared."""
 
 
 class LeakageError(LusvError):

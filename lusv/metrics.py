@@ -7,7 +7,8 @@ Conventions used throughout:
 * An AUC is NaN when its pairs lack either class; no function raises for that.
 
 Predictions tables follow the contract: ``clip_id, patient_id, fold``, one probability column
-``p_<pattern>`` and one label column ``<pattern>`` per pattern.
+``p_<pattern>`` and one label column ``<pattern>`` per pattern; a table that breaks it raises
+``PredictionsError``.
 """
 
 from __future__ import annotations
@@ -21,16 +22,12 @@ import pandas as pd
 from scipy import stats
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from lusv.errors import LusvError
+from lusv.errors import PredictionsError
 from lusv.patterns import PATTERNS
 
 logger = logging.getLogger(__name__)
 
 ArrayLike = np.ndarray | Sequence[float] | pd.Series
-
-
-class PredictionsError(LusvError):
-    """A predictions table breaks the contract or two tables cannot be compared."""
 
 
 class AucCI(NamedTuple):

@@ -153,7 +153,7 @@ def threshold_table(test_predictions: Predictions, val_predictions: Predictions 
       predictions on the temporal test set, which no single fold model made): one threshold per
       pattern, chosen on all validation predictions pooled, applied to every test clip.
     * A test table with ``fold`` but no ``model_fold`` is refused (which model scored which clip
-      is unknown); ``lusv.study.load_out_of_fold`` adds the column to older study files.
+      is unknown; every predictions file lusv writes has ``model_fold``).
     * Without validation predictions the threshold is chosen on the test predictions themselves
       — optimistic, and marked so in ``threshold_source``.
 
@@ -184,7 +184,7 @@ def threshold_table(test_predictions: Predictions, val_predictions: Predictions 
             raise PredictionsError(
                 f"{name}: the test predictions have a fold column but no model_fold, so which fold model's "
                 "validation predictions should set the thresholds is unknown; add model_fold (the fold of the "
-                "model that predicted each clip; lusv.study.load_out_of_fold derives it for study files)"
+                "model that predicted each clip, as lusv.train writes it)"
             )
         else:
             mode = "pooled"

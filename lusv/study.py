@@ -30,7 +30,7 @@ from pathlib import Path
 import pandas as pd
 
 from lusv import io
-from lusv.errors import ConfigError, LusvError
+from lusv.errors import ConfigError, IngestError, LusvError
 
 log = logging.getLogger(__name__)
 
@@ -203,11 +203,9 @@ def prepare(
     report_path = prepare_dir / "ingest_report.csv"
     try:
         report = cache.build(labels)
-    except LusvError as exc:
+    except IngestError as exc:
         # Nothing usable: the per-clip reasons are what the user needs to fix the data, so keep them.
-        if getattr(exc, "report", None) is not None:
-            exc.report_path = exc.report.save(report_path)
-        raise
+        raise IngestError(str(exc), exc.report, report_path=exc.report.save(report_path)) from None
     report.save(report_path)
     log.info("%s: %s", name, report)
     usable = labels[labels["clip_id"].isin(set(report.usable_ids))].reset_index(drop=True)

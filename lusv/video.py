@@ -4,7 +4,9 @@ Decoding goes through PyAV (mp4, avi, mov, mpeg, gif and whatever else FFmpeg re
 DICOM files (multi-frame ultrasound) go through pydicom when it is installed. Every
 frame is converted with ``frame.to_ndarray(format="rgb24")`` so grayscale, RGBA (GIF)
 and palette sources all come out as uint8 RGB. Each file is decoded once; ``read_clip``
-with ``num_frames`` converts and holds only the frames the short-clip policy keeps.
+with ``num_frames`` converts and holds only the frames the short-clip policy keeps. A clip
+that cannot be used raises ``VideoError`` naming the file, with a short ``reason`` ("missing
+file", "too few frames", ...) that the clip cache's ingest report counts.
 
 Preparing a clip for the model (``prepare_clip``) follows the team contract:
 
@@ -68,13 +70,6 @@ class DecodedClip:
     width: int
 
 
-def _video_error(reason: str, message: str) -> VideoError:
-    """A ``VideoError`` carrying a short ``reason`` (e.g. "missing file") for ingest summaries."""
-    error = VideoError(message)
-    error.reason = reason
-    return error
-
-
 def sample_indices(num_source_frames: int, num_frames: int) -> np.ndarray:
     """Indices of the source frames that the short-clip policy keeps (see module doc)."""
     if num_source_frames >= num_frames:
@@ -106,23 +101,26 @@ def read_clip(
     if num_frames is not None and num_frames < 1:
         raise VideoError(f"clip {path}: num_frames must be at least 1 (got {num_frames})")
     if not path.exists():
-        raise _video_error("missing file", f"clip {path} does not exist: check the path in the labels table")
+        raise VideoError(f"clip {path} does not exist: check the path in the labels table", reason="missing file")
     if not path.is_file():
-        raise _video_error(
-            "not a file", f"clip {path} is not a file (a folder?): point the labels table at a video file"
+        raise VideoError(
+            f"clip {path} is not a file (a folder?): point the labels table at a video file",
+            reason="not a file",
         )
     if path.stat().st_size == 0:
-        raise _video_error("empty file", f"clip {path} is an empty (zero-byte) file: re-export or re-copy it")
+        raise VideoError(f"clip {path} is an empty (zero-byte) file: re-export or re-copy it", reason="empty file")
     try:
         is_dicom = _is_dicom(path)
     except OSError as exc:
-        raise _video_error("unreadable file", f"clip {path} cannot be read ({exc}): check its permissions") from None
+        raise VideoError(
+            f"clip {path} cannot be read ({exc}): check its permissions", reason="unreadable file"
+        ) from None
     clip = _read_dicom(path, num_frames) if is_dicom else _read_with_pyav(path, num_frames)
     if clip.source_frames < min_frames:
-        raise _video_error(
-            "too few frames",
+        raise VideoError(
             f"clip {path} has {clip.source_frames} frame(s); a video needs at least {min_frames}: "
-            "it is a still image, remove it from the labels table"
+            "it is a still image, remove it from the labels table",
+            reason="too few frames",
         )
     return clip
 
@@ -152,18 +150,18 @@ def _read_with_pyav(path: Path, num_frames: int | None) -> DecodedClip:
     except VideoError:
         raise
     except (av.FFmpegError, OSError, ValueError, RuntimeError, MemoryError) as exc:
-        raise _video_error(
-            "corrupt or not a video",
+        raise VideoError(
             f"clip {path} cannot be decoded ({type(exc).__name__}: {exc}): the file is corrupt, "
             "truncated or not a video; re-export it or remove it from the labels table",
+            reason="corrupt or not a video",
         ) from None
     if count == 0:
-        raise _video_error("too few frames", f"clip {path} decodes to 0 frames: the file is empty or corrupt")
+        raise VideoError(f"clip {path} decodes to 0 frames: the file is empty or corrupt", reason="too few frames")
     if frames is None:  # a second decode gave yet another frame count: the stream is not stable
-        raise _video_error(
-            "corrupt or not a video",
+        raise VideoError(
             f"clip {path} decodes to a different number of frames each time: the file is damaged; "
             "re-export it or remove it from the labels table",
+            reason="corrupt or not a video",
         )
     return DecodedClip(frames, count, fps, frames.shape[1], frames.shape[2])
 
@@ -174,7 +172,9 @@ def _open_video(path: Path):
     container = av.open(str(path))
     if not container.streams.video:
         container.close()
-        raise _video_error("no video stream", f"clip {path} has no video stream (audio or data only?): not a video")
+        raise VideoError(
+            f"clip {path} has no video stream (audio or data only?): not a video", reason="no video stream"
+        )
     return container, container.streams.video[0]
 
 
@@ -209,9 +209,9 @@ def _read_dicom(path: Path, num_frames: int | None) -> DecodedClip:
         import pydicom
         from pydicom.pixels import apply_color_lut, apply_voi_lut
     except ImportError:
-        raise _video_error(
-            "pydicom not installed",
-            f"clip {path} is DICOM but pydicom is not installed: pip install pydicom"
+        raise VideoError(
+            f"clip {path} is DICOM but pydicom is not installed: pip install pydicom",
+            reason="pydicom not installed",
         ) from None
     try:
         ds = pydicom.dcmread(path)
@@ -227,10 +227,10 @@ def _read_dicom(path: Path, num_frames: int | None) -> DecodedClip:
         elif samples == 1:
             pixels = apply_voi_lut(pixels, ds)
     except Exception as exc:  # pydicom raises many types (missing codec, bad tags, truncation)
-        raise _video_error(
-            "corrupt DICOM",
+        raise VideoError(
             f"DICOM clip {path} cannot be read ({type(exc).__name__}: {exc}): it is corrupt or needs "
-            "a pixel-data codec (pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg)"
+            "a pixel-data codec (pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg)",
+            reason="corrupt DICOM",
         ) from None
     # Give every layout the same (frames, rows, cols, channels) shape.
     if n_frames == 1:
@@ -312,10 +312,10 @@ def prepare_clip(
             f"{name}: expected uint8 RGB frames (N, H, W, 3), got {frames.dtype} {frames.shape}"
         )
     if len(frames) < MIN_FRAMES:
-        raise _video_error(
-            "too few frames",
+        raise VideoError(
             f"{name} has {len(frames)} frame(s); a video needs at least {MIN_FRAMES}: "
-            "it is a still image, remove it from the labels table"
+            "it is a still image, remove it from the labels table",
+            reason="too few frames",
         )
     kept = frames[sample_indices(len(frames), num_frames)]
     length = len(kept)

@@ -1,5 +1,7 @@
 """Broken inputs give a clear LusvError (or a counted skip), never a traceback from PyAV or torch."""
 
+import pickle
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -57,6 +59,8 @@ def test_broken_clip_raises_video_error_naming_the_file(tmp_path, case):
         read_frames(path)
     assert str(path) in str(error.value) and words in str(error.value)
     assert error.value.reason == reason
+    copy = pickle.loads(pickle.dumps(error.value))  # as it would come back from a worker process
+    assert (str(copy), copy.reason) == (str(error.value), reason)
     assert error.value.__cause__ is None  # the PyAV exception is summarised, not chained into the trace
 
 

@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 from videos import make_frames, write_test_video
 
-from lusv.cache import CacheError, ClipCache
-from lusv.errors import LusvError
+from lusv.cache import ClipCache
+from lusv.errors import CacheError, IngestError
 from lusv.video import prepare_clip, read_frames
 
 T, S = 4, 16
@@ -117,9 +117,11 @@ def test_report_summary_and_save(tmp_path, clips):
 
 def test_nothing_usable_raises_with_the_report(tmp_path):
     labels = pd.DataFrame({"clip_id": ["a"], "path": [str(tmp_path / "a.mp4")]})
-    with pytest.raises(LusvError, match="no usable clip") as error:
+    with pytest.raises(IngestError, match="no usable clip") as error:
         ClipCache(tmp_path / "cache", T, S).build(labels, progress=False)
     assert error.value.report.table["status"].tolist() == ["skipped"]
+    assert error.value.report.table["reason"].tolist() == ["missing file"]
+    assert error.value.report_path is None  # the cache does not save the report; study.prepare does
 
 
 def test_an_unexpected_failure_is_a_counted_skip_not_a_crash(tmp_path, clips, monkeypatch):

@@ -16,8 +16,8 @@ import pandas as pd
 import pytest
 import torch
 from sklearn.metrics import roc_auc_score
+from tiny_study import IMAGE_SIZE, NUM_FOLDS, NUM_FRAMES
 
-from fixtures_data import IMAGE_SIZE, NUM_FOLDS, NUM_FRAMES, tiny_data  # noqa: F401 - fixture
 from lusv.cache import ClipCache
 from lusv.cli import main
 from lusv.config import RunParams, params_for
@@ -164,12 +164,12 @@ def test_prepare_reads_day_first_dates_on_request(tmp_path, capsys):
 
 
 @pytest.fixture(scope="module")
-def trained_run(tiny_data, tmp_path_factory) -> Path:  # noqa: F811
+def trained_run(tiny_data, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("cli_runs")
     return run(**tiny_data.params(out, fold=0, epochs=1, max_batches_per_epoch=1))
 
 
-def test_predict_prints_four_probabilities_and_writes_an_attention_plot(trained_run, tiny_data, tmp_path, capsys):  # noqa: F811
+def test_predict_prints_four_probabilities_and_writes_an_attention_plot(trained_run, tiny_data, tmp_path, capsys):
     test_predictions = pd.read_csv(trained_run / "predictions_test.csv", dtype={"clip_id": str})
     clip_id = test_predictions["clip_id"].iloc[0]
     clip_path = tiny_data.labels().set_index("clip_id").loc[clip_id, "path"]
@@ -208,7 +208,7 @@ def _pickled_code_run(trained_run: Path, tmp_path: Path) -> Path:
         ("pickled code", r"refusing to load .*best\.pt: it carries pickled code"),
     ],
 )
-def test_predict_bad_inputs_end_in_one_line(case, expected, trained_run, tiny_data, broken_folder, tmp_path, capsys):  # noqa: F811
+def test_predict_bad_inputs_end_in_one_line(case, expected, trained_run, tiny_data, broken_folder, tmp_path, capsys):
     good_clip = tiny_data.labels()["path"].iloc[0]
     clip, checkpoint, extra = good_clip, str(trained_run / "best.pt"), []
     if case == "missing clip":
@@ -231,7 +231,7 @@ def test_predict_bad_inputs_end_in_one_line(case, expected, trained_run, tiny_da
     assert "executed" not in captured.out + captured.err
 
 
-def test_predict_prints_the_probabilities_even_when_the_plot_cannot_be_written(trained_run, tiny_data, tmp_path, capsys):  # noqa: F811
+def test_predict_prints_the_probabilities_even_when_the_plot_cannot_be_written(trained_run, tiny_data, tmp_path, capsys):
     (tmp_path / "file.txt").write_text("x")
     unwritable = tmp_path / "file.txt" / "attention.png"  # a folder that is a file
     status = main(["predict", tiny_data.labels()["path"].iloc[0], "--checkpoint", str(trained_run),
@@ -242,7 +242,7 @@ def test_predict_prints_the_probabilities_even_when_the_plot_cannot_be_written(t
     assert re.search(r"attention\.png not written: .*(Not a directory|File exists)", _error_line(captured.err, "predict"))
 
 
-def test_predict_with_a_model_without_attention_says_so(tiny_data, tmp_path, capsys):  # noqa: F811
+def test_predict_with_a_model_without_attention_says_so(tiny_data, tmp_path, capsys):
     plain_run = run(**tiny_data.params(tmp_path, model="cnn_lstm", epochs=1, max_batches_per_epoch=1))
     capsys.readouterr()  # the training's own progress line
     assert main(["predict", tiny_data.labels()["path"].iloc[0], "--checkpoint", str(plain_run)]) == 0
@@ -250,7 +250,7 @@ def test_predict_with_a_model_without_attention_says_so(tiny_data, tmp_path, cap
     assert len(lines) == 5 and lines[4] == "no attention plot: model 'cnn_lstm' has no attention over frames"
 
 
-def test_predict_in_a_real_process_prints_only_the_error(trained_run, tiny_data, tmp_path):  # noqa: F811
+def test_predict_in_a_real_process_prints_only_the_error(trained_run, tiny_data, tmp_path):
     unsafe = _pickled_code_run(trained_run, tmp_path)
     done = subprocess.run(
         [sys.executable, "-m", "lusv.cli", "predict", tiny_data.labels()["path"].iloc[0], "--checkpoint", str(unsafe)],
@@ -292,15 +292,15 @@ def test_train_with_an_impossible_fold_is_a_config_error(capsys):
     assert "fold=9" in message and "0..4" in message
 
 
-def test_train_never_reuses_another_files_entry_under_the_same_clip_id(tiny_data, tmp_path, capsys):  # noqa: F811
+def test_train_never_reuses_another_files_entry_under_the_same_clip_id(tiny_data, tmp_path, capsys):
     """Two datasets with the same clip ids in one cache (cache_dir defaults to a shared data/cache)."""
     cache_dir = tmp_path / "shared_cache"
     shutil.copytree(tiny_data.cache_dir, cache_dir)
     other = tmp_path / "other"
-    shutil.copytree(tiny_data.labels_csv.parent, other)
+    shutil.copytree(tiny_data.source_dir, other)
     labels = tiny_data.labels()
-    first, second = (Path(p).relative_to(tiny_data.labels_csv.parent) for p in labels["path"].iloc[:2])
-    (other / first).write_bytes((tiny_data.labels_csv.parent / second).read_bytes())  # other content, same id
+    first, second = (Path(p).relative_to(tiny_data.source_dir) for p in labels["path"].iloc[:2])
+    (other / first).write_bytes((tiny_data.source_dir / second).read_bytes())  # other content, same id
 
     argv = ["train", "--profile", "quick", "--labels", str(other / "labels.csv"), "--splits", str(tiny_data.folds_csv),
             "--temporal-split", str(tiny_data.temporal_csv), "--cache-dir", str(cache_dir),

@@ -8,8 +8,8 @@ import pytest
 from scipy import stats
 from sklearn.metrics import roc_auc_score
 
+from lusv.errors import PredictionsError
 from lusv.metrics import (
-    PredictionsError,
     _patient_draw_counts,
     _weighted_auc,
     compare_models,

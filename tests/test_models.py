@@ -10,9 +10,10 @@ from torch import nn
 
 from lusv.errors import CheckpointError, ConfigError
 from lusv.io import torch_save
-from lusv.models import DEFAULT_CFG, MODEL_NAMES, build_model, count_parameters
+from lusv.models import MODEL_NAMES, build_model, count_parameters, list_models, model_defaults, model_options
 from lusv.models.c3d import C3D
 from lusv.models.encoders import _remap_densenet_keys, build_encoder, hub_cache_file
+from lusv.models.registry import register_model
 
 FRAME_MODELS = [
     ("luvnet", {}),
@@ -181,12 +182,61 @@ def test_unknown_names_and_options_raise_listing_the_valid_ones():
     with pytest.raises(ConfigError, match="must divide"):
         tiny("luvnet", num_heads=5)
     assert set(MODEL_NAMES) == {"luvnet", "luvnet_no_temporal", "usvn", "c3d", "r2plus1d", "cnn_lstm"}
-    assert DEFAULT_CFG["encoder"] == "densenet161" and DEFAULT_CFG["num_heads"] == 8
+    assert model_defaults("luvnet")["encoder"] == "densenet161" and model_defaults("luvnet")["num_heads"] == 8
 
 
 def test_unused_shared_options_are_accepted():
     model = build_model("usvn", encoder="tiny", weights="random", kernel_size=5, num_frames=8, image_size=32)
     assert model.pooling == "attention"
+
+
+# --- the registry: the builders' keyword defaults are the only table of options ---
+
+
+def test_registry_reads_each_models_options_and_defaults_from_its_builder():
+    assert list_models() == MODEL_NAMES == ("luvnet", "luvnet_no_temporal", "usvn", "c3d", "r2plus1d", "cnn_lstm")
+    assert model_defaults("luvnet") == {
+        "encoder": "densenet161", "weights": "imagenet", "strict_weights": False,
+        "num_heads": 8, "kernel_size": 13, "dropout": 0.5,
+    }  # fmt: skip
+    assert model_defaults("c3d") == {
+        "num_frames": None, "image_size": None, "weights": "imagenet", "strict_weights": False,
+        "dropout": 0.5, "width": 1.0,
+    }  # fmt: skip
+    assert model_defaults("cnn_lstm")["hidden_size"] == 512 and model_defaults("usvn")["pooling"] == "attention"
+    assert set(model_options()) == {
+        "encoder", "weights", "strict_weights", "num_heads", "kernel_size", "pooling", "num_frames",
+        "image_size", "dropout", "hidden_size", "width", "channels_last",
+    }  # fmt: skip
+    with pytest.raises(ConfigError, match="valid models: luvnet, "):
+        model_defaults("luvnet2")
+
+
+def test_an_option_shared_by_several_models_has_one_default():
+    """One run configuration builds any model, so an option left out must mean the same for all."""
+    defaults: dict[str, set] = {}
+    for name in list_models():
+        for option, default in model_defaults(name).items():
+            defaults.setdefault(option, set()).add(default)
+    assert {option: values for option, values in defaults.items() if len(values) > 1} == {}
+
+
+def test_every_model_option_of_a_run_is_a_registry_option():
+    from lusv.config import params_for
+    from lusv.inference import model_config
+
+    for profile in ("paper", "quick"):
+        assert set(model_config(params_for(profile))) <= set(model_options())
+
+
+def test_a_builder_must_be_registered_once_and_default_every_option():
+    with pytest.raises(ValueError, match="'luvnet' is registered twice"):
+        register_model("luvnet")(lambda encoder, num_heads=8: None)
+    with pytest.raises(ValueError, match=r"every option needs a default \(\['depth'\]\)"):
+        register_model("no_default")(lambda encoder, depth: None)
+    with pytest.raises(ValueError, match=r"choices must name options \(\['pool'\]\)"):
+        register_model("bad_choice", pool=("mean",))(lambda encoder, pooling="mean": None)
+    assert "no_default" not in list_models() and "bad_choice" not in list_models()
 
 
 # --- weights policy: hub cache, local file, random; never a download ---

@@ -16,7 +16,6 @@ import pandas as pd
 import pytest
 import torch
 
-from fixtures_data import tiny_data  # noqa: F401 - fixture
 from lusv import io
 from lusv.errors import CheckpointError
 from lusv.patterns import PATTERNS
@@ -47,7 +46,7 @@ def _probabilities(run_dir: Path, role: str) -> pd.DataFrame:
     return table.set_index("clip_id")
 
 
-def test_killed_and_resumed_run_equals_uninterrupted_run(tiny_data, tmp_path):  # noqa: F811
+def test_killed_and_resumed_run_equals_uninterrupted_run(tiny_data, tmp_path):
     full = _train_in_subprocess(tiny_data.params(tmp_path, run_name="uninterrupted", **RUN))
     assert full.returncode == 0, full.stderr
 
@@ -86,7 +85,7 @@ def _test_probabilities(run_dir: Path) -> np.ndarray:
     return _probabilities(run_dir, "test")[[f"p_{p}" for p in PATTERNS]].to_numpy()
 
 
-def test_same_predictions_with_0_1_2_loader_workers_and_after_kill_and_resume(tiny_data, tmp_path):  # noqa: F811
+def test_same_predictions_with_0_1_2_loader_workers_and_after_kill_and_resume(tiny_data, tmp_path):
     # Dropout and augmentation on, several epochs: before each loader had its own generator,
     # every new loader iterator drew its workers' base seed from the global generator that
     # dropout uses (per epoch with 0 workers, once with persistent workers): |dp| up to 0.1.
@@ -110,7 +109,7 @@ def test_same_predictions_with_0_1_2_loader_workers_and_after_kill_and_resume(ti
     np.testing.assert_array_equal(_test_probabilities(tmp_path / "workers2-killed"), reference)
 
 
-def test_kill_before_first_checkpoint_then_resume_starts_afresh(tiny_data, tmp_path):  # noqa: F811
+def test_kill_before_first_checkpoint_then_resume_starts_afresh(tiny_data, tmp_path):
     params = tiny_data.params(tmp_path, run_name="early", epochs=1, max_batches_per_epoch=2)
     killed = _train_in_subprocess(params, kill_at="1:1")
     assert killed.returncode == -signal.SIGKILL
@@ -126,7 +125,7 @@ class Payload:
         return (os.system, ("echo pwned",))
 
 
-def test_checkpoint_with_pickled_code_is_refused_on_resume(tiny_data, tmp_path):  # noqa: F811
+def test_checkpoint_with_pickled_code_is_refused_on_resume(tiny_data, tmp_path):
     params = tiny_data.params(tmp_path, run_name="tampered", epochs=1)
     run_dir = tmp_path / "tampered"
     run_dir.mkdir()
@@ -137,7 +136,7 @@ def test_checkpoint_with_pickled_code_is_refused_on_resume(tiny_data, tmp_path):
         io.torch_load(run_dir / "checkpoint.pt")
 
 
-def test_checkpoint_holds_only_plain_data(tiny_data, tmp_path):  # noqa: F811
+def test_checkpoint_holds_only_plain_data(tiny_data, tmp_path):
     run_dir = run(**tiny_data.params(tmp_path, epochs=1))
     # weights_only loading succeeds and yields the resume state
     state = io.torch_load(run_dir / "checkpoint.pt")

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from tiny_study import IMAGE_SIZE, NUM_FOLDS, NUM_FRAMES
 
-from fixtures_data import IMAGE_SIZE, NUM_FOLDS, NUM_FRAMES, tiny_data  # noqa: F401 - fixture
 from lusv import io
 from lusv.cache import ClipCache
 from lusv.config import PROFILES, RunParams, field_help, params_for
@@ -104,12 +104,12 @@ def test_amp_is_off_on_cpu():
 
 
 @pytest.fixture(scope="module")
-def finished_run(tiny_data, tmp_path_factory):  # noqa: F811
+def finished_run(tiny_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
     return run(**tiny_data.params(out, fold=1))
 
 
-def test_run_dir_layout_and_config(finished_run, tiny_data):  # noqa: F811
+def test_run_dir_layout_and_config(finished_run, tiny_data):
     assert finished_run.name == f"luvnet-tiny-T{NUM_FRAMES}-S{IMAGE_SIZE}-fold1-seed0"
     names = {p.name for p in finished_run.iterdir()}
     assert {"config.json", "log.csv", "checkpoint.pt", "best.pt", "predictions_val.csv",
@@ -131,7 +131,7 @@ def test_run_dir_layout_and_config(finished_run, tiny_data):  # noqa: F811
     assert int(log["val_loss"].idxmin()) + 1 == config["best_epoch"]
 
 
-def test_predictions_follow_contract_and_roles(finished_run, tiny_data):  # noqa: F811
+def test_predictions_follow_contract_and_roles(finished_run, tiny_data):
     folds, temporal = tiny_data.folds(), tiny_data.temporal()
     labels = tiny_data.labels().set_index("clip_id")
     expected_ids = {
@@ -153,7 +153,7 @@ def test_predictions_follow_contract_and_roles(finished_run, tiny_data):  # noqa
         assert set(table["model_fold"]) == {1}  # the fold of the model that predicted them: this run's
 
 
-def test_load_trained_and_predict_reproduce_test_predictions(finished_run, tiny_data):  # noqa: F811
+def test_load_trained_and_predict_reproduce_test_predictions(finished_run, tiny_data):
     model = load_trained(finished_run)
     assert not model.training and model.weights_source.startswith("trained:")
     table = pd.read_csv(finished_run / "predictions_test.csv", dtype={"clip_id": str})
@@ -165,24 +165,24 @@ def test_load_trained_and_predict_reproduce_test_predictions(finished_run, tiny_
     assert attention.shape[:2] == (len(table), 4) and attention.shape[-1] == NUM_FRAMES
 
 
-def test_finished_run_with_resume_returns_without_training(finished_run, tiny_data):  # noqa: F811
+def test_finished_run_with_resume_returns_without_training(finished_run, tiny_data):
     before = {p.name: p.stat().st_mtime_ns for p in finished_run.iterdir()}
     assert run(**tiny_data.params(finished_run.parent, fold=1, resume=True)) == finished_run
     assert {p.name: p.stat().st_mtime_ns for p in finished_run.iterdir()} == before
 
 
-def test_resume_with_other_parameters_is_refused(finished_run, tiny_data):  # noqa: F811
+def test_resume_with_other_parameters_is_refused(finished_run, tiny_data):
     with pytest.raises(ConfigError, match=r"lr: 0\.001 -> 0\.5"):
         run(**tiny_data.params(finished_run.parent, fold=1, resume=True, lr=0.5, run_name=finished_run.name))
 
 
-def test_one_progress_line_per_epoch_off_a_terminal(tiny_data, tmp_path, capsys):  # noqa: F811
+def test_one_progress_line_per_epoch_off_a_terminal(tiny_data, tmp_path, capsys):
     run(**tiny_data.params(tmp_path, epochs=3, augment=False, model="usvn"))
     lines = [line for line in capsys.readouterr().out.splitlines() if " epoch " in line]
     assert [line.split(" epoch ")[1].split()[0] for line in lines] == ["1/3", "2/3", "3/3"]
 
 
-def test_gradient_accumulation_counts_optimizer_steps(tiny_data, tmp_path):  # noqa: F811
+def test_gradient_accumulation_counts_optimizer_steps(tiny_data, tmp_path):
     # 3 micro-batches per epoch in groups of 2 -> 2 optimizer steps per epoch (2 + 1).
     run_dir = run(**tiny_data.params(tmp_path, epochs=1, batch_size=2, grad_accum=2, max_batches_per_epoch=3))
     state = io.torch_load(run_dir / "checkpoint.pt")
@@ -190,7 +190,7 @@ def test_gradient_accumulation_counts_optimizer_steps(tiny_data, tmp_path):  # n
     assert steps == {2}
 
 
-def test_early_stopping_stops_after_patience(tiny_data, tmp_path):  # noqa: F811
+def test_early_stopping_stops_after_patience(tiny_data, tmp_path):
     # lr so large that the validation loss cannot keep improving: training stops early.
     run_dir = run(**tiny_data.params(tmp_path, epochs=30, patience=1, lr=0.5, model="usvn"))
     log = pd.read_csv(run_dir / "log.csv")
@@ -202,7 +202,7 @@ def test_early_stopping_stops_after_patience(tiny_data, tmp_path):  # noqa: F811
 # ----------------------------------------------------------------------------- leakage
 
 
-def test_patient_in_two_folds_refuses_to_train(tiny_data, tmp_path):  # noqa: F811
+def test_patient_in_two_folds_refuses_to_train(tiny_data, tmp_path):
     folds = tiny_data.folds()
     patient = folds.loc[folds["fold"] == 0, "patient_id"].iloc[0]
     first_clip = folds.index[folds["patient_id"] == patient][0]
@@ -213,7 +213,7 @@ def test_patient_in_two_folds_refuses_to_train(tiny_data, tmp_path):  # noqa: F8
     assert not (tmp_path / "runs").exists() and not list(tmp_path.glob("*/checkpoint.pt"))
 
 
-def test_temporal_test_clip_in_folds_refuses_to_train(tiny_data, tmp_path):  # noqa: F811
+def test_temporal_test_clip_in_folds_refuses_to_train(tiny_data, tmp_path):
     temporal = tiny_data.temporal()
     held_out = temporal[temporal["split"] == "temporal_test"].iloc[:1]
     folds = pd.concat([tiny_data.folds(), held_out[["clip_id", "patient_id"]].assign(fold=0)])
@@ -222,7 +222,7 @@ def test_temporal_test_clip_in_folds_refuses_to_train(tiny_data, tmp_path):  # n
         run(**tiny_data.params(tmp_path, splits=str(leaky)))
 
 
-def test_an_entry_edited_since_prepare_is_decoded_again_before_training(tiny_data, tmp_path, caplog):  # noqa: F811
+def test_an_entry_edited_since_prepare_is_decoded_again_before_training(tiny_data, tmp_path, caplog):
     import logging
     import shutil
 
@@ -239,7 +239,7 @@ def test_an_entry_edited_since_prepare_is_decoded_again_before_training(tiny_dat
     np.testing.assert_array_equal(ClipCache(cache_dir, NUM_FRAMES, IMAGE_SIZE).load(clip_id)[0], original)
 
 
-def test_folds_made_in_run_dir_when_no_splits_file(tiny_data, tmp_path):  # noqa: F811
+def test_folds_made_in_run_dir_when_no_splits_file(tiny_data, tmp_path):
     run_dir = run(**tiny_data.params(tmp_path, splits=None, epochs=1))
     made = pd.read_csv(run_dir / "splits.csv", dtype={"clip_id": str})
     temporal_ids = set(tiny_data.temporal().query("split == 'temporal_test'")["clip_id"])
@@ -267,7 +267,7 @@ def test_trained_weights_with_pickled_code_are_refused(finished_run, tmp_path):
 
 
 @pytest.mark.slow
-def test_torchrun_two_processes_train_with_ddp_on_cpu(tiny_data, tmp_path):  # noqa: F811
+def test_torchrun_two_processes_train_with_ddp_on_cpu(tiny_data, tmp_path):
     # gloo on the CPU exercises the same DDP code path as NCCL on GPUs: sharded sampler,
     # gradient all-reduce, rank 0 alone writing files.
     import os
@@ -300,12 +300,9 @@ def test_torchrun_two_processes_train_with_ddp_on_cpu(tiny_data, tmp_path):  # n
 
 # ----------------------------------------------------------------------------- GPU only (CI has none)
 
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-
-
-@needs_cuda
+@pytest.mark.gpu
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
-def test_mixed_precision_run_on_gpu_records_dtype_and_gives_finite_predictions(tiny_data, tmp_path, amp):  # noqa: F811
+def test_mixed_precision_run_on_gpu_records_dtype_and_gives_finite_predictions(tiny_data, tmp_path, amp):
     run_dir = run(**tiny_data.params(tmp_path, epochs=2, device="cuda", amp=amp, channels_last=True))
     config = json.loads((run_dir / "config.json").read_text())
     assert config["amp_dtype"] == {"bf16": "bfloat16", "fp16": "float16"}[amp]
@@ -314,8 +311,8 @@ def test_mixed_precision_run_on_gpu_records_dtype_and_gives_finite_predictions(t
     assert np.isfinite(probabilities).all() and ((probabilities >= 0) & (probabilities <= 1)).all()
 
 
-@needs_cuda
-def test_gpu_model_predicts_like_its_cpu_copy(finished_run, tiny_data):  # noqa: F811
+@pytest.mark.gpu
+def test_gpu_model_predicts_like_its_cpu_copy(finished_run, tiny_data):
     table = pd.read_csv(finished_run / "predictions_test.csv", dtype={"clip_id": str})
     clips, lengths = ClipCache(tiny_data.cache_dir, NUM_FRAMES, IMAGE_SIZE).load_many(table["clip_id"])
     on_cpu = predict(load_trained(finished_run), clips, lengths)

@@ -23,6 +23,7 @@ from torch import nn
 
 from lusv.errors import ConfigError
 from lusv.models.encoders import apply_weights
+from lusv.models.registry import register_model
 from lusv.patterns import NUM_PATTERNS
 
 # (name, input channels, output channels) of the convolutions and the pool after each group.
@@ -100,11 +101,12 @@ class C3D(nn.Module):
         return {"logits": self.fc8(hidden)}
 
 
+@register_model("c3d")
 def build_c3d(
-    num_frames: int | None, image_size: int | None, weights: str | os.PathLike = "random",
+    num_frames: int | None = None, image_size: int | None = None, weights: str | os.PathLike = "imagenet",
     strict_weights: bool = False, dropout: float = 0.5, width: float = 1.0,
 ) -> C3D:  # fmt: skip
-    """Build C3D for clips of ``num_frames`` x ``image_size``; apply the weights policy."""
+    """Build C3D for clips of ``num_frames`` x ``image_size`` (both required); apply the weights policy."""
     if num_frames is None or image_size is None:
         raise ConfigError("c3d needs num_frames and image_size (its fc6 size depends on them)")
     model = C3D(int(num_frames), int(image_size), dropout=dropout, width=width)

@@ -12,9 +12,11 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 from lusv.models.attention import check_lengths
 from lusv.models.encoders import FrameEncoder
+from lusv.models.registry import register_model
 from lusv.patterns import NUM_PATTERNS
 
 
+@register_model("cnn_lstm")
 class CNNLSTM(nn.Module):
     """``forward(x (B,T,3,H,W), lengths (B,) | None) -> {"logits": (B,P)}``."""
 

@@ -16,6 +16,7 @@ from torch import nn
 from lusv.errors import ConfigError
 from lusv.models.attention import AttentionPool, lengths_to_mask, masked_mean
 from lusv.models.encoders import FrameEncoder
+from lusv.models.registry import register_model
 from lusv.patterns import NUM_PATTERNS
 
 
@@ -59,6 +60,7 @@ class TemporalConv(nn.Module):
         return masked_mean(y.transpose(1, 2), mask)
 
 
+@register_model("luvnet")
 class LUVNet(nn.Module):
     """LUV-Net: ``forward(x (B,T,3,H,W), lengths (B,) | None) -> {"logits": (B,P), "attention": (B,P,H,T)}``."""
 
@@ -85,6 +87,7 @@ class LUVNet(nn.Module):
         return {"logits": self.classifier(fused), "attention": attention}
 
 
+@register_model("luvnet_no_temporal")
 class LUVNetNoTemporal(nn.Module):
     """Temporal ablation: pattern attention pooling and an MLP P*F -> 4096 -> P, nothing else."""
 

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from lusv.models.encoders import apply_weights, hub_cache_file
+from lusv.models.registry import register_model
 from lusv.patterns import NUM_PATTERNS
 
 
@@ -69,8 +70,9 @@ class R2Plus1D(nn.Module):
         return {"logits": self.backbone(volume)}
 
 
+@register_model("r2plus1d")
 def build_r2plus1d(
-    weights: str | os.PathLike = "random", strict_weights: bool = False, width: float = 1.0
+    weights: str | os.PathLike = "imagenet", strict_weights: bool = False, width: float = 1.0
 ) -> R2Plus1D:
     """Build R(2+1)D-18 with a P-way head and apply the weights policy (Kinetics-400 for 'imagenet')."""
     import torchvision  # noqa: PLC0415

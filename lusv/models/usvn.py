@@ -13,11 +13,13 @@ from torch import nn
 from lusv.errors import ConfigError
 from lusv.models.attention import AttentionPool, lengths_to_mask, masked_mean
 from lusv.models.encoders import FrameEncoder
+from lusv.models.registry import register_model
 from lusv.patterns import NUM_PATTERNS
 
 POOLINGS: tuple[str, ...] = ("attention", "mean", "max")
 
 
+@register_model("usvn", pooling=POOLINGS)
 class USVN(nn.Module):
     """``forward(x (B,T,3,H,W), lengths) -> {"logits": (B,P)[, "attention": (B,1,H,T)]}``."""
 

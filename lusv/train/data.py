@@ -20,7 +20,7 @@ from lusv.cache import ClipCache
 from lusv.config import RunParams
 from lusv.datasets import ClipDataset, collate_clips
 from lusv.devices import Distributed
-from lusv.errors import LabelsError, LusvError, name_a_few
+from lusv.errors import IngestError, LabelsError, LusvError, name_a_few
 from lusv.folds import FoldData
 from lusv.patterns import PATTERNS
 from lusv.train.progress import progress_is_live
@@ -41,9 +41,7 @@ def ensure_cached(p: RunParams, data: FoldData, dist: Distributed) -> ClipCache:
         # again with a warning instead of being trained on. A valid entry costs one read.
         try:
             cache.build(everything.drop(columns=["fold"]), progress=progress_is_live())
-        except LusvError as exc:
-            if getattr(exc, "report", None) is None:
-                raise
+        except IngestError as exc:
             logger.warning("none of the %d clip(s) of this fold could be cached: %s", len(everything), exc.report)
     dist.barrier()
     cache = ClipCache(p.cache_dir, p.num_frames, p.image_size)  # re-read the manifest (other ranks)

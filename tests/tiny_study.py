@@ -1,8 +1,9 @@
-"""A tiny synthetic dataset, cached once per test session, for the training tests.
+"""The tiny study the training tests share, prepared through the real ``lusv.study.prepare``.
 
 24 synthetic clips of 12 patients, 8 frames of 32 x 32, decoded once into a clip cache, with a
-temporal split (later patients held out) and 3 patient-level folds of the development clips.
-Import the fixture into a test module with ``from fixtures_data import tiny_data``.
+temporal split (the latest quarter of the clips, by patient, held out) and 3 patient-level folds
+of the development clips. The ``tiny_data`` fixture in ``conftest.py`` builds it once per test
+session; test modules import only the constants from here.
 """
 
 from __future__ import annotations
@@ -12,17 +13,18 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import pytest
 
 NUM_FRAMES = 8
 IMAGE_SIZE = 32
 NUM_FOLDS = 3
+SYNTHETIC = {"n_clips": 24, "n_patients": 12, "num_frames": NUM_FRAMES, "frame_size": IMAGE_SIZE, "seed": 0}
 
 
 @dataclass(frozen=True)
 class TinyData:
     root: Path
-    labels_csv: Path
+    source_dir: Path  # the synthetic dataset as generated: videos/ and its own labels.csv
+    labels_csv: Path  # the prepared labels table (prepare/labels.csv), as training reads it
     folds_csv: Path
     temporal_csv: Path
     cache_dir: Path
@@ -61,26 +63,28 @@ class TinyData:
 
 
 def build_tiny_data(root: Path) -> TinyData:
-    from lusv.cache import ClipCache
-    from lusv.io import write_csv
-    from lusv.sources.synthetic import load_synthetic
-    from lusv.splits import make_folds, temporal_split
+    """Generate the synthetic clips under ``root/synthetic`` and prepare them as a study would."""
+    from lusv.study import prepare
 
-    labels = load_synthetic(root / "synthetic", n_clips=24, n_patients=12, num_frames=NUM_FRAMES,
-                            frame_size=IMAGE_SIZE, seed=0, progress=False)
-    ClipCache(root / "cache", NUM_FRAMES, IMAGE_SIZE).build(labels, progress=False)
-    temporal = temporal_split(labels, test_fraction=0.25)
-    development = labels[labels["clip_id"].isin(temporal.loc[temporal["split"] == "development", "clip_id"])]
-    folds = make_folds(development, num_folds=NUM_FOLDS, seed=0)
+    prepared = prepare(
+        root / "study",
+        profile="quick",
+        data="synthetic",
+        data_path=root / "synthetic",  # not the repository's data/ folder
+        synthetic={**SYNTHETIC, "progress": False},
+        num_frames=NUM_FRAMES,
+        image_size=IMAGE_SIZE,
+        num_folds=NUM_FOLDS,
+        seed=0,
+        temporal_test_fraction=0.25,
+        cache_root=root / "cache",
+    )
+    assert prepared.temporal_csv is not None, "synthetic clips have acquisition dates: expected a temporal split"
     return TinyData(
         root=root,
-        labels_csv=root / "synthetic" / "labels.csv",
-        folds_csv=write_csv(root / "folds.csv", folds),
-        temporal_csv=write_csv(root / "temporal_split.csv", temporal),
-        cache_dir=root / "cache",
+        source_dir=root / "synthetic",
+        labels_csv=prepared.labels_csv,
+        folds_csv=prepared.folds_csv,
+        temporal_csv=prepared.temporal_csv,
+        cache_dir=prepared.cache_root,
     )
-
-
-@pytest.fixture(scope="session")
-def tiny_data(tmp_path_factory) -> TinyData:
-    return build_tiny_data(tmp_path_factory.mktemp("tiny_data"))
