@@ -139,6 +139,34 @@ def _per_fold_model(val: pd.DataFrame, test: pd.DataFrame, pattern: str, name: s
     }
 
 
+def _threshold_mode(name: str, test: pd.DataFrame, val: pd.DataFrame | None
+                    ) -> tuple[str, str | None, pd.DataFrame]:
+    """How ``threshold_table`` pairs thresholds with test clips: ("per fold model", None, val)
+    or ("pooled", threshold source, the predictions the thresholds are chosen on)."""
+    if val is None:
+        logger.warning("no validation predictions for %s: Youden thresholds chosen on test (optimistic)", name)
+        return "pooled", "test (optimistic)", test
+    if "model_fold" in test.columns:
+        if "model_fold" not in val.columns:
+            raise PredictionsError(
+                f"{name}: the test predictions say which fold model scored each clip (model_fold) but "
+                "the validation predictions do not: both need model_fold to pair each model's threshold "
+                "with its test clips"
+            )
+        return "per fold model", None, val
+    if "fold" in test.columns:
+        raise PredictionsError(
+            f"{name}: the test predictions have a fold column but no model_fold, so which fold model's "
+            "validation predictions should set the thresholds is unknown; add model_fold (the fold of the "
+            "model that predicted each clip; lusv.study.load_out_of_fold derives it for study files)"
+        )
+    source = "one threshold for all clips, chosen on the validation predictions" + (
+        f" of fold models {_folds_text(sorted(val['model_fold'].unique()))} pooled"
+        if "model_fold" in val.columns else ""
+    )
+    return "pooled", source, val
+
+
 def threshold_table(test_predictions: Predictions, val_predictions: Predictions | None = None) -> pd.DataFrame:
     """Table 3: sensitivity and specificity at Youden thresholds (``score >= threshold`` positive).
 
@@ -168,30 +196,7 @@ def threshold_table(test_predictions: Predictions, val_predictions: Predictions 
     for name, test in test_predictions.items():
         val = None if val_predictions is None else val_predictions.get(name)
         prediction_arrays(test)  # clear error for missing columns
-        if val is None:
-            logger.warning("no validation predictions for %s: Youden thresholds chosen on test (optimistic)", name)
-            mode, source = "pooled", "test (optimistic)"
-            val = test
-        elif "model_fold" in test.columns:
-            if "model_fold" not in val.columns:
-                raise PredictionsError(
-                    f"{name}: the test predictions say which fold model scored each clip (model_fold) but "
-                    "the validation predictions do not: both need model_fold to pair each model's threshold "
-                    "with its test clips"
-                )
-            mode = "per fold model"
-        elif "fold" in test.columns:
-            raise PredictionsError(
-                f"{name}: the test predictions have a fold column but no model_fold, so which fold model's "
-                "validation predictions should set the thresholds is unknown; add model_fold (the fold of the "
-                "model that predicted each clip; lusv.study.load_out_of_fold derives it for study files)"
-            )
-        else:
-            mode = "pooled"
-            source = "one threshold for all clips, chosen on the validation predictions" + (
-                f" of fold models {_folds_text(sorted(val['model_fold'].unique()))} pooled"
-                if "model_fold" in val.columns else ""
-            )
+        mode, source, val = _threshold_mode(name, test, val)
         prediction_arrays(val)
         for pattern in PATTERNS:
             if mode == "per fold model":
