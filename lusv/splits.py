@@ -7,7 +7,7 @@ builds splits that respect this or checks it and raises ``LeakageError`` naming 
 Split tables follow the contract: ``clip_id, patient_id, fold`` for K folds and
 ``clip_id, patient_id, split`` (``development`` / ``temporal_test``) for the temporal split.
 They are saved next to a JSON file of the parameters that made them, so that a rerun with
-the same labels and parameters reuses exactly the same split.
+the same labels and parameters reuses exactly the same split (``lusv.io.recorded_mismatch``).
 """
 
 from __future__ import annotations
