@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run the whole study: notebooks 01-07 executed in order by papermill into results/<run>/.
 #
-#   bash run_all.sh [quick|paper] [--data synthetic|pocus|folder] [--data-path PATH]
+#   bash run_all.sh [quick|paper] [--data SOURCE] [--data-path PATH]
 #                   [--dayfirst] [--run NAME] [--pocus PATH] [--from N]
 #
 #   quick   CPU, synthetic clips of 16 x 64 x 64, tiny encoder: minutes (the default)
@@ -11,11 +11,18 @@
 # Rerunning continues where a previous run stopped: finished folds are reused, interrupted
 # ones resumed. --from N restarts at notebook N. Notebook 07 (real POCUS clips) runs when the
 # POCUS folder exists (default ../shared/data/pocus) and is skipped with a message otherwise.
+# SOURCE is one of the data sources registered in lusv/sources (default synthetic).
 set -euo pipefail
 caller_dir=$PWD  # --data-path and --pocus are relative to where the user typed the command
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
-usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+# The source registry is standard-library Python, so it answers before the environment exists.
+sources() { PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" "${LUSV_PYTHON:-python3}" -m lusv.sources "$@"; }
+usage() {
+    sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
+    echo "SOURCE: $(sources | paste -sd '|')"
+    exit "${1:-0}"
+}
 
 profile=quick data=synthetic data_path="" dayfirst=False run="" pocus="" from=1
 while [[ $# -gt 0 ]]; do
@@ -35,10 +42,14 @@ done
 from_caller() { [[ -z "$1" || "$1" == /* ]] && echo "$1" || echo "$caller_dir/$1"; }
 data_path=$(from_caller "$data_path")
 pocus=$(from_caller "$pocus")
-[[ -n "$pocus" ]] || pocus="$(dirname "$PWD")/shared/data/pocus"  # beside the repository
-case "$data" in synthetic|pocus|folder) ;; *) echo "run_all.sh: --data must be synthetic, pocus or folder" >&2; exit 2 ;; esac
-if [[ "$data" == folder && -z "$data_path" ]]; then
-    echo "run_all.sh: --data folder needs --data-path your_labels.csv" >&2; exit 2
+[[ -n "$pocus" ]] || pocus=$(sources --default-location pocus)  # beside the repository
+mapfile -t names < <(sources)
+if [[ " ${names[*]} " != *" $data "* ]]; then
+    listed=$(printf '%s, ' "${names[@]:0:${#names[@]}-1}")
+    echo "run_all.sh: --data must be ${listed%, } or ${names[-1]}" >&2; exit 2
+fi
+if [[ -z "$data_path" ]] && ! sources --default-location "$data" >/dev/null 2>&1; then
+    echo "run_all.sh: $(sources --default-location "$data" 2>&1)" >&2; exit 2
 fi
 
 source scripts/ensure_env.sh

@@ -91,7 +91,7 @@ def write_mjpg_clips(folder: Path, n_clips: int, num_frames: int, frame_size: in
     Returns, per source size, a labels-like table (clip_id, path, one column per pattern) for
     ``ClipCache.build`` and ``ClipDataset``.
     """
-    from lusv.synthetic import synthesize_clip
+    from lusv.sources.synthetic import synthesize_clip
 
     source_sizes = tuple(source_sizes) or ((frame_size, frame_size),)
     rows: dict[tuple[int, int], list[dict]] = {size: [] for size in source_sizes}

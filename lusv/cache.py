@@ -7,10 +7,11 @@ Layout under ``root/f"T{T}_S{S}"/`` (other T or S values get their own folder):
 - ``manifest.csv``: one row per entry with the source path, its size and mtime, source
   frame count, fps and size, the entry's ``length`` and a SHA-256 of the cached array.
 
-``build`` reuses an entry only when its source file is unchanged (same path, size and
-mtime), the preparation code is the same version and the stored array still matches
-its checksum; otherwise the clip is decoded again and the entry "rebuilt" (logged).
-Clips that cannot be used are skipped with a reason; ``IngestReport`` counts them, and when no
+``build`` reuses an entry only when its manifest row (the entry's record, compared with
+``lusv.io.recorded_mismatch``) still holds, i.e. the same source path, size and mtime and
+the same preparation code version, and the stored array still matches its checksum;
+otherwise the clip is decoded again and the entry "rebuilt" (logged).
+Clips that cannot be used are skipped with a reason; ``IngestReport`` counts them; when no
 clip is usable ``build`` raises ``IngestError`` carrying that report.
 """
 
@@ -31,7 +32,7 @@ import pandas as pd
 from tqdm import tqdm  # text bars: readable in JupyterLab and in papermill-rendered notebooks alike
 
 from lusv.errors import CacheError, ConfigError, IngestError, LabelsError, VideoError
-from lusv.io import save_npy, write_csv
+from lusv.io import read_table, recorded_mismatch, save_npy, write_csv
 from lusv.video import PREPARATION_VERSION, prepare_clip, read_clip
 
 log = logging.getLogger(__name__)
@@ -204,19 +205,29 @@ class ClipCache:
         return _record(clip_id, path, "rebuilt", rebuild_reason.split(":")[0], rebuild_reason)
 
     def _why_stale(self, clip_id: str, path: str) -> str | None:
-        """None when the entry can be reused, else why not ("no entry" when there is none)."""
+        """None when the entry can be reused, else why not ("no entry" when there is none).
+
+        The manifest row is the entry's record: it must still name this source path, this
+        preparation version and the source file's current size and modification time.
+        """
         row = self._rows.get(clip_id)
         if row is None:
             return "no entry"
-        if row["path"] != path:
-            return f"source path changed: was {row['path']}, now {path}"
-        if int(row["preparation_version"]) != PREPARATION_VERSION:
-            return f"preparation changed: entry made by version {row['preparation_version']}, now {PREPARATION_VERSION}"
         try:
             stat = os.stat(path)
         except OSError:
+            stat = None
+        expected = {"path": path, "preparation_version": PREPARATION_VERSION}
+        if stat is not None:
+            expected.update(source_size=stat.st_size, source_mtime_ns=stat.st_mtime_ns)
+        changed = {difference.key for difference in recorded_mismatch(row, expected)}
+        if "path" in changed:
+            return f"source path changed: was {row['path']}, now {path}"
+        if "preparation_version" in changed:
+            return f"preparation changed: entry made by version {row['preparation_version']}, now {PREPARATION_VERSION}"
+        if stat is None:
             return "source missing"  # decoding again reports the missing file as a skip
-        if stat.st_size != int(row["source_size"]) or stat.st_mtime_ns != int(row["source_mtime_ns"]):
+        if changed:
             return f"source changed: {path} has a different size or modification time than when cached"
         array = self._read_entry(row)
         if array is None:
@@ -238,10 +249,9 @@ class ClipCache:
         if not self.manifest_path.is_file():
             return {}
         try:
-            frame = pd.read_csv(
+            frame = read_table(
                 self.manifest_path,
-                dtype={"clip_id": str, "path": str, "entry": str, "checksum": str,
-                       "source_size": "int64", "source_mtime_ns": "int64"},
+                dtype={"path": str, "entry": str, "checksum": str, "source_size": "int64", "source_mtime_ns": "int64"},
             )
             missing = set(MANIFEST_COLUMNS) - set(frame.columns)
             if missing:

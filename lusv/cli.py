@@ -148,6 +148,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from lusv.config import PROFILES
+    from lusv.sources import source_names
 
     parser = argparse.ArgumentParser(prog="lusv", description="LUV-Net lung ultrasound video study")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
@@ -156,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     prepare = commands.add_parser("prepare", help="read a dataset, fill the clip cache, make the splits")
     prepare.add_argument("--run-dir", required=True, help="study folder, e.g. results/quick-synthetic")
     prepare.add_argument("--profile", default="quick", choices=sorted(PROFILES))
-    prepare.add_argument("--data", default="synthetic", choices=["synthetic", "pocus", "folder"])
+    prepare.add_argument("--data", default="synthetic", choices=source_names(), help="data source (lusv.sources)")
     prepare.add_argument("--data-path", default=None, help="POCUS folder or your labels CSV")
     prepare.add_argument("--num-folds", type=int, default=5)
     prepare.add_argument("--seed", type=int, default=0)

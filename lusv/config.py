@@ -246,3 +246,19 @@ def params_for(profile: str = "paper", **overrides: Any) -> RunParams:
         raise ConfigError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
     _check_keys(overrides)
     return dataclasses.replace(PROFILES[profile], **overrides)
+
+
+# The synthetic dataset each profile generates (``lusv.study.prepare`` with data="synthetic"):
+# quick stays small enough for a CPU; paper generates clips at the paper's 30 frames, large
+# enough to crop to 256 x 256.
+SYNTHETIC_BY_PROFILE: Mapping[str, Mapping[str, int]] = MappingProxyType({
+    "quick": MappingProxyType({"n_clips": 150, "n_patients": 50, "num_frames": 16, "frame_size": 96}),
+    "paper": MappingProxyType({"n_clips": 600, "n_patients": 150, "num_frames": 30, "frame_size": 256}),
+})
+
+
+def synthetic_options(profile: str) -> dict[str, int]:
+    """The synthetic dataset's generation options of a profile (a fresh dict, free to change)."""
+    if profile not in SYNTHETIC_BY_PROFILE:
+        raise ConfigError(f"unknown profile {profile!r}; choose one of {', '.join(SYNTHETIC_BY_PROFILE)}")
+    return dict(SYNTHETIC_BY_PROFILE[profile])

@@ -4,7 +4,7 @@ Models with attention pooling return weights of shape (N, P, H, T): per clip, pe
 (P = 4 for LUV-Net; P = 1 for USVN's single shared pooling), per head, per frame. Weights
 are 0 on padded frames and sum to 1 over the real frames of a clip.
 
-With a per-frame ground truth (the synthetic dataset has one, ``lusv.synthetic``) we can ask
+With a per-frame ground truth (the synthetic dataset has one, ``lusv.sources.synthetic``) we can ask
 whether a pattern's attention falls on the frames that show the pattern. Two scores, both
 computed per clip and only over the clip's real frames (padding excluded):
 
@@ -80,7 +80,7 @@ def _checked_inputs(attention, lengths, frame_truth, clip_labels, reduce):
         raise ConfigError(
             f"frame_truth must have shape (N, T, {NUM_PATTERNS}) = {(n_clips, n_frames, NUM_PATTERNS)} to match "
             f"the attention, got {truth.shape}: resample it like the clip cache "
-            "(lusv.synthetic.frame_truth_array(truth, clip_ids, num_frames))")
+            "(lusv.sources.synthetic.frame_truth_array(truth, clip_ids, num_frames))")
     labels = _as_numpy(clip_labels)
     if labels.shape != (n_clips, NUM_PATTERNS):
         raise ConfigError(f"clip_labels must have shape {(n_clips, NUM_PATTERNS)}, got {labels.shape}")

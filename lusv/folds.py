@@ -22,6 +22,7 @@ import pandas as pd
 from lusv.config import RunParams
 from lusv.devices import Distributed
 from lusv.errors import ConfigError, LabelsError, LeakageError, name_a_few
+from lusv.io import read_table
 from lusv.labels import read_labels
 from lusv.splits import assert_no_patient_overlap, fold_roles, load_or_make_folds
 
@@ -47,7 +48,7 @@ def read_split_table(path: str, required: Iterable[str], what: str) -> pd.DataFr
     """A split CSV with ids read as strings; ConfigError if absent, LabelsError if a column is missing."""
     if not Path(path).is_file():
         raise ConfigError(f"{what} file {path} does not exist: check the path or make it with lusv.splits")
-    table = pd.read_csv(path, dtype={"clip_id": str, "patient_id": str})
+    table = read_table(path)
     missing = [c for c in required if c not in table.columns]
     if missing:
         raise LabelsError(f"{what} file {path} lacks column(s) {missing} (needed: {list(required)})")

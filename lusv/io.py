@@ -1,8 +1,15 @@
-"""Atomic file writes: a crash leaves either the old file or the new one, never half of one.
+"""Files in and out: atomic writes, safe checkpoint loading, tables with string ids, and
+"reuse this file if the parameters recorded with it still match".
 
-Every checkpoint, cache entry, split file and result goes through these helpers:
-the content is written to a temporary file in the same directory, flushed to disk
-and then renamed over the target (``os.replace`` is atomic on POSIX and Windows).
+Atomic writes: a crash leaves either the old file or the new one, never half of one. Every
+checkpoint, cache entry, split file and result goes through these helpers: the content is
+written to a temporary file in the same directory, flushed to disk and then renamed over the
+target (``os.replace`` is atomic on POSIX and Windows).
+
+Reuse: a derived file (a split, the generated synthetic dataset, a clip-cache entry, a run to
+resume) is kept only while the parameters recorded with it equal the ones asked for now.
+``write_record`` saves such parameters, ``recorded_mismatch`` compares them and lists the
+differences (``Difference``: ``key: old -> new``) for the message that explains a rebuild.
 """
 
 from __future__ import annotations
@@ -12,7 +19,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator, Mapping, NamedTuple
 
 
 def _read_umask() -> int:
@@ -82,6 +89,71 @@ def write_csv(path: str | os.PathLike, frame, **to_csv_kwargs) -> Path:
     with atomic_path(path) as tmp:
         frame.to_csv(tmp, **to_csv_kwargs)
     return Path(path)
+
+
+ID_COLUMNS = ("clip_id", "patient_id")
+
+
+def read_table(path: str | os.PathLike, dtype: Mapping[str, Any] | None = None, **read_csv_kwargs):
+    """Read a CSV with pandas, keeping ``clip_id`` and ``patient_id`` as strings ("007" stays "007").
+
+    ``dtype`` adds or overrides column types; the id columns need not exist in the file.
+    """
+    import pandas as pd
+
+    return pd.read_csv(path, dtype={**{column: str for column in ID_COLUMNS}, **dict(dtype or {})}, **read_csv_kwargs)
+
+
+class Difference(NamedTuple):
+    """One parameter whose recorded value differs from the expected one (None: not recorded)."""
+
+    key: str
+    recorded: Any
+    expected: Any
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.recorded!r} -> {self.expected!r}"
+
+
+def read_record(path: str | os.PathLike) -> dict:
+    """The parameters recorded in the JSON file ``path``; OSError/ValueError when it cannot be read."""
+    record = json.loads(Path(path).read_text(encoding="utf-8"))
+    if not isinstance(record, dict):
+        raise ValueError(f"{path} holds {type(record).__name__}, not a JSON object of parameters")
+    return record
+
+
+def write_record(path: str | os.PathLike, params: Mapping[str, Any]) -> Path:
+    """Record ``params`` as JSON at ``path`` (atomically), for a later ``recorded_mismatch``."""
+    return write_json(path, dict(params))
+
+
+def recorded_mismatch(
+    record: str | os.PathLike | Mapping[str, Any] | None,
+    expected: Mapping[str, Any],
+    ignore: Iterable[str] = (),
+) -> list[Difference] | None:
+    """Compare recorded parameters with the ones expected now.
+
+    ``record`` is a JSON file written by ``write_record`` or an already loaded mapping (e.g. the
+    parameters saved in a checkpoint). Returns None when there is no readable record, ``[]`` when
+    every key of ``expected`` (except those in ``ignore``) has the recorded value, else the
+    differences sorted by key; ``", ".join(map(str, ...))`` words them for a message. A key
+    missing from the record counts as recorded None; keys only in the record are not compared.
+    """
+    if record is None:
+        return None
+    if not isinstance(record, Mapping):
+        try:
+            record = read_record(record)
+        except (OSError, ValueError):
+            return None
+    skipped = set(ignore)
+    return [
+        Difference(key, record.get(key), expected[key])
+        for key in sorted(expected)
+        if key not in skipped and record.get(key) != expected[key]
+    ]
 
 
 def save_npy(path: str | os.PathLike, array) -> Path:

@@ -1,6 +1,6 @@
-"""Result tables and figures that the results notebook shows (the paper's Tables 1-3, ROC curves).
+"""Result tables and figures: the paper's Tables 1-3, ROC curves, learning curves, example frames.
 
-Every function takes out-of-fold predictions of several models as a mapping
+The tables and the ROC figure take out-of-fold predictions of several models as a mapping
 ``{model name: predictions DataFrame}`` (contract: clip_id, patient_id, fold, p_<pattern>,
 <pattern>; cross-validated predictions also model_fold, see ``threshold_table``); the mapping's
 order is the row order of every table and the legend order.
@@ -12,13 +12,13 @@ import logging
 import math
 import os
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
 from lusv.errors import ConfigError
-from lusv.io import atomic_path, write_csv
+from lusv.io import atomic_path, read_table, write_csv
 from lusv.metrics import (
     PredictionsError,
     compare_models,
@@ -38,7 +38,7 @@ SUMMARY_NAMES = {"macro": "Macro", "micro": "Micro"}
 
 def read_predictions(path: str | os.PathLike) -> pd.DataFrame:
     """Read a predictions CSV, keeping clip and patient ids as strings."""
-    return pd.read_csv(path, dtype={"clip_id": str, "patient_id": str})
+    return read_table(path)
 
 
 def format_auc_ci(auc: float, low: float, high: float, digits: int = 3, ci_digits: int = 2) -> str:
@@ -139,6 +139,34 @@ def _per_fold_model(val: pd.DataFrame, test: pd.DataFrame, pattern: str, name: s
     }
 
 
+def _threshold_mode(name: str, test: pd.DataFrame, val: pd.DataFrame | None
+                    ) -> tuple[str, str | None, pd.DataFrame]:
+    """How ``threshold_table`` pairs thresholds with test clips: ("per fold model", None, val)
+    or ("pooled", threshold source, the predictions the thresholds are chosen on)."""
+    if val is None:
+        logger.warning("no validation predictions for %s: Youden thresholds chosen on test (optimistic)", name)
+        return "pooled", "test (optimistic)", test
+    if "model_fold" in test.columns:
+        if "model_fold" not in val.columns:
+            raise PredictionsError(
+                f"{name}: the test predictions say which fold model scored each clip (model_fold) but "
+                "the validation predictions do not: both need model_fold to pair each model's threshold "
+                "with its test clips"
+            )
+        return "per fold model", None, val
+    if "fold" in test.columns:
+        raise PredictionsError(
+            f"{name}: the test predictions have a fold column but no model_fold, so which fold model's "
+            "validation predictions should set the thresholds is unknown; add model_fold (the fold of the "
+            "model that predicted each clip, as lusv.train writes it)"
+        )
+    source = "one threshold for all clips, chosen on the validation predictions" + (
+        f" of fold models {_folds_text(sorted(val['model_fold'].unique()))} pooled"
+        if "model_fold" in val.columns else ""
+    )
+    return "pooled", source, val
+
+
 def threshold_table(test_predictions: Predictions, val_predictions: Predictions | None = None) -> pd.DataFrame:
     """Table 3: sensitivity and specificity at Youden thresholds (``score >= threshold`` positive).
 
@@ -168,30 +196,7 @@ def threshold_table(test_predictions: Predictions, val_predictions: Predictions 
     for name, test in test_predictions.items():
         val = None if val_predictions is None else val_predictions.get(name)
         prediction_arrays(test)  # clear error for missing columns
-        if val is None:
-            logger.warning("no validation predictions for %s: Youden thresholds chosen on test (optimistic)", name)
-            mode, source = "pooled", "test (optimistic)"
-            val = test
-        elif "model_fold" in test.columns:
-            if "model_fold" not in val.columns:
-                raise PredictionsError(
-                    f"{name}: the test predictions say which fold model scored each clip (model_fold) but "
-                    "the validation predictions do not: both need model_fold to pair each model's threshold "
-                    "with its test clips"
-                )
-            mode = "per fold model"
-        elif "fold" in test.columns:
-            raise PredictionsError(
-                f"{name}: the test predictions have a fold column but no model_fold, so which fold model's "
-                "validation predictions should set the thresholds is unknown; add model_fold (the fold of the "
-                "model that predicted each clip, as lusv.train writes it)"
-            )
-        else:
-            mode = "pooled"
-            source = "one threshold for all clips, chosen on the validation predictions" + (
-                f" of fold models {_folds_text(sorted(val['model_fold'].unique()))} pooled"
-                if "model_fold" in val.columns else ""
-            )
+        mode, source, val = _threshold_mode(name, test, val)
         prediction_arrays(val)
         for pattern in PATTERNS:
             if mode == "per fold model":
@@ -302,28 +307,73 @@ def learning_curves_figure(run_dirs: Sequence[str | os.PathLike]):
     return fig
 
 
-def example_clips_figure(cache, labels: pd.DataFrame, n_frames: int = 6, seed: int = 0):
-    """One row per pattern: ``n_frames`` evenly spaced prepared frames of one clip with that pattern.
+def example_frames_figure(
+    labels: pd.DataFrame,
+    load_frames: Callable[[str], tuple[np.ndarray, int]],
+    frame_truth: pd.DataFrame | None = None,
+    n_frames: int = 6,
+    seed: int = 0,
+    title: str | None = None,
+):
+    """One row per pattern: ``n_frames`` evenly spaced frames of one clip with that pattern.
 
-    Shows what the models see (the cached, cropped, resized clips), for any dataset; a row
-    says so when no clip has the pattern.
+    ``load_frames(clip_id)`` returns a clip's gray frames (T, H, W) uint8 and its number of real
+    frames: the prepared clips of the cache (what the models see) for any dataset, or a source's
+    own video frames. With ``frame_truth`` (long table: clip_id, frame, one 0/1 column per
+    pattern, indexed like those frames) clips whose pattern comes and goes are preferred, so a
+    row shows frames with and without it: frames where the pattern is present get a green frame
+    and "present" in the title, the others a grey frame. A row says so when no clip has the
+    pattern. The figure is returned, not saved.
     """
     import matplotlib.pyplot as plt
 
     rng = np.random.default_rng(seed)
     fig, axes = plt.subplots(len(PATTERNS), n_frames, figsize=(1.7 * n_frames, 1.9 * len(PATTERNS)), squeeze=False)
     for row, pattern in zip(axes, PATTERNS):
-        positive = labels.loc[labels[pattern] == 1, "clip_id"].tolist()
-        for ax in row:
-            ax.set_axis_off()
-        if not positive:
-            row[0].set_title(f"{DISPLAY_NAMES[pattern]}: no clip", fontsize="small", loc="left")
+        row[0].set_ylabel(DISPLAY_NAMES[pattern], fontsize=10)
+        clip_id = _example_clip(labels, frame_truth, pattern, rng)
+        if clip_id is None:
+            for ax in row:
+                ax.set_xticks([]), ax.set_yticks([])
+            row[0].set_title(f"no clip with {DISPLAY_NAMES[pattern]}", fontsize=8, loc="left")
             continue
-        clip_id = positive[rng.integers(len(positive))]
-        clip, length = cache.load(clip_id)
-        for ax, index in zip(row, np.linspace(0, length - 1, n_frames).round().astype(int)):
-            ax.imshow(clip[index, ..., 0], cmap="gray", vmin=0, vmax=255)
-            ax.set_title(f"frame {index}", fontsize="x-small")
-        row[0].set_title(f"{DISPLAY_NAMES[pattern]} · {clip_id}", fontsize="small", loc="left")
+        _show_example_row(row, clip_id, pattern, load_frames, frame_truth)
+    if title:
+        fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     return fig
+
+
+def _example_clip(labels: pd.DataFrame, frame_truth: pd.DataFrame | None, pattern: str,
+                  rng: np.random.Generator) -> str | None:
+    """A clip labelled with ``pattern`` (one whose pattern comes and goes when the truth says so)."""
+    positive = labels[labels[pattern] == 1]
+    if not len(positive):
+        return None
+    if frame_truth is None:
+        return positive["clip_id"].iloc[int(rng.integers(len(positive)))]
+    fraction = frame_truth[frame_truth.clip_id.isin(positive.clip_id)].groupby("clip_id")[pattern].mean()
+    partial = fraction[(fraction > 0) & (fraction < 1)].index
+    pool = partial if len(partial) else fraction.index
+    return rng.choice(sorted(pool)) if len(pool) else None
+
+
+def _show_example_row(row, clip_id: str, pattern: str, load_frames, frame_truth: pd.DataFrame | None) -> None:
+    frames, length = load_frames(clip_id)
+    shown = np.linspace(0, length - 1, len(row)).round().astype(int)
+    present = None
+    if frame_truth is not None:
+        clip_truth = frame_truth[frame_truth.clip_id == clip_id].set_index("frame")[pattern]
+        present = clip_truth.reindex(shown).fillna(0).to_numpy().astype(bool)
+    for col, (ax, index) in enumerate(zip(row, shown)):
+        ax.imshow(frames[index], cmap="gray", vmin=0, vmax=255)
+        ax.set_xticks([]), ax.set_yticks([])
+        title = f"frame {index}"
+        if present is not None:
+            colour = "tab:green" if present[col] else "0.6"
+            title += "\npresent" if present[col] else "\nabsent"
+            for spine in ax.spines.values():
+                spine.set_edgecolor(colour)
+                spine.set_linewidth(3 if present[col] else 1)
+        ax.set_title(title, fontsize=7)
+    row[0].set_ylabel(f"{DISPLAY_NAMES[pattern]}\n{clip_id}", fontsize=9)

@@ -7,13 +7,12 @@ builds splits that respect this or checks it and raises ``LeakageError`` naming 
 Split tables follow the contract: ``clip_id, patient_id, fold`` for K folds and
 ``clip_id, patient_id, split`` (``development`` / ``temporal_test``) for the temporal split.
 They are saved next to a JSON file of the parameters that made them, so that a rerun with
-the same labels and parameters reuses exactly the same split.
+the same labels and parameters reuses exactly the same split (``lusv.io.recorded_mismatch``).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import warnings
@@ -25,7 +24,7 @@ import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
 from lusv.errors import ConfigError, LabelsError, LeakageError, name_a_few
-from lusv.io import write_csv, write_json
+from lusv.io import read_record, read_table, recorded_mismatch, write_csv, write_record
 from lusv.patterns import PATTERNS
 
 logger = logging.getLogger(__name__)
@@ -335,13 +334,13 @@ def _saved_matches(path: Path, params: dict[str, Any], labels_df: pd.DataFrame) 
     if not path.is_file() or not params_path.is_file():
         return None, "no saved split"
     try:
-        saved_params = json.loads(params_path.read_text(encoding="utf-8"))
-        saved = pd.read_csv(path, dtype={"clip_id": str, "patient_id": str})
+        saved_params = read_record(params_path)
+        saved = read_table(path)
     except (OSError, ValueError) as exc:
         return None, f"saved split unreadable ({exc})"
-    changed = sorted(k for k in params if saved_params.get(k) != params[k])
+    changed = recorded_mismatch(saved_params, params)
     if changed:
-        return None, f"parameters changed: {changed}"
+        return None, f"parameters changed: {[difference.key for difference in changed]}"
     if set(saved["clip_id"]) != set(labels_df["clip_id"].astype(str)) or len(saved) != len(labels_df):
         return None, "saved split's clips differ from the labels table"
     return saved, ""
@@ -377,7 +376,7 @@ def load_or_make_folds(
     logger.info("making folds at %s: %s", path, reason)
     folds = make_folds(labels_df, num_folds=num_folds, seed=seed)
     write_csv(path, folds)
-    write_json(path.with_suffix(".json"), params)
+    write_record(path.with_suffix(".json"), params)
     return folds
 
 
@@ -407,11 +406,11 @@ def load_or_make_temporal_split(
             saved[saved["split"] == DEVELOPMENT], saved[saved["split"] == TEMPORAL_TEST],
             names=(DEVELOPMENT, TEMPORAL_TEST),
         )
-        saved.attrs["cutoff"] = json.loads(path.with_suffix(".json").read_text(encoding="utf-8")).get("cutoff_used")
+        saved.attrs["cutoff"] = read_record(path.with_suffix(".json")).get("cutoff_used")
         logger.info("reusing temporal split saved at %s", path)
         return saved
     logger.info("making temporal split at %s: %s", path, reason)
     split = temporal_split(labels_df, cutoff=cutoff, test_fraction=test_fraction)
     write_csv(path, split)
-    write_json(path.with_suffix(".json"), {**params, "cutoff_used": split.attrs["cutoff"]})
+    write_record(path.with_suffix(".json"), {**params, "cutoff_used": split.attrs["cutoff"]})
     return split

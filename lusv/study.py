@@ -2,26 +2,25 @@
 
 prepare -> (labels table, clip cache, ingestion report, temporal split, patient folds)
 train_folds -> one training run per fold of one model configuration
-out_of_fold -> the test-fold predictions of every fold, stacked: each clip predicted exactly once
-by a model that never saw its patient.
+out_of_fold -> the test-fold predictions of every fold, stacked (``lusv.out_of_fold``, re-exported
+here with ``results``, ``load_out_of_fold`` and ``out_of_fold_attention``).
 
-A study run lives in one folder, ``results/<run>/``::
+A study run lives in one folder, ``results/<run>/`` (a relative folder is relative to the
+repository root, see ``lusv.paths``)::
 
     prepare/    labels.csv, ingest_report.csv (+ _summary), temporal_split.csv, folds.csv, fold_balance.csv
     runs/       one folder per (model configuration, fold), written by lusv.train
-    oof/        <key>.test.csv   out-of-fold test predictions (each development clip once)
-                <key>.val.csv    each fold model's validation-fold predictions (for thresholds)
-                (both: fold = the clip's fold, model_fold = the fold of the model that predicted it)
-                <key>.temporal_test.csv   fold-ensemble predictions on the temporally separated set
+    oof/        out-of-fold predictions per model configuration (see ``lusv.out_of_fold``)
     tables/, figures/   what the results notebook writes
 
-When the dataset has acquisition dates, patients first seen on or after a cutoff date form the
-temporally separated test set (see ``lusv.splits.temporal_split``) and folds are made on the rest.
+The dataset comes from a registered source (``lusv.sources``): its location, cache name,
+reader and whether it has a per-frame truth come from there. When the dataset has acquisition
+dates, patients first seen on or after a cutoff date form the temporally separated test set
+(see ``lusv.splits.temporal_split``) and folds are made on the rest.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -30,27 +29,28 @@ from pathlib import Path
 import pandas as pd
 
 from lusv import io
-from lusv.errors import ConfigError, IngestError, LusvError
+from lusv.errors import ConfigError, IngestError
+from lusv.out_of_fold import (  # noqa: F401 - the study steps the notebooks call
+    SPLITS,
+    FoldAttention,
+    SplitResults,
+    fold_ensemble,
+    load_out_of_fold,
+    out_of_fold,
+    out_of_fold_attention,
+    results,
+    write_out_of_fold,
+    write_report,
+)
+from lusv.paths import default_cache_root, in_repository
+from lusv.sources import get_source
 
 log = logging.getLogger(__name__)
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DATA_ROOT = REPO_ROOT / "data"
-DEFAULT_POCUS_PATH = REPO_ROOT.parent / "shared" / "data" / "pocus"
-SPLITS = ("test", "val", "temporal_test")
-
-# The synthetic dataset each profile generates: quick stays small enough for a CPU; paper
-# generates clips at the paper's 30 frames, large enough to crop to 256 x 256.
-SYNTHETIC_BY_PROFILE = {
-    "quick": {"n_clips": 150, "n_patients": 50, "num_frames": 16, "frame_size": 96},
-    "paper": {"n_clips": 600, "n_patients": 150, "num_frames": 30, "frame_size": 256},
-}
 
 
 def resolve_run_dir(run_dir: str | Path) -> Path:
     """A relative run dir is relative to the repository root, wherever the notebook runs from."""
-    run_dir = Path(run_dir)
-    return run_dir if run_dir.is_absolute() else REPO_ROOT / run_dir
+    return in_repository(run_dir)
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ class Prepared:
         return read_labels(self.labels_csv)
 
     def folds(self) -> pd.DataFrame:
-        return pd.read_csv(self.folds_csv, dtype={"clip_id": str, "patient_id": str})
+        return io.read_table(self.folds_csv)
 
     def training_inputs(self) -> dict:
         """The data-location parameters of ``lusv.train.run`` for this prepared dataset."""
@@ -104,7 +104,7 @@ class Prepared:
 
     @classmethod
     def load(cls, run_dir: str | Path) -> "Prepared":
-        path = resolve_run_dir(run_dir) / "prepare" / "prepared.json"
+        path = in_repository(run_dir) / "prepare" / "prepared.json"
         if not path.is_file():
             raise ConfigError(f"{path} not found: run the preprocessing step (notebook 01 / `lusv prepare`) first")
         record = json.loads(path.read_text())
@@ -116,46 +116,19 @@ class Prepared:
 
 def dataset_name(data: str, data_path: str | Path | None, synthetic: dict | None = None) -> str:
     """A name for the cache folder: one per dataset, so two datasets never share entries."""
-    location = dataset_location(data, data_path, synthetic).resolve()
-    if data != "folder":
-        return f"{data}-{location.with_suffix('').name}"
-    # Users' CSVs are mostly all called labels.csv and their clip ids ("clip001") recur across
-    # datasets, while the cache is keyed by clip id: name the folder holding the CSV and add a
-    # hash of the CSV's absolute path so that two datasets never share a cache folder.
-    digest = hashlib.sha1(str(location).encode("utf-8")).hexdigest()[:8]
-    return f"{data}-{location.parent.name or 'root'}-{location.stem}-{digest}"
+    return get_source(data).cache_name(data, dataset_location(data, data_path, synthetic).resolve())
 
 
 def dataset_location(data: str, data_path: str | Path | None = None, synthetic: dict | None = None) -> Path:
-    """Where a dataset is read from: the synthetic folder under data/, the POCUS folder, or the CSV."""
-    if data == "synthetic":
-        return Path(data_path) if data_path else DATA_ROOT / "synthetic" / _synthetic_folder_name(dict(synthetic or {}))
-    if data == "pocus":
-        return Path(data_path) if data_path else DEFAULT_POCUS_PATH
-    if data == "folder":
-        if not data_path:
-            raise ConfigError("data='folder' needs data_path: the labels CSV of your videos")
-        return Path(data_path)
-    raise ConfigError(f"unknown data source {data!r}: use 'synthetic', 'pocus' or 'folder'")
+    """Where a dataset is read from: ``data_path``, else the source's default (the synthetic
+    folder under data/ named after its options, the POCUS folder beside the repository)."""
+    return get_source(data).location(data_path, synthetic)
 
 
 def load_dataset(data: str, data_path: str | Path | None = None, synthetic: dict | None = None,
                  dayfirst: bool = False) -> pd.DataFrame:
-    """The labels table of a dataset: ``synthetic`` (generated under data/), ``pocus`` or ``folder``."""
-    from lusv.sources import load_source
-
-    location = dataset_location(data, data_path, synthetic)
-    if data == "synthetic":
-        return load_source("synthetic", root=location, **dict(synthetic or {}))
-    if data == "pocus":
-        return load_source("pocus", root=location)
-    return load_source("folder", csv_path=location, dayfirst=dayfirst)
-
-
-def _synthetic_folder_name(options: dict) -> str:
-    if not options:
-        return "default"
-    return "-".join(f"{k}{v}" for k, v in sorted(options.items()))
+    """The labels table of a registered dataset (``lusv.sources``: synthetic, pocus, folder)."""
+    return get_source(data).load(dataset_location(data, data_path, synthetic), synthetic, dayfirst=dayfirst)
 
 
 def prepare(
@@ -181,48 +154,26 @@ def prepare(
     of the clips (whole patients, the latest first seen) form the temporally separated test
     set and the folds are made on the rest (the development set).
     """
-    from lusv.cache import ClipCache
-    from lusv.config import params_for
-    from lusv.splits import fold_balance, load_or_make_folds, load_or_make_temporal_split
+    from lusv.config import params_for, synthetic_options
+    from lusv.splits import fold_balance, load_or_make_folds
 
     defaults = params_for(profile)
     if num_folds < 3:  # checked before the (long) decoding, not when training refuses the folds
         raise ConfigError(f"num_folds={num_folds}: separate train, validation and test folds need at least 3 folds")
     num_frames = num_frames or defaults.num_frames
     image_size = image_size or defaults.image_size
-    run_dir = resolve_run_dir(run_dir)
+    run_dir = in_repository(run_dir)
     prepare_dir = run_dir / "prepare"
-    if data == "synthetic" and synthetic is None:
-        synthetic = SYNTHETIC_BY_PROFILE[profile]
+    if get_source(data).generated and synthetic is None:
+        synthetic = synthetic_options(profile)
     name = dataset_name(data, data_path, synthetic)
     labels = load_dataset(data, data_path, synthetic, dayfirst=dayfirst)
 
     # Absolute: prepared.json must lead later steps to the same cache from any working directory.
-    cache_root = Path(cache_root).resolve() if cache_root else DATA_ROOT / "cache" / name
-    cache = ClipCache(cache_root, num_frames, image_size)
-    report_path = prepare_dir / "ingest_report.csv"
-    try:
-        report = cache.build(labels)
-    except IngestError as exc:
-        # Nothing usable: the per-clip reasons are what the user needs to fix the data, so keep them.
-        raise IngestError(str(exc), exc.report, report_path=exc.report.save(report_path)) from None
-    report.save(report_path)
-    log.info("%s: %s", name, report)
-    usable = labels[labels["clip_id"].isin(set(report.usable_ids))].reset_index(drop=True)
+    cache_root = Path(cache_root).resolve() if cache_root else default_cache_root(name)
+    usable = _cache_clips(labels, cache_root, num_frames, image_size, prepare_dir, name)
     labels_csv = io.write_csv(prepare_dir / "labels.csv", _with_iso_dates(usable))
-
-    temporal_csv = None
-    development = usable
-    if "acquired_on" in usable and usable["acquired_on"].notna().all() and temporal_test_fraction > 0:
-        temporal = load_or_make_temporal_split(
-            usable, prepare_dir / "temporal_split.csv", test_fraction=temporal_test_fraction
-        )
-        temporal_csv = prepare_dir / "temporal_split.csv"
-        development_ids = set(temporal.loc[temporal["split"] == "development", "clip_id"])
-        development = usable[usable["clip_id"].isin(development_ids)].reset_index(drop=True)
-    elif temporal_test_fraction > 0:
-        log.warning("%s: not every clip has acquired_on, so there is no temporally separated test set", name)
-
+    temporal_csv, development = _temporal_split(usable, prepare_dir, temporal_test_fraction, name)
     folds = load_or_make_folds(development, prepare_dir / "folds.csv", num_folds=num_folds, seed=seed)
     io.write_csv(prepare_dir / "fold_balance.csv", fold_balance(folds, development))
 
@@ -241,6 +192,37 @@ def prepare(
     )
     prepared.save()
     return prepared
+
+
+def _cache_clips(labels: pd.DataFrame, cache_root: Path, num_frames: int, image_size: int,
+                 prepare_dir: Path, name: str) -> pd.DataFrame:
+    """Decode every clip once into the cache; the usable clips' labels. Writes the ingest report."""
+    from lusv.cache import ClipCache
+
+    cache = ClipCache(cache_root, num_frames, image_size)
+    report_path = prepare_dir / "ingest_report.csv"
+    try:
+        report = cache.build(labels)
+    except IngestError as exc:
+        # Nothing usable: the per-clip reasons are what the user needs to fix the data, so keep them.
+        raise IngestError(str(exc), exc.report, report_path=exc.report.save(report_path)) from None
+    report.save(report_path)
+    log.info("%s: %s", name, report)
+    return labels[labels["clip_id"].isin(set(report.usable_ids))].reset_index(drop=True)
+
+
+def _temporal_split(usable: pd.DataFrame, prepare_dir: Path, test_fraction: float, name: str
+                    ) -> tuple[Path | None, pd.DataFrame]:
+    """The temporal split file (None without one) and the development clips the folds are made on."""
+    from lusv.splits import load_or_make_temporal_split
+
+    if "acquired_on" in usable and usable["acquired_on"].notna().all() and test_fraction > 0:
+        temporal = load_or_make_temporal_split(usable, prepare_dir / "temporal_split.csv", test_fraction=test_fraction)
+        development_ids = set(temporal.loc[temporal["split"] == "development", "clip_id"])
+        return prepare_dir / "temporal_split.csv", usable[usable["clip_id"].isin(development_ids)].reset_index(drop=True)
+    if test_fraction > 0:
+        log.warning("%s: not every clip has acquired_on, so there is no temporally separated test set", name)
+    return None, usable
 
 
 def _with_iso_dates(labels: pd.DataFrame) -> pd.DataFrame:
@@ -280,65 +262,8 @@ def train_folds(
             **{**prepared.training_inputs(), **overrides},
         )
         run_dirs.append(run(**params.__dict__))
-    _write_out_of_fold(prepared, key, run_dirs)
+    write_out_of_fold(prepared.run_dir, key, run_dirs, temporal_test=prepared.temporal_csv is not None)
     return run_dirs
-
-
-def _write_out_of_fold(prepared: Prepared, key: str, run_dirs: list[Path]) -> None:
-    oof_dir = prepared.run_dir / "oof"
-    io.write_csv(oof_dir / f"{key}.test.csv", out_of_fold(run_dirs, "test"))
-    io.write_csv(oof_dir / f"{key}.val.csv", out_of_fold(run_dirs, "val"))
-    if prepared.temporal_csv is not None:
-        io.write_csv(oof_dir / f"{key}.temporal_test.csv", fold_ensemble(run_dirs, "temporal_test"))
-
-
-def out_of_fold(run_dirs: list[Path], split: str = "test") -> pd.DataFrame:
-    """Stack one split's predictions of every fold; refuses a clip predicted twice.
-
-    With test = fold f and validation = fold f+1, each development clip is in exactly one
-    fold's test set and exactly one fold's validation set, so both stacks are clean.
-    ``model_fold`` (after ``fold``) says which fold model predicted each clip.
-    """
-    frames = [_read_predictions(Path(d) / f"predictions_{split}.csv") for d in run_dirs]
-    stacked = pd.concat(frames, ignore_index=True)
-    duplicated = stacked["clip_id"][stacked["clip_id"].duplicated()]
-    if len(duplicated):
-        raise LusvError(f"clips in the {split} set of more than one fold: {sorted(duplicated)[:5]} — folds overlap")
-    return stacked
-
-
-def fold_ensemble(run_dirs: list[Path], split: str = "temporal_test") -> pd.DataFrame:
-    """Average the fold models' probabilities on a held-out set every fold predicted."""
-    frames = [_read_predictions(Path(d) / f"predictions_{split}.csv") for d in run_dirs]
-    stacked = pd.concat(frames, ignore_index=True)
-    probability_columns = [c for c in stacked.columns if c.startswith("p_")]
-    keep_first = [c for c in stacked.columns if c not in probability_columns and c not in ("fold", "model_fold")]
-    firsts = stacked.groupby("clip_id", sort=False)[keep_first].first().reset_index(drop=True)
-    means = stacked.groupby("clip_id", sort=False)[probability_columns].mean().reset_index(drop=True)
-    return pd.concat([firsts, means], axis=1)
-
-
-def _read_predictions(path: Path) -> pd.DataFrame:
-    if not path.is_file():
-        raise LusvError(f"{path} is missing: that training run did not finish")
-    return pd.read_csv(path, dtype={"clip_id": str, "patient_id": str})
-
-
-def load_out_of_fold(run_dir: str | Path, split: str = "test", keys: list[str] | None = None) -> dict[str, pd.DataFrame]:
-    """The ``split`` prediction tables of a study run keyed by model configuration.
-
-    ``keys`` picks and orders them (the order of every table and legend); default: all, sorted.
-    """
-    if split not in SPLITS:
-        raise ConfigError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
-    oof_dir = resolve_run_dir(run_dir) / "oof"
-    found = {path.name[: -len(f".{split}.csv")]: path for path in oof_dir.glob(f"*.{split}.csv")}
-    if keys is None:
-        keys = sorted(found)
-    missing = [key for key in keys if key not in found]
-    if missing:
-        raise LusvError(f"no {split} predictions for {missing} in {oof_dir}: train those models first")
-    return {key: _read_predictions(found[key]) for key in keys}
 
 
 def ingest_summary(prepared: Prepared) -> pd.DataFrame:
@@ -346,56 +271,6 @@ def ingest_summary(prepared: Prepared) -> pd.DataFrame:
     (``prepare/ingest_report_summary.csv``, saved beside the per-clip ``ingest_report.csv``)."""
     return pd.read_csv(prepared.prepare_dir / "ingest_report_summary.csv")
 
-
-@dataclass
-class SplitResults:
-    """The tables and ROC figure of one held-out set (cross-validated test or temporal test)."""
-
-    tables: dict
-    roc: object  # matplotlib Figure
-    paths: list
-
-
-def results(
-    run_dir: str | Path, reference: str = "luvnet", keys: list[str] | None = None, n_boot: int = 1000
-) -> dict[str, SplitResults]:
-    """Result tables and ROC figures of the trained models of a study run, saved and returned.
-
-    Writes tables/<split>_<table>.csv for the cross-validated ("test") and, where present, the
-    temporally separated ("temporal_test") predictions, and figures/roc_<split>.png.
-    """
-    from lusv.report import results_tables, roc_figure, save_figure, save_tables
-
-    run_dir = resolve_run_dir(run_dir)
-    out = {}
-    test = load_out_of_fold(run_dir, "test", keys)
-    val = load_out_of_fold(run_dir, "val", list(test))
-    held_out = {"test": (test, val)}
-    temporal_keys = [key for key in test if (run_dir / "oof" / f"{key}.temporal_test.csv").is_file()]
-    if temporal_keys:
-        # The fold ensemble (mean of the fold models) is no single fold model: its thresholds are
-        # chosen on the validation predictions of all fold models pooled (see threshold_source).
-        held_out["temporal_test"] = (load_out_of_fold(run_dir, "temporal_test", temporal_keys), val)
-    for split, (predictions, val_predictions) in held_out.items():
-        tables = results_tables(predictions, reference=reference, val_predictions=val_predictions, n_boot=n_boot)
-        paths = save_tables({f"{split}_{name}": table for name, table in tables.items()}, run_dir / "tables")
-        figure = roc_figure(predictions)
-        paths.append(save_figure(figure, run_dir / "figures" / f"roc_{split}.png"))
-        out[split] = SplitResults(tables, figure, paths)
-    return out
-
-
-def write_report(
-    run_dir: str | Path, reference: str = "luvnet", keys: list[str] | None = None, n_boot: int = 1000
-) -> list[Path]:
-    """``results`` for the command line: saves everything and returns the paths written."""
-    import matplotlib.pyplot as plt
-
-    written = []
-    for split_results in results(run_dir, reference, keys, n_boot).values():
-        written += split_results.paths
-        plt.close(split_results.roc)
-    return written
 
 
 def temporal_ablation(
@@ -419,62 +294,28 @@ def temporal_ablation(
     return sorted(keys, key=lambda k: k != "luvnet")
 
 
-@dataclass
-class FoldAttention:
-    """Attention of each fold's model on its own test clips (every development clip once)."""
-
-    clip_ids: list[str]
-    attention: "np.ndarray"  # (N, P or 1, H, T)
-    lengths: "np.ndarray"  # (N,)
-    labels: "np.ndarray"  # (N, P) with NaN for missing
-    probabilities: "np.ndarray"  # (N, P)
-
-
-def out_of_fold_attention(prepared: Prepared, key: str = "luvnet") -> FoldAttention:
-    """Run every fold's best model on its test clips from the cache and keep the attention."""
-    import numpy as np
-
-    from lusv.patterns import PATTERNS
-    from lusv.inference import load_trained, predict
-
-    cache = prepared.cache()
-    parts = []
-    for run_dir in sorted((prepared.run_dir / "runs").glob(f"{key}-fold*")):
-        test = _read_predictions(run_dir / "predictions_test.csv")
-        clips, lengths = cache.load_many(test["clip_id"])
-        probabilities, attention = predict(load_trained(run_dir), clips, lengths, return_attention=True)
-        if attention is None:
-            raise ConfigError(f"model {key!r} has no attention to show")
-        parts.append((test, attention, lengths, probabilities))
-    if not parts:
-        raise LusvError(f"no trained runs named {key}-fold* in {prepared.run_dir / 'runs'}: train them first")
-    tests = pd.concat([p[0] for p in parts], ignore_index=True)
-    return FoldAttention(
-        clip_ids=tests["clip_id"].tolist(),
-        attention=np.concatenate([p[1] for p in parts]),
-        lengths=np.concatenate([p[2] for p in parts]),
-        labels=tests[list(PATTERNS)].to_numpy(dtype=float),
-        probabilities=np.concatenate([p[3] for p in parts]),
-    )
-
 
 def frame_truth(prepared: Prepared, clip_ids: list[str]):
     """Per-frame pattern presence (N, T, P) aligned with the cache, or None for data without it."""
-    if prepared.data != "synthetic":
+    source = get_source(prepared.data)
+    if not source.has_frame_truth:
         return None
-    from lusv.synthetic import frame_truth_array, read_frame_truth
-
-    truth, _ = frame_truth_array(read_frame_truth(prepared.data_path), clip_ids, prepared.num_frames)
-    return truth
+    return source.module.frame_truth(prepared.data_path, clip_ids, prepared.num_frames)
 
 
 def example_frames_figure(prepared: Prepared):
-    """Example frames per pattern: the synthetic generator's own figure (marks the frames where
-    each pattern is present), or prepared frames from the cache for real data."""
-    if prepared.data == "synthetic":
-        from lusv.synthetic import plot_example_frames
+    """Example frames per pattern: for a source with per-frame truth, its own video frames with
+    the frames where each pattern is present marked; otherwise prepared frames from the cache."""
+    from lusv.report import example_frames_figure as figure
 
-        return plot_example_frames(prepared.data_path)
-    from lusv.report import example_clips_figure
+    source = get_source(prepared.data)
+    if source.has_frame_truth:
+        labels, load_frames, truth = source.module.example_frames(prepared.data_path)
+        return figure(labels, load_frames, truth, title=source.module.EXAMPLE_FRAMES_TITLE)
+    cache = prepared.cache()
 
-    return example_clips_figure(prepared.cache(), prepared.labels())
+    def load_frames(clip_id: str):
+        clip, length = cache.load(clip_id)
+        return clip[..., 0], length
+
+    return figure(prepared.labels(), load_frames)

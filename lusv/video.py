@@ -1,4 +1,4 @@
-"""Decode lung-ultrasound clips to frames and prepare them for the clip cache.
+"""Decode lung-ultrasound clips to frames, prepare them for the clip cache, and write videos.
 
 Decoding goes through PyAV (mp4, avi, mov, mpeg, gif and whatever else FFmpeg reads);
 DICOM files (multi-frame ultrasound) go through pydicom when it is installed. Every
@@ -22,6 +22,9 @@ Preparing a clip for the model (``prepare_clip``) follows the team contract:
 4. Pad the crop with black to a centred square (the sector's aspect ratio is kept) and
    resize it to ``S x S`` with ``torch.nn.functional.interpolate`` (bilinear, antialias),
    all frames in one call.
+
+Writing (``write_video``: grayscale frames to an .mp4, H.264 where the PyAV build has it,
+else MPEG-4 part 2) is what the synthetic dataset and the tests use to make clips.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from lusv.errors import VideoError
+from lusv.io import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -334,3 +338,42 @@ def prepare_clip(
     out = np.zeros((num_frames, image_size, image_size, 1), dtype=np.uint8)
     out[:length] = resized.round().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
     return out, length
+
+
+# ----------------------------------------------------------------------------- writing
+
+WRITE_FPS = 12  # frame rate of written clips unless told otherwise
+_CODEC_CHOICES = (("h264", {"crf": "16", "preset": "veryfast", "threads": "1"}), ("mpeg4", {"qscale": "2"}))
+
+
+def _video_codec() -> tuple[str, dict[str, str]]:
+    """The first encoder this PyAV build offers: H.264 (libx264) if present, else MPEG-4 part 2."""
+    import av
+
+    for name, options in _CODEC_CHOICES:
+        try:
+            av.codec.Codec(name, "w")
+        except Exception:  # PyAV raises different types across versions for a missing codec
+            continue
+        return name, options
+    raise VideoError("this PyAV build has neither an H.264 nor an MPEG-4 encoder: reinstall the 'av' wheel")
+
+
+def write_video(path: str | os.PathLike, frames: np.ndarray, fps: int = WRITE_FPS) -> Path:
+    """Write grayscale frames (T, H, W) uint8 as an .mp4 (yuv420p) atomically; H and W must be even."""
+    import av
+
+    frames = np.asarray(frames)
+    if frames.ndim != 3 or frames.dtype != np.uint8:
+        raise VideoError(f"cannot write {path}: expected uint8 frames (T, H, W), got {frames.dtype} {frames.shape}")
+    if frames.shape[1] % 2 or frames.shape[2] % 2:
+        raise VideoError(f"cannot write {path}: yuv420p needs even frame sizes, got {frames.shape[1:]}")
+    codec, options = _video_codec()
+    with atomic_path(path) as tmp:
+        with av.open(str(tmp), mode="w", format="mp4") as container:
+            stream = container.add_stream(codec, rate=fps, options=options)
+            stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+            for frame in frames:
+                container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="gray")))
+            container.mux(stream.encode(None))  # flush delayed frames
+    return Path(path)

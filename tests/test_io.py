@@ -1,5 +1,6 @@
 """lusv.io: atomic writes keep the old file on failure and give normal permissions; unsafe
-or damaged checkpoints are refused with a one-line message."""
+or damaged checkpoints are refused with a one-line message; recorded parameters are compared
+key by key; tables keep their ids as strings."""
 
 import os
 import stat
@@ -101,3 +102,32 @@ def test_blocked_module_refusal_is_named_in_one_line(tmp_path):
     with pytest.raises(CheckpointError, match=r"refusing to load .*weights_only=True: .*GLOBAL (posix|nt)\.system") as caught:
         io.torch_load(path)
     assert "\n" not in str(caught.value)
+
+
+# ----------------------------------------------------------------------------- recorded parameters
+
+
+def test_recorded_mismatch_says_none_empty_or_what_changed(tmp_path):
+    record = tmp_path / "params.json"
+    assert io.recorded_mismatch(record, {"seed": 0}) is None  # no record yet
+    record.write_text("{not json")
+    assert io.recorded_mismatch(record, {"seed": 0}) is None  # unreadable: as if absent
+    record.write_text("[1, 2]")
+    assert io.recorded_mismatch(record, {"seed": 0}) is None  # not a parameters object
+    io.write_record(record, {"seed": 0, "n_clips": 8, "probe": "mixed", "old_key": 1})
+    assert io.recorded_mismatch(record, {"seed": 0, "n_clips": 8}) == []  # keys only in the record are not compared
+    changed = io.recorded_mismatch(record, {"seed": 1, "n_clips": 8, "probe": "linear", "new_key": 2})
+    assert [d.key for d in changed] == ["new_key", "probe", "seed"]  # sorted by key
+    assert ", ".join(map(str, changed)) == "new_key: None -> 2, probe: 'mixed' -> 'linear', seed: 0 -> 1"
+    assert io.recorded_mismatch(record, {"seed": 1, "probe": "linear"}, ignore={"probe"}) == [("seed", 0, 1)]
+    # an already loaded record (e.g. the parameters saved in a checkpoint) works the same way
+    assert io.recorded_mismatch({"lr": 0.1, "epochs": 3}, {"lr": 0.1, "epochs": 5}) == [("epochs", 3, 5)]
+    assert io.recorded_mismatch(None, {"lr": 0.1}) is None
+
+
+def test_read_table_keeps_ids_as_strings(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("clip_id,patient_id,fold,size\n007,0042,1,12\n")
+    table = io.read_table(path, dtype={"size": float})
+    assert table["clip_id"].tolist() == ["007"] and table["patient_id"].tolist() == ["0042"]
+    assert table["fold"].tolist() == [1] and table["size"].dtype == float

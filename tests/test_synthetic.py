@@ -10,11 +10,12 @@ import pytest
 
 matplotlib.use("Agg")
 
-from lusv import synthetic  # noqa: E402
+from lusv.sources import synthetic  # noqa: E402
 from lusv.errors import ConfigError, LabelsError, VideoError  # noqa: E402
 from lusv.labels import read_labels  # noqa: E402
 from lusv.patterns import OPTIONAL_COLUMNS, PATTERNS, REQUIRED_COLUMNS  # noqa: E402
 from lusv.sources.synthetic import load_synthetic  # noqa: E402
+from lusv.video import write_video  # noqa: E402
 
 SMALL = dict(n_clips=8, n_patients=4, num_frames=8, frame_size=32, seed=3)
 
@@ -224,14 +225,16 @@ def test_load_synthetic_reuses_and_regenerates(tmp_path):
 
 def test_write_video_refuses_odd_sizes(tmp_path):
     with pytest.raises(VideoError, match="even"):
-        synthetic.write_video(tmp_path / "x.mp4", np.zeros((3, 31, 32), np.uint8))
+        write_video(tmp_path / "x.mp4", np.zeros((3, 31, 32), np.uint8))
     with pytest.raises(ConfigError, match="even"):
         synthetic.generate_dataset(tmp_path, n_clips=1, n_patients=1, frame_size=33, progress=False)
 
 
 def test_example_figure_has_one_row_per_pattern(small_root):
     root, labels = small_root
-    fig = synthetic.plot_example_frames(root, n_frames=3)
+    from lusv.report import example_frames_figure
+
+    fig = example_frames_figure(*synthetic.example_frames(root), n_frames=3)
     gridspec = fig.axes[0].get_subplotspec().get_gridspec()
     assert gridspec.nrows == 4 and gridspec.ncols == 3 and len(fig.axes) == 12
     titles = " ".join(ax.get_title() for ax in fig.axes)

@@ -113,11 +113,9 @@ def read_config(run_dir: Path) -> Optional[dict[str, Any]]:
 
 def check_same_run(p: RunParams, saved: Mapping[str, Any], run_dir: Path) -> None:
     """ConfigError unless ``p`` equals the saved parameters in every field that may not change on resume."""
-    current = p.to_dict()
-    may_change = resume_may_change()
-    changed = sorted(k for k in current if k not in may_change and saved.get(k) != current[k])
+    changed = io.recorded_mismatch(saved, p.to_dict(), ignore=resume_may_change())
     if changed:
-        details = ", ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in changed)
+        details = ", ".join(map(str, changed))
         raise ConfigError(
             f"cannot resume {run_dir}: it was made with other parameters ({details}); "
             "use another run_name or resume=False to start it afresh"

@@ -1,0 +1,179 @@
+"""Out-of-fold predictions of a study run, and the results made from them.
+
+``out_of_fold`` stacks the test-fold predictions of every fold of one model configuration: each
+development clip predicted exactly once, by a model that never saw its patient. A study run
+keeps them under ``<run_dir>/oof/``::
+
+    <key>.test.csv            out-of-fold test predictions (each development clip once)
+    <key>.val.csv             each fold model's validation-fold predictions (for thresholds)
+                              (both: fold = the clip's fold, model_fold = the fold of the model
+                              that predicted it)
+    <key>.temporal_test.csv   fold-ensemble predictions on the temporally separated set
+
+``results`` turns them into the result tables and ROC figures (``lusv.report``);
+``out_of_fold_attention`` reruns each fold's model on its test clips to keep the attention.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from lusv.errors import ConfigError, LusvError
+from lusv.io import read_table, write_csv
+from lusv.paths import in_repository
+
+SPLITS = ("test", "val", "temporal_test")
+
+
+def write_out_of_fold(study_dir: Path, key: str, run_dirs: list[Path], temporal_test: bool) -> None:
+    """Write ``oof/<key>.{test,val}.csv`` (and ``.temporal_test.csv``) of one model configuration."""
+    oof_dir = study_dir / "oof"
+    write_csv(oof_dir / f"{key}.test.csv", out_of_fold(run_dirs, "test"))
+    write_csv(oof_dir / f"{key}.val.csv", out_of_fold(run_dirs, "val"))
+    if temporal_test:
+        write_csv(oof_dir / f"{key}.temporal_test.csv", fold_ensemble(run_dirs, "temporal_test"))
+
+
+def out_of_fold(run_dirs: list[Path], split: str = "test") -> pd.DataFrame:
+    """Stack one split's predictions of every fold; refuses a clip predicted twice.
+
+    With test = fold f and validation = fold f+1, each development clip is in exactly one
+    fold's test set and exactly one fold's validation set, so both stacks are clean.
+    ``model_fold`` (after ``fold``) says which fold model predicted each clip.
+    """
+    frames = [_read_predictions(Path(d) / f"predictions_{split}.csv") for d in run_dirs]
+    stacked = pd.concat(frames, ignore_index=True)
+    duplicated = stacked["clip_id"][stacked["clip_id"].duplicated()]
+    if len(duplicated):
+        raise LusvError(f"clips in the {split} set of more than one fold: {sorted(duplicated)[:5]} — folds overlap")
+    return stacked
+
+
+def fold_ensemble(run_dirs: list[Path], split: str = "temporal_test") -> pd.DataFrame:
+    """Average the fold models' probabilities on a held-out set every fold predicted."""
+    frames = [_read_predictions(Path(d) / f"predictions_{split}.csv") for d in run_dirs]
+    stacked = pd.concat(frames, ignore_index=True)
+    probability_columns = [c for c in stacked.columns if c.startswith("p_")]
+    keep_first = [c for c in stacked.columns if c not in probability_columns and c not in ("fold", "model_fold")]
+    firsts = stacked.groupby("clip_id", sort=False)[keep_first].first().reset_index(drop=True)
+    means = stacked.groupby("clip_id", sort=False)[probability_columns].mean().reset_index(drop=True)
+    return pd.concat([firsts, means], axis=1)
+
+
+def _read_predictions(path: Path) -> pd.DataFrame:
+    if not path.is_file():
+        raise LusvError(f"{path} is missing: that training run did not finish")
+    return read_table(path)
+
+
+def load_out_of_fold(run_dir: str | Path, split: str = "test", keys: list[str] | None = None) -> dict[str, pd.DataFrame]:
+    """The ``split`` prediction tables of a study run keyed by model configuration.
+
+    ``keys`` picks and orders them (the order of every table and legend); default: all, sorted.
+    """
+    if split not in SPLITS:
+        raise ConfigError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+    oof_dir = in_repository(run_dir) / "oof"
+    found = {path.name[: -len(f".{split}.csv")]: path for path in oof_dir.glob(f"*.{split}.csv")}
+    if keys is None:
+        keys = sorted(found)
+    missing = [key for key in keys if key not in found]
+    if missing:
+        raise LusvError(f"no {split} predictions for {missing} in {oof_dir}: train those models first")
+    return {key: _read_predictions(found[key]) for key in keys}
+
+
+
+@dataclass
+class SplitResults:
+    """The tables and ROC figure of one held-out set (cross-validated test or temporal test)."""
+
+    tables: dict
+    roc: object  # matplotlib Figure
+    paths: list
+
+
+def results(
+    run_dir: str | Path, reference: str = "luvnet", keys: list[str] | None = None, n_boot: int = 1000
+) -> dict[str, SplitResults]:
+    """Result tables and ROC figures of the trained models of a study run, saved and returned.
+
+    Writes tables/<split>_<table>.csv for the cross-validated ("test") and, where present, the
+    temporally separated ("temporal_test") predictions, and figures/roc_<split>.png.
+    """
+    from lusv.report import results_tables, roc_figure, save_figure, save_tables
+
+    run_dir = in_repository(run_dir)
+    out = {}
+    test = load_out_of_fold(run_dir, "test", keys)
+    val = load_out_of_fold(run_dir, "val", list(test))
+    held_out = {"test": (test, val)}
+    temporal_keys = [key for key in test if (run_dir / "oof" / f"{key}.temporal_test.csv").is_file()]
+    if temporal_keys:
+        # The fold ensemble (mean of the fold models) is no single fold model: its thresholds are
+        # chosen on the validation predictions of all fold models pooled (see threshold_source).
+        held_out["temporal_test"] = (load_out_of_fold(run_dir, "temporal_test", temporal_keys), val)
+    for split, (predictions, val_predictions) in held_out.items():
+        tables = results_tables(predictions, reference=reference, val_predictions=val_predictions, n_boot=n_boot)
+        paths = save_tables({f"{split}_{name}": table for name, table in tables.items()}, run_dir / "tables")
+        figure = roc_figure(predictions)
+        paths.append(save_figure(figure, run_dir / "figures" / f"roc_{split}.png"))
+        out[split] = SplitResults(tables, figure, paths)
+    return out
+
+
+def write_report(
+    run_dir: str | Path, reference: str = "luvnet", keys: list[str] | None = None, n_boot: int = 1000
+) -> list[Path]:
+    """``results`` for the command line: saves everything and returns the paths written."""
+    import matplotlib.pyplot as plt
+
+    written = []
+    for split_results in results(run_dir, reference, keys, n_boot).values():
+        written += split_results.paths
+        plt.close(split_results.roc)
+    return written
+
+
+
+@dataclass
+class FoldAttention:
+    """Attention of each fold's model on its own test clips (every development clip once)."""
+
+    clip_ids: list[str]
+    attention: "np.ndarray"  # (N, P or 1, H, T)
+    lengths: "np.ndarray"  # (N,)
+    labels: "np.ndarray"  # (N, P) with NaN for missing
+    probabilities: "np.ndarray"  # (N, P)
+
+
+def out_of_fold_attention(prepared, key: str = "luvnet") -> FoldAttention:
+    """Run every fold's best model on its test clips from the cache and keep the attention
+    (``prepared``: the ``lusv.study.Prepared`` of the study run)."""
+    import numpy as np
+
+    from lusv.patterns import PATTERNS
+    from lusv.inference import load_trained, predict
+
+    cache = prepared.cache()
+    parts = []
+    for run_dir in sorted((prepared.run_dir / "runs").glob(f"{key}-fold*")):
+        test = _read_predictions(run_dir / "predictions_test.csv")
+        clips, lengths = cache.load_many(test["clip_id"])
+        probabilities, attention = predict(load_trained(run_dir), clips, lengths, return_attention=True)
+        if attention is None:
+            raise ConfigError(f"model {key!r} has no attention to show")
+        parts.append((test, attention, lengths, probabilities))
+    if not parts:
+        raise LusvError(f"no trained runs named {key}-fold* in {prepared.run_dir / 'runs'}: train them first")
+    tests = pd.concat([p[0] for p in parts], ignore_index=True)
+    return FoldAttention(
+        clip_ids=tests["clip_id"].tolist(),
+        attention=np.concatenate([p[1] for p in parts]),
+        lengths=np.concatenate([p[2] for p in parts]),
+        labels=tests[list(PATTERNS)].to_numpy(dtype=float),
+        probabilities=np.concatenate([p[3] for p in parts]),
+    )
