@@ -199,7 +199,9 @@ def youden_threshold(y: ArrayLike, score: ArrayLike) -> float:
     fpr, tpr, thresholds = roc_curve(y, score, drop_intermediate=False)
     # thresholds are decreasing; index 0 is sklearn's sentinel above every score (+inf).
     j = (tpr - fpr)[1:]
-    best = int(np.argmax(j))  # first maximum = highest threshold among ties
+    # Equal Js can differ in their last bit (1 - 2/3 != 2/3 - 1/3 in floats), so ties are taken
+    # within 1e-9, far below 1 / (positives x negatives), the least real gap between two Js.
+    best = int(np.flatnonzero(j >= j.max() - 1e-9)[0])  # first = highest threshold among ties
     if j[best] <= 0:
         logger.warning(
             "Youden's J is at most 0 at every threshold (%d positives, %d negatives): the scores do not "

@@ -18,6 +18,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 from tiny_study import IMAGE_SIZE, NUM_FOLDS, NUM_FRAMES
 
+import reference_stats as ref
 from lusv.cache import ClipCache
 from lusv.cli import main
 from lusv.config import RunParams, params_for
@@ -328,8 +329,25 @@ def test_evaluate_prints_per_pattern_aucs_with_cis(trained_run, capsys):
     predictions = pd.read_csv(predictions_csv)
     for pattern in PATTERNS:
         known = predictions[pattern].notna()
-        expected = roc_auc_score(predictions.loc[known, pattern], predictions.loc[known, f"p_{pattern}"])
+        y, score = predictions.loc[known, pattern], predictions.loc[known, f"p_{pattern}"]
+        expected = roc_auc_score(y, score)
         assert float(rows[pattern][1]) == pytest.approx(expected, abs=6e-4), pattern
+        if min((y == 1).sum(), (y == 0).sum()) >= 2 and 0 < expected < 1:  # a DeLong CI exists
+            low, high = ref.delong_ci(y, score)[1:]
+            assert [float(v) for v in rows[pattern][2:4]] == pytest.approx([low, high], abs=6e-4), pattern
+
+
+def test_evaluate_prints_the_delong_logit_ci_of_a_hand_worked_example(tmp_path, capsys):
+    # positives 0.8 0.6 0.3, negatives 0.5 0.2 0.1: AUC 8/9, DeLong variance 2/81, logit CI
+    # expit(ln 8 -+ 1.959964 * sqrt(2/81) / (8/81)) = (0.261, 0.995); see tests/test_metrics.py.
+    scores, labels = [0.8, 0.6, 0.3, 0.5, 0.2, 0.1], [1.0, 1.0, 1.0, 0.0, 0.0, 0.0]
+    table = pd.DataFrame({"clip_id": [f"c{i}" for i in range(6)], "patient_id": [f"P{i}" for i in range(6)],
+                          "fold": 0, **{f"p_{p}": scores for p in PATTERNS}, **{p: labels for p in PATTERNS}})
+    table.to_csv(tmp_path / "hand.csv", index=False)
+    assert main(["evaluate", str(tmp_path / "hand.csv"), "--n-boot", "0"]) == 0
+    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()[2:]}
+    for pattern in PATTERNS:
+        assert rows[pattern][1:7] == ["0.889", "0.261", "0.995", "3", "3", "delong-logit"], pattern
 
 
 def test_evaluate_missing_file_is_one_line(tmp_path, capsys):

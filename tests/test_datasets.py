@@ -1,6 +1,7 @@
 """lusv.datasets: cache-backed dataset, collate, uint8 -> model input, batched augmentations."""
 
 import math
+import os
 
 import numpy as np
 import pandas as pd
@@ -132,6 +133,16 @@ def test_flip_alone_mirrors_every_frame_of_selected_clips():
     x = _moving_clip(2)
     out = aug(x, torch.Generator().manual_seed(0))
     assert torch.allclose(out, x.flip(-1), atol=1e-5)
+    # With flip_p = 0.5 each clip draws one flip for all its frames: a clip comes out wholly
+    # mirrored or wholly as it was, never with some frames mirrored (the square moves, so only
+    # frame 3 is symmetric), and both kinds occur among 8 clips.
+    aug = ClipAugment(flip_p=0.5, max_rotation_deg=0, brightness=0, contrast=0, gamma=0, blur_p=0, noise_p=0)
+    x = _moving_clip(8)
+    out = aug(x, torch.Generator().manual_seed(0))
+    mirrored = [torch.allclose(out[i], x[i].flip(-1), atol=1e-5) for i in range(8)]
+    unchanged = [torch.allclose(out[i], x[i], atol=1e-5) for i in range(8)]
+    assert all(m != u for m, u in zip(mirrored, unchanged)), (mirrored, unchanged)
+    assert 0 < sum(mirrored) < 8
 
 
 def test_identity_settings_leave_clip_unchanged():
@@ -190,9 +201,16 @@ def test_keep_freed_cpu_buffers_is_accepted_by_glibc():
     if platform.libc_ver()[0] != "glibc":
         pytest.skip("mallopt is glibc's")
     assert keep_freed_cpu_buffers() is True
-    x = torch.empty(50_000_000, dtype=torch.uint8)  # over glibc's default mmap threshold: still works
-    x.fill_(7)
-    assert int(x[-1]) == 7
+
+    def resident_mib() -> float:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+    x = torch.ones(64 * 2**20, dtype=torch.uint8)  # 64 MiB, touched: over glibc's default mmap threshold
+    in_use = resident_mib()
+    del x
+    # glibc's default unmaps such a buffer on free (the resident set drops by 64 MiB); kept, it stays
+    assert in_use - resident_mib() < 16
 
 
 def test_frame_mask():

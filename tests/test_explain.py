@@ -4,6 +4,7 @@ import matplotlib
 import numpy as np
 import pytest
 import torch
+from sklearn.metrics import roc_auc_score
 
 matplotlib.use("Agg")
 
@@ -41,7 +42,7 @@ def test_frame_attention_averages_heads_and_accepts_tensors():
     np.testing.assert_allclose(explain.frame_attention(torch.tensor(attention, requires_grad=True)),
                                attention.mean(axis=2), rtol=1e-6)
     per_frame = attention.mean(axis=2)
-    assert explain.frame_attention(per_frame) is not None and explain.frame_attention(per_frame).shape == (3, 4, T)
+    np.testing.assert_array_equal(explain.frame_attention(per_frame), per_frame)  # already one weight per frame
     with pytest.raises(ConfigError, match="reduce"):
         explain.frame_attention(attention, reduce="median")
     with pytest.raises(ConfigError, match="shape"):
@@ -130,7 +131,22 @@ def test_p_value_detects_attention_better_than_chance():
     attention = rng.random((n, 4, T)) + 2 * truth.transpose(0, 2, 1)
     scores = explain.score_attention_against_truth(attention, None, truth, np.ones((n, 4)))
     assert (scores.auc_p_value < 0.01).all()
-    assert (scores.attention_auc_sd >= 0).all()
+    for p in range(4):  # mean and sample sd of the per-clip AUCs, computed here with sklearn
+        aucs = [roc_auc_score(truth[i, :, p], attention[i, p]) for i in range(n)]
+        assert scores.attention_auc[p] == pytest.approx(np.mean(aucs))
+        assert scores.attention_auc_sd[p] == pytest.approx(np.std(aucs, ddof=1), abs=1e-12)
+
+
+def test_attention_auc_sd_is_the_sample_sd_of_the_per_clip_aucs():
+    # clip 0 attends to the present frames only (AUC 1), clip 1 uniformly (AUC 0.5):
+    # mean 0.75, sample sd sqrt(2 * 0.25**2 / 1) = 0.353553
+    truth = np.zeros((2, T, 4))
+    truth[:, :3] = 1
+    attention = np.ones((2, 4, T)) / T
+    attention[0, :, :3], attention[0, :, 3:] = 0.3, 0.1 / 3
+    scores = explain.score_attention_against_truth(attention, None, truth, np.ones((2, 4)))
+    np.testing.assert_allclose(scores.attention_auc, 0.75)
+    np.testing.assert_allclose(scores.attention_auc_sd, 0.353553, atol=1e-6)
 
 
 def test_shape_mismatches_are_config_errors():
@@ -163,7 +179,7 @@ def test_attention_over_time_figure():
     fig = explain.plot_attention_over_time(attention.mean(axis=1))  # (4, T), no extras
     assert len(fig.axes) == 4
     plt.close(fig)
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match=r"must be \(P, H, T\) or \(P, T\) with P in \(1, 4\), got \(3, "):
         explain.plot_attention_over_time(np.ones((3, T)))
 
 

@@ -1,4 +1,5 @@
-"""Metrics checked against sklearn, scipy and plain O(n^2) re-implementations written here."""
+"""Metrics checked against sklearn, scipy, hand-worked examples and the slow textbook versions of
+tests/reference_stats.py (never against lusv.metrics itself)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import pytest
 from scipy import stats
 from sklearn.metrics import roc_auc_score
 
+import reference_stats as ref
 from lusv.errors import PredictionsError
 from lusv.metrics import (
     _patient_draw_counts,
@@ -38,36 +40,6 @@ def scored(n: int = 120, shift: float = 1.0, seed: int = 0, decimals: int | None
     return y, score
 
 
-# ----------------------------------------------------------------------------- plain O(n^2) reference
-
-
-def psi(x: float, y: float) -> float:
-    return 1.0 if x > y else 0.5 if x == y else 0.0
-
-
-def slow_components(y, score):
-    """DeLong's structural components by explicit pair loops (DeLong et al. 1988)."""
-    pos = [s for s, t in zip(score, y) if t == 1]
-    neg = [s for s, t in zip(score, y) if t == 0]
-    v10 = np.array([sum(psi(x, v) for v in neg) / len(neg) for x in pos])
-    v01 = np.array([sum(psi(x, v) for x in pos) / len(pos) for v in neg])
-    return v10, v01
-
-
-def slow_delong(y, score_a, score_b):
-    a10, a01 = slow_components(y, score_a)
-    b10, b01 = slow_components(y, score_b)
-    m, n = len(a10), len(a01)
-
-    def cov(u, v):
-        return sum((ui - u.mean()) * (vi - v.mean()) for ui, vi in zip(u, v)) / (len(u) - 1)
-
-    var_a = cov(a10, a10) / m + cov(a01, a01) / n
-    var_b = cov(b10, b10) / m + cov(b01, b01) / n
-    cov_ab = cov(a10, b10) / m + cov(a01, b01) / n
-    return a10.mean(), b10.mean(), var_a, var_b, cov_ab
-
-
 # ----------------------------------------------------------------------------- AUCs
 
 
@@ -92,7 +64,9 @@ def test_micro_and_macro_definitions():
     per = per_pattern_auc(labels, scores)
     assert np.isnan(per[3])
     assert per[1] == pytest.approx(roc_auc_score(labels[:, 1], scores[:, 1]))
-    assert macro_auc(labels, scores) == pytest.approx(np.mean(per[:3]))
+    by_sklearn = [roc_auc_score(labels[~np.isnan(labels[:, j]), j], scores[~np.isnan(labels[:, j]), j]) for j in range(3)]
+    assert per[:3] == pytest.approx(by_sklearn)
+    assert macro_auc(labels, scores) == pytest.approx(np.mean(by_sklearn))
     keep = ~np.isnan(labels.ravel())
     assert micro_auc(labels, scores) == pytest.approx(roc_auc_score(labels.ravel()[keep], scores.ravel()[keep]))
 
@@ -104,16 +78,24 @@ def test_delong_variance_and_covariance_match_slow_reference():
     y, score_a = scored(n=90, seed=2)
     _, noise = scored(n=90, seed=3)
     score_b = np.round(score_a * 0.5 + noise, 1)  # correlated second model, with ties
-    auc_a, auc_b, var_a, var_b, cov_ab = slow_delong(y, score_a, score_b)
+    auc_a, var_a = ref.delong_auc_var(y, score_a)
     auc, var = delong_auc_variance(y, score_a)
     assert auc == pytest.approx(roc_auc_score(y, score_a), abs=1e-12)
     assert auc == pytest.approx(auc_a, abs=1e-12)
     assert var == pytest.approx(var_a, rel=1e-10)
     test = delong_test(y, score_a, score_b)
-    z = (auc_a - auc_b) / np.sqrt(var_a + var_b - 2 * cov_ab)
+    _, auc_b, z, p_value = ref.delong_paired_test(y, score_a, score_b)
     assert test.auc_b == pytest.approx(auc_b, abs=1e-12)
     assert test.z == pytest.approx(z, rel=1e-9)
-    assert test.p_value == pytest.approx(2 * stats.norm.sf(abs(z)), rel=1e-9)
+    assert test.p_value == pytest.approx(p_value, rel=1e-9)
+
+
+def test_delong_variance_on_a_hand_worked_example():
+    # positives 0.8 0.6 0.3, negatives 0.5 0.2 0.1. Placement values: V10 = 1, 1, 2/3 (share of
+    # negatives below each positive), V01 = 2/3, 1, 1 (share of positives above each negative);
+    # AUC = 8/9; both sample variances are (1/81 + 1/81 + 4/81) / 2 = 1/27, var = 1/27/3 * 2 = 2/81.
+    auc, var = delong_auc_variance([1, 1, 1, 0, 0, 0], [0.8, 0.6, 0.3, 0.5, 0.2, 0.1])
+    assert auc == pytest.approx(8 / 9, abs=1e-12) and var == pytest.approx(2 / 81, rel=1e-12)
 
 
 def test_delong_test_known_cases():
@@ -128,13 +110,35 @@ def test_delong_test_known_cases():
     assert swapped.z == pytest.approx(-better.z) and swapped.p_value == pytest.approx(better.p_value)
 
 
-def test_delong_ci_logit_and_plain():
-    y, score = scored(n=150, shift=2.0, seed=6)
-    auc, var = delong_auc_variance(y, score)
-    logit = delong_ci(y, score)
+def test_delong_ci_on_a_hand_worked_example():
+    # The example above: AUC = 8/9, se = sqrt(2/81) = 0.157135, z(0.975) = 1.959964.
+    # plain: 8/9 -+ 0.307979 -> (0.580910, 1.196868 clipped to 1).
+    # logit: logit(8/9) = ln 8 = 2.079442, se / (AUC (1 - AUC)) = 0.157135 / (8/81) = 1.590990,
+    #        2.079442 -+ 3.118284 -> expit(-1.038842) = 0.261373, expit(5.197725) = 0.994501.
+    y, score = [1, 1, 1, 0, 0, 0], [0.8, 0.6, 0.3, 0.5, 0.2, 0.1]
     plain = delong_ci(y, score, method="plain")
-    half = stats.norm.ppf(0.975) * np.sqrt(var)
-    assert plain.low == pytest.approx(auc - half) and plain.high == pytest.approx(min(auc + half, 1.0))
+    assert plain.auc == pytest.approx(8 / 9) and plain.low == pytest.approx(0.580910, abs=2e-6) and plain.high == 1.0
+    logit = delong_ci(y, score)
+    assert logit.low == pytest.approx(0.261373, abs=2e-6) and logit.high == pytest.approx(0.994501, abs=2e-6)
+    # alpha = 0.1: z(0.95) = 1.644854, half-width 2.616946 on the logit scale
+    narrower = delong_ci(y, score, alpha=0.1)
+    assert narrower.low == pytest.approx(1 / (1 + np.exp(-(np.log(8) - 2.616946))), abs=2e-6)
+    assert narrower.high == pytest.approx(1 / (1 + np.exp(-(np.log(8) + 2.616946))), abs=2e-6)
+
+
+@pytest.mark.parametrize("alpha", [0.05, 0.1, 0.01])
+@pytest.mark.parametrize("method", ["logit", "plain"])
+@pytest.mark.parametrize("seed", [6, 9])
+def test_delong_ci_equals_the_textbook_interval(seed, method, alpha):
+    y, score = scored(n=60, shift=1.2, seed=seed)  # rounded scores: ties between the classes
+    expected = ref.delong_ci(y, score, alpha=alpha, method=method)
+    assert tuple(delong_ci(y, score, alpha=alpha, method=method)) == pytest.approx(expected, rel=1e-9, abs=1e-12)
+
+
+def test_delong_ci_shapes():
+    y, score = scored(n=150, shift=2.0, seed=6)
+    auc, _ = ref.delong_auc_var(y, score)
+    logit = delong_ci(y, score)
     assert 0.0 < logit.low < auc < logit.high < 1.0
     # logit interval is pulled towards 0.5: longer below than above an AUC near 1
     assert auc - logit.low > logit.high - auc
@@ -180,6 +184,21 @@ def test_youden_threshold_is_never_infinite_and_warns_without_discrimination(cap
     assert np.isnan(youden_threshold([1, 1, np.nan], [0.2, 0.3, 0.4]))
 
 
+@pytest.mark.parametrize(
+    "y, score, expected",
+    [
+        # J = 1/2 at 0.8 (sens 1/2, spec 1) and at 0.4 (sens 1, spec 1/2): the higher one
+        ([0, 1, 0, 1], [0.2, 0.4, 0.6, 0.8], 0.8),
+        # J = 1/3 at 0.9, 0.6 and 0.3; in floats 1 - 2/3 > 2/3 - 1/3 by one ulp, still a tie
+        ([1, 0, 1, 0, 1, 0], [0.9, 0.7, 0.6, 0.5, 0.3, 0.1], 0.9),
+        # J = 1/2 at 0.7 (sens 1/2, spec 4/4) and at 0.5 (sens 2/2, spec 2/4); 1/4 at 0.65 and 0.3
+        ([1, 0, 0, 1, 0, 0], [0.7, 0.65, 0.6, 0.5, 0.3, 0.2], 0.7),
+    ],
+)
+def test_youden_ties_go_to_the_highest_threshold(y, score, expected):
+    assert youden_threshold(y, score) == expected
+
+
 @pytest.mark.parametrize("seed", range(20))
 def test_youden_threshold_equals_brute_force_over_observed_scores(seed):
     rng = np.random.default_rng(seed)
@@ -188,14 +207,9 @@ def test_youden_threshold_equals_brute_force_over_observed_scores(seed):
     y[:2] = [0, 1]  # both classes
     # weak, sometimes inverted signal, rounded so that ties occur
     score = np.round(rng.normal(size=n) + rng.normal() * y, 1)
-    best_j, best_t = -np.inf, None
-    for t in np.unique(score)[::-1]:  # highest first: ties go to the highest threshold
-        c = sensitivity_specificity(y, score, t)
-        if c.sensitivity + c.specificity - 1 > best_j + 1e-12:
-            best_j, best_t = c.sensitivity + c.specificity - 1, t
     threshold = youden_threshold(y, score)
     assert np.isfinite(threshold) and threshold in score
-    assert threshold == best_t
+    assert threshold == ref.youden_brute_force(y, score)
 
 
 # ----------------------------------------------------------------------------- patient bootstrap
@@ -254,7 +268,8 @@ def test_summarize_predictions_table():
         keep = pred[pattern].notna()
         assert row["auc"] == pytest.approx(roc_auc_score(pred.loc[keep, pattern], pred.loc[keep, f"p_{pattern}"]))
         assert row["n_pos"] == (pred[pattern] == 1).sum() and row["n_neg"] == (pred[pattern] == 0).sum()
-        assert (row["ci_low"], row["ci_high"]) == pytest.approx(tuple(delong_ci(pred[pattern], pred[f"p_{pattern}"])[1:]))
+        expected = ref.delong_ci(pred.loc[keep, pattern], pred.loc[keep, f"p_{pattern}"])
+        assert (row["ci_low"], row["ci_high"]) == pytest.approx(expected[1:], rel=1e-9)
     assert (table["ci_low"] < table["auc"]).all() and (table["auc"] < table["ci_high"]).all()
     assert table.loc[4, "n_pos"] == table.loc[:3, "n_pos"].sum()
     boot = summarize_predictions(pred, ci="bootstrap", n_boot=200)
@@ -275,8 +290,9 @@ def test_compare_models_aligns_on_clip_id():
     assert table["pattern"].tolist() == list(PATTERNS)
     assert (table["model_a"] == "luvnet").all()
     assert (table["p_value"] < 0.05).all() and (table["auc_diff"] > 0).all()
-    direct = delong_test(a["b_lines"], a["p_b_lines"], b["p_b_lines"])
-    assert table.loc[1, "p_value"] == pytest.approx(direct.p_value)
+    keep = a["b_lines"].notna()
+    _, _, z, p_value = ref.delong_paired_test(a.loc[keep, "b_lines"], a.loc[keep, "p_b_lines"], b.loc[keep, "p_b_lines"])
+    assert table.loc[1, "z"] == pytest.approx(z, rel=1e-9) and table.loc[1, "p_value"] == pytest.approx(p_value, rel=1e-6)
     same = compare_models(a, a)
     assert (same["p_value"] == 1.0).all()
     with pytest.raises(PredictionsError, match="same clips"):

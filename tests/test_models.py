@@ -13,6 +13,7 @@ from lusv.io import torch_save
 from lusv.models import MODEL_NAMES, build_model, count_parameters, list_models, model_defaults, model_options
 from lusv.models.c3d import C3D
 from lusv.models.encoders import _remap_densenet_keys, build_encoder, hub_cache_file
+from lusv.models.luvnet import TemporalConv
 from lusv.models.registry import register_model
 
 FRAME_MODELS = [
@@ -125,10 +126,97 @@ def test_lengths_none_means_all_frames_real():
 
 
 def test_cnn_lstm_runs_over_time_with_batch_first():
-    model = tiny("cnn_lstm", hidden_size=16)
-    assert model.lstm.batch_first and model.lstm.hidden_size == 16
+    model = tiny("cnn_lstm", hidden_size=16).eval()
+    assert model.lstm.hidden_size == 16
+    x = torch.randn(2, 5, 3, 32, 32)
+    with torch.no_grad():
+        batched = model(x)["logits"]
+        alone = model(x[1:])["logits"]  # batch_first: clips never mix, whatever the batch
+        reversed_frames = model(x.flip(1))["logits"]  # a recurrence over time sees frame order
+    torch.testing.assert_close(batched[1:], alone, atol=1e-5, rtol=1e-5)
+    assert (batched - reversed_frames).abs().min() > 1e-6
     with pytest.raises(ValueError, match=r"\[1, 4\]"):
         model(torch.randn(2, 4, 3, 32, 32), torch.tensor([4, 0]))
+
+
+# --- the LUV-Net temporal branch against a direct computation ---
+
+
+def temporal_branch_by_loops(conv_weight, norm, h, lengths):
+    """Conv1d over time with PyTorch's 'same' zero padding (left (K - 1) // 2, the rest on the
+    right: an even K pads one more frame after the clip than before it), padded frames zeroed,
+    BatchNorm in eval mode (running statistics), ReLU, mean over the real frames; explicit loops."""
+    h, w = h.double(), conv_weight.double()
+    batch, frames, features = h.shape
+    kernel = w.shape[-1]
+    left = (kernel - 1) // 2
+    scale = norm.weight.double() / torch.sqrt(norm.running_var.double() + norm.eps)
+    out = torch.zeros(batch, features, dtype=torch.float64)
+    for b in range(batch):
+        real = [t < lengths[b] for t in range(frames)]
+        for t in range(lengths[b]):
+            conv = torch.zeros(features, dtype=torch.float64)
+            for k in range(kernel):
+                source = t + k - left
+                if 0 <= source < frames and real[source]:
+                    conv += w[:, :, k] @ h[b, source]
+            normed = (conv - norm.running_mean.double()) * scale + norm.bias.double()
+            out[b] += torch.relu(normed) / lengths[b]
+    return out
+
+
+@pytest.mark.parametrize("kernel_size", [1, 3, 4, 6])
+def test_temporal_branch_equals_conv_bn_relu_mean_computed_by_loops(kernel_size):
+    features, frames = 5, 7
+    branch = TemporalConv(features, kernel_size).eval()
+    with torch.no_grad():  # non-trivial BatchNorm statistics: BN and ReLU do not commute
+        branch.norm.running_mean.uniform_(-0.5, 0.5)
+        branch.norm.running_var.uniform_(0.5, 2.0)
+        branch.norm.weight.uniform_(0.5, 1.5)
+        branch.norm.bias.uniform_(-0.5, 0.5)
+    h = torch.randn(2, frames, features)
+    h[1, 4:] = 50.0  # padding frames: ignored
+    lengths = [frames, 4]
+    mask = torch.arange(frames) < torch.tensor(lengths)[:, None]
+    with torch.no_grad():
+        out = branch(h, mask)
+    expected = temporal_branch_by_loops(branch.conv.weight, branch.norm, h, lengths)
+    assert out.shape == (2, features)
+    torch.testing.assert_close(out.double(), expected, atol=1e-5, rtol=1e-5)
+    assert (out > 0).any()  # not a branch that ReLU silenced entirely
+
+
+@pytest.mark.parametrize("kernel_size", [4, 13])
+def test_temporal_branch_feeds_the_logits_and_makes_them_depend_on_frame_order(kernel_size):
+    model = tiny("luvnet", kernel_size=kernel_size).eval()
+    ablation = tiny("luvnet_no_temporal").eval()
+    x = torch.randn(2, 6, 3, 32, 32)
+    order = torch.tensor([3, 0, 5, 1, 4, 2])
+    with torch.no_grad():
+        logits = model(x)["logits"]
+        h = model.encoder.encode_clips(x)
+        mask = torch.ones(2, 6, dtype=torch.bool)
+        spatial, _ = model.spatial(h, mask)
+        temporal = model.temporal(h, mask)
+        shuffled = model(x[:, order])["logits"]
+        ablation_logits, ablation_shuffled = ablation(x)["logits"], ablation(x[:, order])["logits"]
+    # logits = classifier(spatial + temporal), and the temporal term matters
+    torch.testing.assert_close(logits, model.classifier(spatial + temporal), atol=1e-5, rtol=1e-5)
+    assert (model.classifier(spatial) - logits).abs().max() > 1e-4
+    # attention pooling ignores frame order; only the temporal convolution sees it
+    torch.testing.assert_close(ablation_shuffled, ablation_logits, atol=1e-5, rtol=1e-5)
+    assert (shuffled - logits).abs().max() > 1e-4
+
+
+def test_even_kernel_keeps_every_frame_and_padding_invisible():
+    model = tiny("luvnet", kernel_size=4).eval()
+    x = torch.randn(2, 8, 3, 32, 32)
+    x[1, 5:] = 50.0
+    with torch.no_grad():
+        batched = model(x, torch.tensor([8, 5]))
+        alone = model(x[1:, :5], None)
+    assert batched["logits"].shape == (2, 4) and batched["attention"].shape == (2, 4, 8, 8)
+    torch.testing.assert_close(batched["logits"][1], alone["logits"][0], atol=1e-5, rtol=1e-5)
 
 
 def test_c3d_forward_backward_on_smallest_clip():

@@ -9,11 +9,12 @@ import nbformat
 import pandas as pd
 import pytest
 
+from pocus_data import POCUS_ROOT, requires_pocus
+
 papermill = pytest.importorskip("papermill")
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"
-POCUS = REPO.parent / "shared" / "data" / "pocus"
 # Smallest settings every model accepts (C3D needs 16 frames to survive its pools).
 TINY_TRAINING = {"epochs": 2, "max_batches_per_epoch": 2, "batch_size": 4}
 TINY_DATA = {"num_frames": 16, "image_size": 32}
@@ -89,10 +90,10 @@ def test_study_notebooks_run_in_order_on_tiny_synthetic_data(tmp_path):
     assert outputs_of(nb, "image/png")
 
 
-@pytest.mark.skipif(not POCUS.is_dir(), reason="POCUS development portion not beside the repository")
+@requires_pocus
 def test_external_pocus_notebook_on_the_real_clips(tmp_path):
     run_dir = tmp_path / "pocus"
-    execute("07_external_pocus", tmp_path, run_dir=str(run_dir), profile="quick", data_path=str(POCUS),
+    execute("07_external_pocus", tmp_path, run_dir=str(run_dir), profile="quick", data_path=str(POCUS_ROOT),
             num_frames=8, image_size=32, cache_root=str(tmp_path / "cache"), n_boot=50,
             overrides={"epochs": 1, "max_batches_per_epoch": 2})  # fmt: skip
     report = pd.read_csv(run_dir / "prepare" / "ingest_report.csv")

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from pocus_data import POCUS_ROOT, requires_pocus
 from videos import make_frames, write_test_video
 
 from lusv.cache import ClipCache
@@ -16,7 +17,6 @@ from lusv.patterns import PATTERNS
 from lusv.sources import load_source
 from lusv.sources.pocus import load_pocus
 
-POCUS_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "pocus"
 METADATA_HEADER = ("Date added,Filename,Probe,Source ID,Patient ID / Name,Label,"
                    "Effusion,Consolidations,B-lines,A-lines")
 
@@ -69,11 +69,7 @@ def test_missing_metadata_is_a_labels_error(tmp_path):
         load_pocus(tmp_path)
 
 
-pocus_data = pytest.mark.skipif(not (POCUS_ROOT / "dataset_metadata.csv").is_file(),
-                                reason=f"POCUS data not found at {POCUS_ROOT}")
-
-
-@pocus_data
+@requires_pocus
 def test_real_pocus_table(caplog):
     with caplog.at_level(logging.WARNING, logger="lusv.sources.pocus"):
         labels = load_source("pocus", root=POCUS_ROOT)
@@ -89,7 +85,7 @@ def test_real_pocus_table(caplog):
     assert "skipped 273 metadata row(s)" in caplog.text
 
 
-@pocus_data
+@requires_pocus
 def test_all_pocus_clips_ingest(tmp_path):
     labels = load_pocus(POCUS_ROOT)
     started = time.perf_counter()

@@ -10,8 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import reference_stats as ref
 from lusv.errors import ConfigError
-from lusv.metrics import PredictionsError, compare_models, delong_ci, sensitivity_specificity, youden_threshold
+from lusv.metrics import PredictionsError
 from lusv.patterns import DISPLAY_NAMES, PATTERNS
 from lusv.report import (
     auc_summaries,
@@ -65,7 +66,7 @@ def test_auc_table_shape_and_cells(preds):
     table = auc_table(summaries)
     assert table.columns.tolist() == ["Model", *(DISPLAY_NAMES[p] for p in PATTERNS), "Macro", "Micro"]
     assert table["Model"].tolist() == list(MODELS)
-    auc, low, high = delong_ci(preds["usvn"]["consolidation"], preds["usvn"]["p_consolidation"])
+    auc, low, high = ref.delong_ci(preds["usvn"]["consolidation"], preds["usvn"]["p_consolidation"])
     assert table.loc[1, "Consolidation"] == format_auc_ci(auc, low, high)
     # the strongest synthetic model ranks first on every pattern
     lead = summaries[summaries["pattern"].isin(PATTERNS)].pivot(index="pattern", columns="model", values="auc")
@@ -75,8 +76,9 @@ def test_auc_table_shape_and_cells(preds):
 def test_delong_table_against_reference(preds):
     table = delong_table(preds, reference="luvnet")
     assert table.shape == (2, 5) and table["Model"].tolist() == ["usvn", "c3d"]
-    direct = compare_models(preds["luvnet"], preds["c3d"])
-    assert table.iloc[1, 1:].to_numpy(dtype=float) == pytest.approx(direct["p_value"].to_numpy())
+    a, c = preds["luvnet"], preds["c3d"]
+    direct = [ref.delong_paired_test(a[p], a[f"p_{p}"], c[f"p_{p}"])[3] for p in PATTERNS]
+    assert table.iloc[1, 1:].to_numpy(dtype=float) == pytest.approx(direct, rel=1e-6)
     assert (table.iloc[1, 1:] < 0.05).all()  # a weak comparator is clearly worse
     with pytest.raises(ConfigError, match="nonexistent"):
         delong_table(preds, reference="nonexistent")
@@ -98,10 +100,9 @@ def test_threshold_table_uses_each_fold_models_own_validation_thresholds(preds):
     counts, thresholds = np.zeros(4, int), []
     for m in range(5):
         validated = v[v["fold"] == (m + 1) % 5]  # the clips the model of fold m validated on
-        t = youden_threshold(validated["b_lines"], validated["p_b_lines"])
+        t = ref.youden_brute_force(validated["b_lines"], validated["p_b_lines"])
         scored = test[test["fold"] == m]  # the clips it scored as test
-        c = sensitivity_specificity(scored["b_lines"], scored["p_b_lines"], t)
-        counts += [c.tp, c.fn, c.tn, c.fp]
+        counts += ref.confusion(scored["b_lines"], scored["p_b_lines"], t)
         thresholds.append(t)
     assert [row["tp"], row["fn"], row["tn"], row["fp"]] == counts.tolist()
     assert row["sensitivity"] == pytest.approx(counts[0] / (counts[0] + counts[1]))
@@ -110,8 +111,9 @@ def test_threshold_table_uses_each_fold_models_own_validation_thresholds(preds):
     # without validation predictions the table says the thresholds are optimistic
     optimistic = threshold_table({"usvn": test})
     assert (optimistic["threshold_source"] == "test (optimistic)").all()
-    c = sensitivity_specificity(test["b_lines"], test["p_b_lines"], youden_threshold(test["b_lines"], test["p_b_lines"]))
-    assert optimistic.loc[1, ["tp", "fn", "tn", "fp"]].tolist() == [c.tp, c.fn, c.tn, c.fp]
+    t = ref.youden_brute_force(test["b_lines"], test["p_b_lines"])
+    assert optimistic.loc[1, "threshold"] == t
+    assert optimistic.loc[1, ["tp", "fn", "tn", "fp"]].tolist() == list(ref.confusion(test["b_lines"], test["p_b_lines"], t))
 
 
 def scaled_fold_models(num_folds: int = 5) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -152,7 +154,7 @@ def test_threshold_table_falls_back_to_pooled_validation_for_a_one_class_validat
     val.loc[val["model_fold"] == 2, "a_lines"] = 0.0  # fold model 2 validated on no A-lines clip
     row = threshold_table({"m": test}, {"m": val}).set_index("pattern").loc["a_lines"]
     assert "fold model(s) 2: one class in its validation fold" in row["threshold_source"]
-    pooled = youden_threshold(val["a_lines"], val["p_a_lines"])
+    pooled = ref.youden_brute_force(val["a_lines"], val["p_a_lines"])
     assert np.isfinite(row["threshold"]) and f"2: {pooled:.4g}" in row["fold_thresholds"]
     assert row[["tp", "fn", "tn", "fp"]].sum() == len(test)  # every test clip counted
 
@@ -163,7 +165,7 @@ def test_threshold_table_for_an_ensemble_pools_validation_and_refuses_unknown_mo
     table = threshold_table({"m": ensemble}, {"m": val})
     assert (table["threshold_source"] == "one threshold for all clips, chosen on the validation "
             "predictions of fold models 0, 1, 2, 3, 4 pooled").all()
-    assert table.loc[0, "threshold"] == youden_threshold(val["a_lines"], val["p_a_lines"])
+    assert table.loc[0, "threshold"] == ref.youden_brute_force(val["a_lines"], val["p_a_lines"])
     assert np.isfinite(table["threshold"]).all()
     # which fold model scored which test clip must be known, not guessed from the clips' folds
     with pytest.raises(PredictionsError, match="no model_fold"):

@@ -143,7 +143,7 @@ def test_fold_roles_detects_leaky_table(folds):
     leaky.loc[leaky.index[leaky["fold"] == 1][0], "patient_id"] = victim
     with pytest.raises(LeakageError, match=repr(victim)):
         fold_roles(leaky, 0, 5)
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match=r"fold=5 is outside 0\.\.4"):
         fold_roles(folds, 5, 5)
 
 
@@ -218,6 +218,20 @@ def test_load_or_make_folds_reuses_then_remakes(tmp_path, labels, folds, caplog)
     fewer = labels.iloc[10:]
     remade = load_or_make_folds(fewer, path, num_folds=4, seed=0)
     assert len(remade) == len(fewer) and len(pd.read_csv(path)) == len(fewer)
+
+
+def test_saved_folds_with_a_patient_in_two_folds_are_refused(tmp_path, labels):
+    """A saved split edited by hand (or by a buggy tool) still has the right clips and parameters,
+    so it would be reused: the one-fold-per-patient check is the only thing that stops it."""
+    path = tmp_path / "folds.csv"
+    saved = load_or_make_folds(labels, path, num_folds=5, seed=0)
+    clips_per_patient = saved["patient_id"].value_counts()
+    victim = clips_per_patient.index[clips_per_patient > 1][0]
+    moved = saved.index[saved["patient_id"] == victim][0]
+    saved.loc[moved, "fold"] = (saved.loc[moved, "fold"] + 1) % 5
+    saved.to_csv(path, index=False)
+    with pytest.raises(LeakageError, match=rf"patient\(s\) '{victim}' have clips in more than one fold"):
+        load_or_make_folds(labels, path, num_folds=5, seed=0)
 
 
 def test_load_or_make_temporal_split_reuses(tmp_path, labels):

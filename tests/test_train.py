@@ -210,7 +210,22 @@ def test_patient_in_two_folds_refuses_to_train(tiny_data, tmp_path):
     leaky = io.write_csv(tmp_path / "leaky_folds.csv", folds)
     with pytest.raises(LeakageError, match=repr(patient)):
         run(**tiny_data.params(tmp_path, splits=str(leaky), fold=1))
-    assert not (tmp_path / "runs").exists() and not list(tmp_path.glob("*/checkpoint.pt"))
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == [leaky]  # refused before writing anything
+
+
+def test_folds_file_giving_a_clip_another_patient_refuses_to_train(tiny_data, tmp_path):  # noqa: F811
+    """The labels are the authority on patients. This folds file hides a leak: it moves one clip of
+    a training patient (fold 0) into the validation fold (2) under a made-up patient, so the folds
+    file alone looks patient-clean."""
+    folds = tiny_data.folds()
+    per_patient = folds[folds["fold"] == 0]["patient_id"].value_counts()
+    patient = per_patient.index[per_patient > 1][0]
+    row = folds.index[folds["patient_id"] == patient][0]
+    clip_id = folds.loc[row, "clip_id"]
+    folds.loc[row, ["patient_id", "fold"]] = ["made-up", 2]
+    leaky = io.write_csv(tmp_path / "relabelled_folds.csv", folds)
+    with pytest.raises(LeakageError, match=rf"gives clip\(s\) '{clip_id}' another patient than the labels"):
+        run(**tiny_data.params(tmp_path, splits=str(leaky), fold=1))
 
 
 def test_temporal_test_clip_in_folds_refuses_to_train(tiny_data, tmp_path):
@@ -218,7 +233,7 @@ def test_temporal_test_clip_in_folds_refuses_to_train(tiny_data, tmp_path):
     held_out = temporal[temporal["split"] == "temporal_test"].iloc[:1]
     folds = pd.concat([tiny_data.folds(), held_out[["clip_id", "patient_id"]].assign(fold=0)])
     leaky = io.write_csv(tmp_path / "leaky_folds.csv", folds)
-    with pytest.raises(LeakageError, match=held_out["clip_id"].iloc[0]):
+    with pytest.raises(LeakageError, match=rf"clip\(s\) '{held_out['clip_id'].iloc[0]}' of the temporal test set"):
         run(**tiny_data.params(tmp_path, splits=str(leaky)))
 
 
