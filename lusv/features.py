@@ -104,8 +104,8 @@ class FeatureCache:
     ``dir``, ``load(clip_id)`` and a ``manifest`` with clip_id and checksum columns).
     ``encoder`` is the model's ``FrameEncoder``: it is put in eval mode while computing (its
     mode is restored after) and never changed. ``clip_policy`` names how ``clip_cache``'s clips
-    were cut (recorded in the identity). ``device`` runs the encoder; ``frames_per_call`` bounds
-    the frames per encoder call.
+    were cut (recorded in the identity). Clips go to ``device`` (default: the encoder's);
+    ``frames_per_call`` bounds the frames per encoder call.
     """
 
     def __init__(
@@ -119,7 +119,7 @@ class FeatureCache:
         dtype: str = "float16",
         augment: ClipAugment | None = None,
         seed: int = 0,
-        device: torch.device | str = "cpu",
+        device: torch.device | str | None = None,
         frames_per_call: int = 64,
     ):
         if dtype not in STORAGE_DTYPES:
@@ -131,6 +131,8 @@ class FeatureCache:
         self.dtype = np.dtype(dtype)
         self.augment = augment if augment is not None else ClipAugment()
         self.seed = int(seed)
+        if device is None:
+            device = next(iter(encoder.parameters()), torch.empty(0)).device
         self.device = torch.device(device)
         self.frames_per_call = max(1, int(frames_per_call))
         self.identity = {
