@@ -22,9 +22,10 @@ with other weights, even another random init, gets another folder), T, S, the cl
 the storage dtype. Inside:
 
 - ``identity.json``: the identity in words (what the folder holds);
-- ``features/<clip id>_<view>-<hash>.npy``: (T, F) features of one clip and view, float16 by
-  default (half the size; a LUV-Net head differs from float32 features by ~1e-3 in its logits)
-  or float32 (exact), written atomically. All T frames are stored, padding frames included, as
+- ``features/<clip id>_<view>-<hash>.npy``: (T, F) features of one clip and view, written
+  atomically, float16 by default (half the size; relative rounding <= 2^-11 per value: freshly
+  built heads on EfficientNet-Lite0 features moved by <= 6e-5 in their logits, measured) or
+  float32 (the heads then equal the full model to float precision, as a test asserts at 1e-5). All T frames are stored, padding frames included, as
   the encoder saw them: the heads mask them by length exactly as in the full model;
 - ``manifest.csv``: one row per entry: clip_id, view, entry, source_checksum (the SHA-256 the clip
   cache records for the clip), length, and the SHA-256 of the stored features.
