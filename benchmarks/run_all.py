@@ -4,8 +4,9 @@
 
 (a) data path clips/s vs a decode-and-augment-per-frame baseline, (b) vectorised pattern
 attention vs a per-pattern loop (outputs asserted equal), (c) LUV-Net training step clips/s and
-inference ms/clip, each with its peak memory (d). Every ratio compares two figures measured in
-this same run. The table and the machine description go to ``--out`` as JSON, and the rows also
+inference ms/clip, each with its peak memory (d), (e) one LUV-Net training epoch of its heads on
+cached frozen-encoder features vs one end to end with the encoder in the loop. Every ratio
+compares two figures measured in this same run. The table and the machine description go to ``--out`` as JSON, and the rows also
 to a CSV next to it.
 """
 
@@ -24,11 +25,11 @@ from typing import Any
 
 import torch
 
-from benchmarks import bench_attention, bench_data_path, bench_model_step
+from benchmarks import bench_attention, bench_data_path, bench_frozen_features, bench_model_step
 from benchmarks.common import Row, bench_parser, device_from_flag, machine_info, process_peak_rss_mib
 from lusv.datasets import keep_freed_cpu_buffers
 
-BENCHMARKS = ("data", "attention", "model")
+BENCHMARKS = ("data", "attention", "model", "features")
 
 
 def _number(value: float | None, digits: int = 3) -> str:
@@ -121,6 +122,10 @@ def main(argv: list[str] | None = None) -> list[Row]:
     if "model" in args.only:
         print("(c) model step ...", flush=True)
         rows += bench_model_step.run(device, quick=args.quick)
+    if "features" in args.only:
+        print("(e) frozen-encoder features ...", flush=True)
+        size = bench_frozen_features.QUICK if args.quick else bench_frozen_features.FrozenSize()
+        rows += bench_frozen_features.run(size, device)
     seconds = time.perf_counter() - start
 
     out = args.out or Path(__file__).parent / "results" / f"{socket.gethostname()}-{date.today().isoformat()}.json"

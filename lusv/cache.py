@@ -25,7 +25,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -191,13 +191,13 @@ class ClipCache:
             log.warning("skipping clip '%s': %s", clip_id, result["detail"])
             self._rows.pop(clip_id, None)  # a stale entry of a now-unusable clip must not be loaded
             return _record(clip_id, path, "skipped", result["error"], result["detail"])
-        entry = _entry_name(clip_id)
+        entry = entry_file_name(clip_id)
         array = result.pop("array")
         save_npy(self.dir / "clips" / entry, array)
         self._rows[clip_id] = {
             "clip_id": clip_id, "path": path, "entry": entry, **result,
             "num_frames": self.num_frames, "image_size": self.image_size,
-            "preparation_version": PREPARATION_VERSION, "checksum": _checksum(array),
+            "preparation_version": PREPARATION_VERSION, "checksum": array_checksum(array),
         }
         if rebuild_reason is None:
             return _record(clip_id, path, "ingested", "new entry", "")
@@ -232,7 +232,7 @@ class ClipCache:
         array = self._read_entry(row)
         if array is None:
             return f"entry damaged: {row['entry']} is missing, truncated or has the wrong shape"
-        if _checksum(array) != row["checksum"]:
+        if array_checksum(array) != row["checksum"]:
             return f"entry damaged: {row['entry']} no longer matches its checksum (edited?)"
         return None
 
@@ -246,21 +246,13 @@ class ClipCache:
 
     # ---------------------------------------------------------------- manifest
     def _read_manifest(self) -> dict[str, dict]:
-        if not self.manifest_path.is_file():
-            return {}
-        try:
-            frame = read_table(
-                self.manifest_path,
-                dtype={"path": str, "entry": str, "checksum": str, "source_size": "int64", "source_mtime_ns": "int64"},
-            )
-            missing = set(MANIFEST_COLUMNS) - set(frame.columns)
-            if missing:
-                raise ValueError(f"lacks columns {sorted(missing)}")
-        except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-            log.warning("clip cache manifest %s is unreadable (%s): every clip will be decoded again",
-                        self.manifest_path, exc)
-            return {}
-        return {row["clip_id"]: row for row in frame[list(MANIFEST_COLUMNS)].to_dict("records")}
+        rows = read_manifest(
+            self.manifest_path, MANIFEST_COLUMNS,
+            {"clip_id": str, "path": str, "entry": str, "checksum": str,
+             "source_size": "int64", "source_mtime_ns": "int64"},
+            what="clip cache manifest", consequence="every clip will be decoded again",
+        )
+        return {row["clip_id"]: row for row in rows}
 
     def _write_manifest(self) -> None:
         write_csv(self.manifest_path, self.manifest)
@@ -311,12 +303,37 @@ def _record(clip_id: str, path: str, status: str, reason: str, detail: str) -> d
     return {"clip_id": clip_id, "path": path, "status": status, "reason": reason, "detail": detail}
 
 
-def _entry_name(clip_id: str) -> str:
+# ---------------------------------------------------------------- shared with lusv.features
+def entry_file_name(key: str) -> str:
+    """A safe, unique ``.npy`` file name for the cache entry ``key`` (a clip id, or more)."""
     # Clip ids may hold characters that are unsafe in file names ("/", spaces, "+"); the
     # hash keeps two ids that sanitise alike apart.
-    readable = re.sub(r"[^A-Za-z0-9._-]+", "_", clip_id)[:80]
-    return f"{readable}-{hashlib.sha1(clip_id.encode('utf-8')).hexdigest()[:10]}.npy"
+    readable = re.sub(r"[^A-Za-z0-9._-]+", "_", key)[:80]
+    return f"{readable}-{hashlib.sha1(key.encode('utf-8')).hexdigest()[:10]}.npy"
 
 
-def _checksum(array: np.ndarray) -> str:
+def array_checksum(array: np.ndarray) -> str:
+    """SHA-256 of an array's bytes (C order): what a manifest records to detect damaged entries."""
     return hashlib.sha256(np.ascontiguousarray(array).data).hexdigest()
+
+
+def read_manifest(
+    path: Path, columns: Sequence[str], dtypes: dict, what: str, consequence: str
+) -> list[dict]:
+    """The rows (``columns`` only) of a cache manifest CSV, or none when there is none yet.
+
+    An unreadable manifest (damaged, not CSV, lacking a column) is not an error: it is logged
+    as "``what`` ... is unreadable ...: ``consequence``" and treated as empty, so the cache
+    rebuilds its entries instead of failing.
+    """
+    if not path.is_file():
+        return []
+    try:
+        frame = read_table(path, dtype=dtypes)
+        missing = set(columns) - set(frame.columns)
+        if missing:
+            raise ValueError(f"lacks columns {sorted(missing)}")
+    except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        log.warning("%s %s is unreadable (%s): %s", what, path, exc, consequence)
+        return []
+    return frame[list(columns)].to_dict("records")

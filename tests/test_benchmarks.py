@@ -13,7 +13,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the benchmarks/ package at the repo root
 
-from benchmarks import bench_attention, bench_data_path, bench_model_step, run_all  # noqa: E402
+from benchmarks import bench_attention, bench_data_path, bench_frozen_features, bench_model_step, run_all  # noqa: E402
 from benchmarks.common import PeakMemory  # noqa: E402
 from lusv.models.attention import AttentionPool  # noqa: E402
 
@@ -113,6 +113,18 @@ def test_model_step_benchmark_returns_train_and_inference_figures():
     assert _positive(train.peak_mem_mib) and _positive(infer.peak_mem_mib)
     for rise in (train.rss_rise_mib, infer.rss_rise_mib):
         assert rise is not None and math.isfinite(rise) and rise >= 0
+
+
+def test_frozen_features_benchmark_compares_cached_heads_with_end_to_end():
+    size = bench_frozen_features.FrozenSize(encoder="tiny", weights="random", n_clips=3, num_frames=4,
+                                            image_size=16, batch_size=2, num_heads=4)
+    base, cached, extract = bench_frozen_features.run(size, CPU)
+    assert all(_positive(row.value) and row.unit == "clips/s" for row in (base, cached, extract))
+    assert base.baseline == "self" and cached.baseline == extract.baseline == base.variant
+    assert cached.ratio == pytest.approx(cached.value / base.value)
+    assert extract.ratio == pytest.approx(extract.value / base.value)
+    assert "tiny (random), 3 clips of 4 x 16 x 16, batch 2" in cached.note
+    assert cached.peak_mem_mib is not None and base.mem_kind.startswith("CPU ")
 
 
 def test_peak_memory_sees_a_large_cpu_allocation():

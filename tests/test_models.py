@@ -1,12 +1,9 @@
 """Models: published parameter counts, shapes, masking by lengths, gradients, weights policy."""
 
 import logging
-import sys
-import types
 
 import pytest
 import torch
-from torch import nn
 
 from lusv.errors import CheckpointError, ConfigError
 from lusv.io import torch_save
@@ -418,32 +415,6 @@ def test_old_densenet_checkpoint_keys_are_renamed():
         {"features.denseblock1.denselayer1.norm.1.weight": 1, "features.conv0.weight": 2}
     )
     assert remapped == {"features.denseblock1.denselayer1.norm1.weight": 1, "features.conv0.weight": 2}
-
-
-def test_efficientnet_lite0_needs_timm(monkeypatch):
-    monkeypatch.setitem(sys.modules, "timm", None)  # import timm -> ImportError
-    with pytest.raises(ConfigError, match="pip install timm"):
-        build_model("usvn", encoder="efficientnet_lite0", weights="random")
-
-
-def test_efficientnet_lite0_uses_timm_when_importable(monkeypatch):
-    class FakeLite0(nn.Module):
-        num_features = 40
-        pretrained_cfg: dict = {}
-
-        def __init__(self):
-            super().__init__()
-            self.conv = nn.Conv2d(3, 40, 3)
-
-        def forward(self, x):
-            return self.conv(x).mean((2, 3))
-
-    calls = []
-    fake = types.SimpleNamespace(create_model=lambda *a, **k: calls.append((a, k)) or FakeLite0())
-    monkeypatch.setitem(sys.modules, "timm", fake)
-    model = build_model("usvn", encoder="efficientnet_lite0", weights="random")
-    assert calls == [(("efficientnet_lite0",), {"pretrained": False, "num_classes": 0})]
-    assert model(torch.randn(1, 3, 3, 16, 16))["attention"].shape == (1, 1, 8, 3)
 
 
 @pytest.mark.parametrize("name", ["c3d", "r2plus1d"])

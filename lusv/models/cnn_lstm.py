@@ -28,7 +28,10 @@ class CNNLSTM(nn.Module):
         self.head = nn.Linear(hidden_size, NUM_PATTERNS)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        h = self.encoder.encode_clips(x)  # (B, T, F)
+        return self.forward_features(self.encoder.encode_clips(x), lengths)
+
+    def forward_features(self, h: torch.Tensor, lengths: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """The LSTM and head alone, on frame features ``h`` (B, T, F) from ``encoder.encode_clips``."""
         if lengths is None:
             _, (last, _) = self.lstm(h)
         else:

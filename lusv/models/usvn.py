@@ -34,7 +34,10 @@ class USVN(nn.Module):
         self.head = nn.Linear(encoder.feature_dim, NUM_PATTERNS)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        h = self.encoder.encode_clips(x)
+        return self.forward_features(self.encoder.encode_clips(x), lengths)
+
+    def forward_features(self, h: torch.Tensor, lengths: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """The pooling and head alone, on frame features ``h`` (B, T, F) from ``encoder.encode_clips``."""
         mask = lengths_to_mask(lengths, h.shape[1], h.shape[0], h.device)
         attention = None
         if self.pool is not None:
