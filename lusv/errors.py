@@ -27,3 +27,11 @@ class CheckpointError(LusvError):
 
 class ConfigError(LusvError):
     """Run parameters are inconsistent or name something that does not exist."""
+
+
+class RunLockedError(LusvError):
+    """Another process is working in the same run folder."""
+
+
+class DiskFullError(LusvError):
+    """A write failed because the disk (or quota) is full; the previous file is unchanged."""
