@@ -38,6 +38,9 @@ def predict_clip(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    import numpy as np
+
+    from lusv.errors import CheckpointError
     from lusv.explain import plot_attention_over_time
     from lusv.io import atomic_path
     from lusv.train import load_trained, predict
@@ -48,6 +51,9 @@ def predict_clip(
     decoded = read_clip(clip_path, num_frames=params.num_frames)
     clip, length = prepare_clip(decoded.frames, params.num_frames, params.image_size, source=clip_path)
     probabilities, attention = predict(model, clip[None], [length], return_attention=True)
+    if not np.isfinite(probabilities).all():  # a NaN must never be printed as a probability
+        raise CheckpointError(f"checkpoint {checkpoint} gives non-finite probabilities for {clip_path}: "
+                              "its weights are damaged or training diverged; use another run")
     named = {pattern: float(p) for pattern, p in zip(PATTERNS, probabilities[0])}
 
     if attention is None:
