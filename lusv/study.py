@@ -171,6 +171,7 @@ def prepare(
     synthetic: dict | None = None,
     cache_root: str | Path | None = None,
     dayfirst: bool = False,
+    temporal_split: bool = True,
 ) -> Prepared:
     """Read a dataset, decode every clip once into the cache, and make the split files.
 
@@ -179,11 +180,12 @@ def prepare(
     used are skipped and counted in ``prepare/ingest_report.csv``; the study stops only when
     none is usable. When every clip has an acquisition date, about ``temporal_test_fraction``
     of the clips (whole patients, the latest first seen) form the temporally separated test
-    set and the folds are made on the rest (the development set).
+    set and the folds are made on the rest (the development set). ``temporal_split=False`` (or
+    fraction 0) puts every clip into the folds, as do clips all first seen on one date (warned).
     """
     from lusv.cache import ClipCache
     from lusv.config import params_for
-    from lusv.splits import fold_balance, load_or_make_folds, load_or_make_temporal_split
+    from lusv.splits import fold_balance, load_or_make_folds, load_or_make_temporal_split, temporal_split_unavailable
 
     defaults = params_for(profile)
     if num_folds < 3:  # checked before the (long) decoding, not when training refuses the folds
@@ -215,16 +217,22 @@ def prepare(
 
     temporal_csv = None
     development = usable
-    if "acquired_on" in usable and usable["acquired_on"].notna().all() and temporal_test_fraction > 0:
+    wanted = temporal_split and temporal_test_fraction > 0
+    why_not = temporal_split_unavailable(usable) if wanted else "not asked for"
+    if why_not is None:
         temporal = load_or_make_temporal_split(
             usable, prepare_dir / "temporal_split.csv", test_fraction=temporal_test_fraction
         )
         temporal_csv = prepare_dir / "temporal_split.csv"
         development_ids = set(temporal.loc[temporal["split"] == "development", "clip_id"])
         development = usable[usable["clip_id"].isin(development_ids)].reset_index(drop=True)
-    elif temporal_test_fraction > 0:
-        log.warning("%s: not every clip has acquired_on, so there is no temporally separated test set", name)
+    else:
+        for stale in ("temporal_split.csv", "temporal_split.json"):  # of an earlier prepare: must not mislead
+            (prepare_dir / stale).unlink(missing_ok=True)
+        if wanted:
+            log.warning("%s: %s, so there is no temporally separated test set", name, why_not)
 
+    _check_enough_patients(development, usable, labels, num_folds, report, report_path)
     folds = load_or_make_folds(development, prepare_dir / "folds.csv", num_folds=num_folds, seed=seed)
     io.write_csv(prepare_dir / "fold_balance.csv", fold_balance(folds, development))
 
@@ -243,6 +251,29 @@ def prepare(
     )
     prepared.save()
     return prepared
+
+
+def _check_enough_patients(development, usable, labels, num_folds, report, report_path) -> None:
+    """Refuse, with the numbers and the ingest table, when the folds cannot be made."""
+    patients = development["patient_id"].nunique()
+    if patients >= num_folds:
+        return
+    held_out = len(usable) - len(development)
+    where = [f"{len(labels) - len(usable)} clip(s) skipped at ingest (see {report_path})"]
+    if held_out:
+        where.append(f"{held_out} held out as the temporal test set")
+    if patients >= 3:
+        advice = f"lower num_folds to at most {patients} or add patients"
+    else:
+        advice = ("separate train, validation and test folds need at least 3 patients: add patients"
+                  + (", fix the skipped clips" if len(labels) > len(usable) else "")
+                  + (" or prepare without the temporal test set (--no-temporal-split)" if held_out else ""))
+    error = ConfigError(
+        f"only {patients} patient(s) with {len(development)} clip(s) are left for {num_folds} patient-level "
+        f"folds ({'; '.join(where)}): {advice}"
+    )
+    error.report, error.report_path = report, report_path  # lusv prepare prints the skip table
+    raise error
 
 
 def _with_iso_dates(labels: pd.DataFrame) -> pd.DataFrame:

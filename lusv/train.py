@@ -63,7 +63,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm  # text bars: readable in JupyterLab and in papermill-rendered notebooks alike
 
 from lusv import io
-from lusv.config import RunParams, params_for
+from lusv.config import DEFAULT_PROFILE, RunParams, params_for
 from lusv.datasets import ClipAugment, ClipDataset, collate_clips, keep_freed_cpu_buffers, to_model_input
 from lusv.errors import CheckpointError, ConfigError, LabelsError, LeakageError, LusvError
 from lusv.metrics import macro_auc
@@ -452,8 +452,11 @@ def load_trained(path: str | os.PathLike, device: torch.device | str = "cpu") ->
     model = build_run_model(params, weights="random")  # the trained weights replace any init
     try:
         model.load_state_dict(state)
-    except RuntimeError as exc:
-        raise CheckpointError(f"{best} does not fit the model described by {config_path}: {exc}") from None
+    except RuntimeError:
+        from lusv.models import describe_state_dict_mismatch
+
+        why = describe_state_dict_mismatch(model, state, **{**model_config(params), "weights": "random"})
+        raise CheckpointError(f"{best} does not fit the {params.model} model described by {config_path}: {why}") from None
     model.weights_source = f"trained:{best.resolve()}"
     model.run_params = params
     return model.to(device).eval()
@@ -777,7 +780,8 @@ class _Trainer:
 
 def _resolve_params(params: RunParams | Mapping[str, Any] | None, overrides: Mapping[str, Any]) -> RunParams:
     overrides = dict(overrides)
-    profile = overrides.pop("profile", None)
+    # A RunParams is complete; a mapping or keywords fill their gaps from the default profile.
+    profile = overrides.pop("profile", None if isinstance(params, RunParams) else DEFAULT_PROFILE)
     base = params.to_dict() if isinstance(params, RunParams) else dict(params or {})
     merged = {**base, **overrides}
     return params_for(profile, **merged) if profile is not None else RunParams.from_dict(merged)
@@ -788,35 +792,55 @@ def run(params: RunParams | Mapping[str, Any] | None = None, /, **overrides: Any
 
     Call as ``run(**params_for("quick", labels=..., splits=...).to_dict())``, ``run(params)``
     with a ``RunParams``, or ``run(profile="quick", labels=..., ...)``; unset fields take the
-    RunParams defaults (= paper profile). Returns the run directory.
+    values of ``profile`` (default ``lusv.config.DEFAULT_PROFILE``, quick). Returns the run directory.
+    The run holds the run folder's lock (``lusv.io.run_lock``) for its whole lifetime.
     """
     p = _resolve_params(params, overrides)
     dist = _init_distributed()
     run_dir = Path(p.out_dir) / p.name
-
-    saved = _read_config(run_dir) if p.resume else None
-    if saved is not None:
-        _check_same_run(p, saved.get("params", {}), run_dir)
-        if saved.get("status") == "finished":
-            logger.info("%s already finished: reusing it (resume=True)", run_dir)
-            return run_dir
-    if dist.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if not p.resume:
-            _clear_previous(run_dir)
-    dist.barrier()
-
-    trainer = _Trainer(p, run_dir, dist)
-    checkpoint = run_dir / "checkpoint.pt"
-    if p.resume and checkpoint.is_file():
-        trainer.restore(checkpoint)
-    trainer.write_config("running")
-    try:
-        trainer.fit()
-        trainer.write_predictions()
-        trainer.write_config("finished", finished_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    # One process per run folder (rank 0 for a torchrun launch): a second run into it is refused.
+    with io.run_lock(run_dir) if dist.is_main else contextlib.nullcontext():
+        saved = _read_config(run_dir) if p.resume else None
+        if saved is not None:
+            _check_same_run(p, saved.get("params", {}), run_dir)
+            if saved.get("status") == "finished":
+                logger.info("%s already finished: reusing it (resume=True)", run_dir)
+                return run_dir
+        if dist.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            io.remove_stale_temp_files(run_dir)  # left by a run killed while writing
+            if not p.resume:
+                _clear_previous(run_dir)
         dist.barrier()
-    finally:
-        if dist.enabled and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+
+        trainer = _Trainer(p, run_dir, dist)
+        checkpoint = run_dir / "checkpoint.pt"
+        if p.resume and checkpoint.is_file():
+            trainer.restore(checkpoint)
+        elif p.resume and dist.is_main:
+            # A warning when an earlier run left its config but no checkpoint (killed in epoch 1,
+            # files removed); a note for a new folder, as every fold of a fresh study is.
+            logger.log(logging.WARNING if saved is not None else logging.INFO,
+                       "resume=True but %s has no checkpoint.pt: starting from scratch", run_dir)
+        trainer.write_config("running")
+        try:
+            trainer.fit()
+            trainer.write_predictions()
+            trainer.write_config("finished", finished_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
+            dist.barrier()
+        except LusvError as exc:
+            _record_failure(trainer, exc)
+            raise
+        finally:
+            if dist.enabled and torch.distributed.is_initialized():
+                torch.distributed.destroy_process_group()
     return run_dir
+
+
+def _record_failure(trainer: _Trainer, exc: LusvError) -> None:
+    """Mark config.json "failed" with the reason; a full disk may refuse even that, which must
+    not hide the original error."""
+    try:
+        trainer.write_config("failed", failure=str(exc), failed_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    except (LusvError, OSError) as also:
+        logger.warning("could not mark %s failed in config.json: %s", trainer.run_dir, also)
