@@ -2,7 +2,7 @@
 # Run the whole study: notebooks 01-07 executed in order by papermill into results/<run>/.
 #
 #   bash run_all.sh [quick|paper] [--data SOURCE] [--data-path PATH]
-#                   [--dayfirst] [--run NAME] [--pocus PATH] [--from N]
+#                   [--dayfirst] [--no-temporal-split] [--run NAME] [--pocus PATH] [--from N]
 #
 #   quick   CPU, synthetic clips of 16 x 64 x 64, tiny encoder: minutes (the default)
 #   paper   the published protocol: DenseNet-161, 30 x 256 x 256, lr 1e-6, 150 epochs (GPU)
@@ -24,13 +24,14 @@ usage() {
     exit "${1:-0}"
 }
 
-profile=quick data=synthetic data_path="" dayfirst=False run="" pocus="" from=1
+profile=quick data=synthetic data_path="" dayfirst=False temporal_split=True run="" pocus="" from=1
 while [[ $# -gt 0 ]]; do
     case "$1" in
         quick|paper) profile=$1 ;;
         --data) data=$2; shift ;;
         --data-path) data_path=$2; shift ;;
         --dayfirst) dayfirst=True ;;
+        --no-temporal-split) temporal_split=False ;;
         --run) run=$2; shift ;;
         --pocus) pocus=$2; shift ;;
         --from) from=$2; shift ;;
@@ -68,7 +69,7 @@ execute() {  # execute NOTEBOOK [papermill -p NAME VALUE ...]
 }
 
 start=$(date +%s)
-data_params=(-p data "$data" -p dayfirst "$dayfirst")
+data_params=(-p data "$data" -p dayfirst "$dayfirst" -p temporal_split "$temporal_split")
 [[ -n "$data_path" ]] && data_params+=(-p data_path "$data_path")
 execute 01_preprocess -p profile "$profile" "${data_params[@]}"
 execute 02_train_folds -p profile "$profile"

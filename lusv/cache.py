@@ -239,7 +239,8 @@ class ClipCache:
     def _read_entry(self, row: dict) -> np.ndarray | None:
         try:
             array = np.load(self.dir / "clips" / row["entry"], allow_pickle=False)
-        except (OSError, ValueError, EOFError):
+        except Exception:  # noqa: BLE001 - a damaged header fails anywhere in numpy's parser
+            # (tokenize.TokenError, SyntaxError, ValueError, MemoryError...): any failure = rebuild.
             return None
         expected = (self.num_frames, self.image_size, self.image_size, 1)
         return array if array.shape == expected and array.dtype == np.uint8 else None

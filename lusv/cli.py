@@ -45,10 +45,15 @@ def _parse_bool(text: str) -> bool:
 
 
 def _add_run_param_flags(parser: argparse.ArgumentParser) -> None:
-    from lusv.config import RunParams
+    from lusv.config import DEFAULT_PROFILE, PROFILES, RunParams
 
     for field in dataclasses.fields(RunParams):
         is_bool = _flag_type(field.type) is _parse_bool
+        values = {name: getattr(profile, field.name) for name, profile in PROFILES.items()}
+        if len(set(map(repr, values.values()))) == 1:
+            shown = f"default: {values[DEFAULT_PROFILE]!r}"
+        else:
+            shown = ", ".join(f"{name}: {value!r}" for name, value in values.items())
         parser.add_argument(
             "--" + field.name.replace("_", "-"),
             dest=field.name,
@@ -58,13 +63,22 @@ def _add_run_param_flags(parser: argparse.ArgumentParser) -> None:
             **({"nargs": "?", "const": True} if is_bool else {}),
             metavar="BOOL" if is_bool else field.name.upper(),
             # argparse %-formats help texts: a literal "%" (e.g. "(f+1) % num_folds") must be doubled.
-            help=f"{field.metadata['help']} (profile default: {field.default!r})".replace("%", "%%"),
+            help=f"{field.metadata['help']} ({shown})".replace("%", "%%"),
         )
+
+
+def _announce_profile(profile: str) -> None:
+    from lusv.config import DEFAULT_PROFILE
+
+    why = " (the default; --profile paper for the published protocol)" if profile == DEFAULT_PROFILE else ""
+    # On stderr with the other progress notes: stdout holds the command's answer (tables, the run folder).
+    print(f"profile: {profile}{why}", file=sys.stderr, flush=True)
 
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
     from lusv import study
 
+    _announce_profile(args.profile)
     try:
         prepared = study.prepare(
             _from_here(args.run_dir),
@@ -75,6 +89,7 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
             seed=args.seed,
             cache_root=_from_here(args.cache_dir),
             dayfirst=args.dayfirst,
+            temporal_split=args.temporal_split,
         )
     except IngestError as exc:
         # Nothing usable: show why clip by clip before the one-line error, so the user can fix the data.
@@ -103,6 +118,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from lusv.models.encoders import WEIGHT_NAMES
     from lusv.train import run
 
+    _announce_profile(args.profile)
     overrides = {name: getattr(args, name) for name in field_names() if getattr(args, name) is not None}
     params = params_for(args.profile, **overrides)
     paths = {name: _from_here(getattr(params, name)) for name in path_fields() if getattr(params, name)}
@@ -147,7 +163,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from lusv.config import PROFILES
+    from lusv.config import DEFAULT_PROFILE, PROFILES
     from lusv.sources import source_names
 
     parser = argparse.ArgumentParser(prog="lusv", description="LUV-Net lung ultrasound video study")
@@ -156,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     prepare = commands.add_parser("prepare", help="read a dataset, fill the clip cache, make the splits")
     prepare.add_argument("--run-dir", required=True, help="study folder, e.g. results/quick-synthetic")
-    prepare.add_argument("--profile", default="quick", choices=sorted(PROFILES))
+    prepare.add_argument("--profile", default=DEFAULT_PROFILE, choices=sorted(PROFILES))
     prepare.add_argument("--data", default="synthetic", choices=source_names(), help="data source (lusv.sources)")
     prepare.add_argument("--data-path", default=None, help="POCUS folder or your labels CSV")
     prepare.add_argument("--num-folds", type=int, default=5)
@@ -164,10 +180,13 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--cache-dir", default=None, help="clip cache root (default: data/cache/<dataset>)")
     prepare.add_argument("--dayfirst", action="store_true",
                          help="acquired_on holds day-first dates (20.04.2020) instead of YYYY-MM-DD")
+    prepare.add_argument("--no-temporal-split", dest="temporal_split", action="store_false",
+                         help="no temporally separated test set even when the clips have dates: every clip goes into the folds")
     prepare.set_defaults(handler=_cmd_prepare)
 
     train = commands.add_parser("train", help="train one model on one fold (flags = lusv.config.RunParams)")
-    train.add_argument("--profile", default="paper", choices=sorted(PROFILES), help="defaults to start from")
+    train.add_argument("--profile", default=DEFAULT_PROFILE, choices=sorted(PROFILES),
+                       help=f"defaults to start from (default: {DEFAULT_PROFILE}; paper = the published protocol, for a GPU)")
     _add_run_param_flags(train)
     train.set_defaults(handler=_cmd_train)
 

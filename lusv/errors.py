@@ -71,6 +71,19 @@ class ConfigError(LusvError):
     """Run parameters are inconsistent or name something that does not exist."""
 
 
+class TooFewPatientsError(IngestError, ConfigError):
+    """Too few patients are left after ingestion for the patient-level folds asked for; carries
+    the ingest report like ``IngestError`` so that ``lusv prepare`` shows the skipped clips."""
+
+
+class RunLockedError(LusvError):
+    """Another process is working in the same run folder."""
+
+
+class DiskFullError(LusvError):
+    """A write failed because the disk (or quota) is full; the previous file is unchanged."""
+
+
 def name_a_few(values, limit: int = 10, *, sort: bool = False) -> str:
     """The first ``limit`` values, repr-quoted and comma-separated, then "and N more": how an
     error message names the clips or patients at fault without listing thousands. ``sort``

@@ -139,8 +139,11 @@ def load_trained(path: str | os.PathLike, device: torch.device | str = "cpu") ->
     model = build_run_model(params, weights="random")  # the trained weights replace any init
     try:
         model.load_state_dict(state)
-    except RuntimeError as exc:
-        raise CheckpointError(f"{best} does not fit the model described by {config_path}: {exc}") from None
+    except RuntimeError:
+        from lusv.models import describe_state_dict_mismatch
+
+        why = describe_state_dict_mismatch(model, state, **{**model_config(params), "weights": "random"})
+        raise CheckpointError(f"{best} does not fit the {params.model} model described by {config_path}: {why}") from None
     model.weights_source = f"trained:{best.resolve()}"
     model.run_params = params
     return model.to(device).eval()
@@ -170,6 +173,9 @@ def predict_clip(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    import numpy as np
+
+    from lusv.errors import CheckpointError
     from lusv.explain import plot_attention_over_time
     from lusv.io import atomic_path
     from lusv.video import prepare_clip, read_clip
@@ -179,6 +185,12 @@ def predict_clip(
     decoded = read_clip(clip_path, num_frames=params.num_frames)
     clip, length = prepare_clip(decoded.frames, params.num_frames, params.image_size, source=clip_path)
     probabilities, attention = predict(model, clip[None], [length], return_attention=True)
+    if not np.isfinite(probabilities).all():  # a NaN must never be printed as a probability
+        raise CheckpointError(f"checkpoint {checkpoint} gives non-finite probabilities for {clip_path}: "
+                              "its weights are damaged or training diverged; use another run")
+    if not np.isfinite(probabilities).all():  # a NaN must never be printed as a probability
+        raise CheckpointError(f"checkpoint {checkpoint} gives non-finite probabilities for {clip_path}: "
+                              "its weights are damaged or training diverged; use another run")
     named = {pattern: float(p) for pattern, p in zip(PATTERNS, probabilities[0])}
 
     if attention is None:

@@ -1,10 +1,19 @@
-"""Files in and out: atomic writes, safe checkpoint loading, tables with string ids, and
-"reuse this file if the parameters recorded with it still match".
+"""Files in and out: atomic writes, checked checkpoint loads, one process per run folder, tables
+with string ids, and "reuse this file if the parameters recorded with it still match".
 
-Atomic writes: a crash leaves either the old file or the new one, never half of one. Every
-checkpoint, cache entry, split file and result goes through these helpers: the content is
-written to a temporary file in the same directory, flushed to disk and then renamed over the
-target (``os.replace`` is atomic on POSIX and Windows).
+Atomic writes: every checkpoint, cache entry, split file and result goes through these helpers:
+the content is written to a temporary file ``.<name>.<random>.tmp`` in the same directory,
+flushed to disk and then renamed over the target (``os.replace`` is atomic on POSIX and
+Windows), so a crash leaves either the old file or the new one, never half of one. The writer
+holds an exclusive ``flock`` on its temporary file while it writes, so a temporary file nobody
+holds is the leftover of a killed writer: the next write of the same target removes it, and
+``remove_stale_temp_files`` clears a whole folder (training calls it at the start of a run). A
+write that fails because the disk is full raises one-line ``DiskFullError`` and leaves the
+previous file as it was.
+
+``torch_load`` verifies the CRC-32 of every record of a checkpoint archive before unpickling
+(one extra read of the file: about a second per GB) and refuses tensors holding NaN or
+infinity. ``run_lock`` gives a process exclusive use of a run folder.
 
 Reuse: a derived file (a split, the generated synthetic dataset, a clip-cache entry, a run to
 resume) is kept only while the parameters recorded with it equal the ones asked for now.
@@ -15,11 +24,25 @@ differences (``Difference``: ``key: old -> new``) for the message that explains 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import re
+import shutil
+import socket
+import sys
 import tempfile
+import time
+import zipfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, NamedTuple
+
+try:  # POSIX; where it is missing (Windows) locks and temp-file ownership are not checked
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None
+
+from lusv.errors import CheckpointError, DiskFullError, RunLockedError
 
 
 def _read_umask() -> int:
@@ -44,19 +67,92 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    remove_stale_temp_files(target.parent, target.name)
+    fd, tmp = _held_temp_file(target)
     try:
-        yield tmp
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.chmod(tmp, _FILE_MODE)
-        os.replace(tmp, target)
+        try:
+            yield tmp
+            with open(tmp, "rb+") as handle:
+                os.fsync(handle.fileno())
+            os.chmod(tmp, _FILE_MODE)
+            os.replace(tmp, target)
+        except (OSError, RuntimeError) as exc:
+            if not _is_disk_full(exc):
+                raise
+            raise DiskFullError(
+                f"cannot write {target.name} in {target.parent}: no space left on the device "
+                f"({_free_space(target.parent)} free); the previous {target.name} is unchanged: "
+                "free some space and run again"
+            ) from None
         _fsync_directory(target.parent)
     finally:
         if tmp.exists():
             tmp.unlink()
+        os.close(fd)
+
+
+# mkstemp's names: prefix + 8 characters of [a-z0-9_] + suffix.
+_TEMP_NAME = re.compile(r"\.(?P<target>.+)\.[a-z0-9_]{8}\.tmp")
+
+
+def _held_temp_file(target: Path) -> tuple[int, Path]:
+    """A new temporary file next to ``target`` and an open descriptor holding its flock.
+
+    A cleaner could lock and remove the file between its creation and our flock; then our
+    lock sits on an unlinked file (no links left) and we simply make another.
+    """
+    while True:
+        fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        if fcntl is None:
+            return fd, Path(name)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        if os.fstat(fd).st_nlink > 0:
+            return fd, Path(name)
+        os.close(fd)
+
+
+def remove_stale_temp_files(folder: str | os.PathLike, target_name: str | None = None) -> list[Path]:
+    """Remove the temporary files of killed writers in ``folder`` (only ``target_name``'s if given).
+
+    A temporary file is stale when no process holds its flock: its writer died before the
+    rename. Returns the removed paths. Without flock (Windows) nothing is removed.
+    """
+    if fcntl is None:
+        return []
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return []
+    for entry in entries:
+        match = _TEMP_NAME.fullmatch(entry.name)
+        if not match or (target_name is not None and match["target"] != target_name):
+            continue
+        try:
+            with open(entry.path, "rb") as handle:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # fails while its writer lives
+                os.unlink(entry.path)
+        except OSError:
+            continue  # held by a live writer, or already gone
+        removed.append(Path(entry.path))
+    return removed
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    # torch.save writes through a C++ stream whose failure on a full disk reads only so.
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and any(
+        marker in text for marker in ("basic_ios::clear", "iostream error", "No space left on device")
+    )
+
+
+def _free_space(folder: Path) -> str:
+    try:
+        return f"{shutil.disk_usage(folder).free / 2**20:.0f} MiB"
+    except OSError:
+        return "unknown"
 
 
 def _fsync_directory(directory: Path) -> None:
@@ -177,20 +273,70 @@ def torch_load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
     """Load a checkpoint without ever unpickling code (``weights_only=True``).
 
     Raises ``CheckpointError`` with a one-line message naming the file when it is missing,
-    empty, truncated or not a checkpoint, or carries pickled objects other than tensors and
-    plain containers.
+    empty, truncated or not a checkpoint, fails a record's checksum, holds a tensor with NaN
+    or infinity, or carries pickled objects other than tensors and plain containers.
     """
-    import pickle
-
-    import torch
-
-    from lusv.errors import CheckpointError
-
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist: check the path or train first")
     if path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint {path} is empty (0 bytes): the save was interrupted or the copy failed")
+    _verify_checksums(path)
+    loaded = _unpickle_weights(path, map_location)
+    where = _first_non_finite(loaded)
+    if where is not None:
+        raise CheckpointError(
+            f"checkpoint {path} holds non-finite values (NaN or infinity) in {where or 'its tensor'}: "
+            "the file is damaged or training diverged; use another copy or retrain"
+        )
+    return loaded
+
+
+def _verify_checksums(path: Path) -> None:
+    """Check every record of torch's zip archive against its stored CRC-32 (bit rot, bad copies).
+
+    Files in torch's legacy (non-zip) format have no checksums; ``torch.load`` judges them.
+    """
+    if not zipfile.is_zipfile(path):
+        return
+    try:
+        with zipfile.ZipFile(path) as archive:
+            failed = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as exc:
+        raise CheckpointError(f"checkpoint {path} is damaged: {_first_line(exc)}; use another copy or retrain") from None
+    if failed is not None:
+        raise CheckpointError(
+            f"checkpoint {path} is damaged: its record {failed} fails its checksum (bit rot or an "
+            "incomplete copy); use another copy or retrain"
+        )
+
+
+def _first_non_finite(obj: Any, where: str = "") -> str | None:
+    """The dotted position of the first floating tensor holding NaN or infinity, else None."""
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        if (obj.is_floating_point() or obj.is_complex()) and not bool(torch.isfinite(obj).all()):
+            return where
+        return None
+    if isinstance(obj, dict):
+        items = obj.items()
+    elif isinstance(obj, (list, tuple)):
+        items = enumerate(obj)
+    else:
+        return None
+    for key, value in items:
+        found = _first_non_finite(value, f"{where}.{key}" if where else str(key))
+        if found is not None:
+            return found
+    return None
+
+
+def _unpickle_weights(path: Path, map_location: Any) -> Any:
+    import pickle
+
+    import torch
+
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -226,3 +372,53 @@ def _weights_only_refusal(message: str) -> str | None:
 def _first_line(exc: BaseException) -> str:
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     return lines[0][:300] if lines else "no detail"
+
+
+# ----------------------------------------------------------------------------- run folder lock
+
+RUN_LOCK_NAME = ".run.lock"
+
+
+@contextlib.contextmanager
+def run_lock(folder: str | os.PathLike) -> Iterator[Path]:
+    """Hold the exclusive lock of a run folder (created if needed) for the ``with`` block.
+
+    The lock is a ``flock`` on ``<folder>/.run.lock``, which also records the holder (pid,
+    host, command, start time). The operating system releases it when the holder exits or
+    dies, so a lock left by a killed run never blocks the next one. A second holder gets a
+    ``RunLockedError`` naming the first.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / RUN_LOCK_NAME
+    handle = open(path, "a+", encoding="utf-8")  # not "w": the holder's record must survive our attempt
+    try:
+        if fcntl is not None:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                    raise
+                raise RunLockedError(
+                    f"run folder {folder} is in use by {_lock_holder(path)}: wait for that run to end or "
+                    "stop it, or train into another folder (run_name / out_dir)"
+                ) from None
+        holder = {"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(sys.argv)[:500],
+                  "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        handle.seek(0)
+        handle.truncate()
+        handle.write(json.dumps(holder) + "\n")
+        handle.flush()
+        yield path
+        handle.seek(0)
+        handle.truncate()  # a clean exit leaves no holder on record
+    finally:
+        handle.close()  # releases the flock
+
+
+def _lock_holder(path: Path) -> str:
+    try:
+        holder = json.loads(path.read_text(encoding="utf-8"))
+        return f"process {holder['pid']} on {holder['host']} (since {holder['started']}: {holder['command']})"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "another process (its record in " + str(path) + " is unreadable)"

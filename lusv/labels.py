@@ -138,6 +138,8 @@ def _read_csv(csv_path: Path) -> tuple[pd.DataFrame, list[int]]:
         raise LabelsError(f"labels CSV {csv_path} is not a readable CSV ({exc}): save it as UTF-8 CSV") from None
     if not header or not any(name.strip() for name in header):
         raise LabelsError(f"labels CSV {csv_path} is empty: it needs a header line naming its columns")
+    _refuse_other_delimiters(csv_path, header)
+    header, rows = _drop_unnamed_empty_columns(csv_path, header, rows, lines)
     names = [name.strip() for name in header]
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
@@ -145,6 +147,36 @@ def _read_csv(csv_path: Path) -> tuple[pd.DataFrame, list[int]]:
     if not rows:
         raise LabelsError(f"labels CSV {csv_path} has a header but no clip rows")
     return pd.DataFrame(rows, columns=names), lines
+
+
+def _refuse_other_delimiters(csv_path: Path, header: list[str]) -> None:
+    """A semicolon- or tab-separated export reads as one long column name: say so."""
+    if any(column in header for column in REQUIRED_COLUMNS):
+        return
+    joined = ",".join(header)
+    for delimiter, name in ((";", "semicolon"), ("\t", "tab")):
+        if sum(column in joined.split(delimiter) for column in REQUIRED_COLUMNS) >= 2:
+            raise LabelsError(
+                f"labels CSV {csv_path} looks {name}-delimited: export it with commas as the separator "
+                f"(its header reads {joined[:120]!r})"
+            )
+
+
+def _drop_unnamed_empty_columns(
+    csv_path: Path, header: list[str], rows: list[list[str]], lines: list[int]
+) -> tuple[list[str], list[list[str]]]:
+    """Spreadsheets export trailing columns without a name and without values (",,"): drop
+    them; an unnamed column that holds a value is refused, naming the line."""
+    unnamed = [index for index, name in enumerate(header) if not name.strip()]
+    for index in unnamed:
+        for row, line in zip(rows, lines):
+            if row[index].strip():
+                raise LabelsError(
+                    f"{csv_path} line {line}: column {index + 1} has no name but holds {row[index]!r}: "
+                    "name the column in the header or remove the value"
+                )
+    keep = [index for index in range(len(header)) if index not in set(unnamed)]
+    return [header[i] for i in keep], [[row[i] for i in keep] for row in rows]
 
 
 def _is_missing(value) -> bool:

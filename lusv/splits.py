@@ -136,7 +136,8 @@ def make_folds(labels_df: pd.DataFrame, num_folds: int = 5, seed: int = 0) -> pd
     if n_patients < num_folds:
         raise ConfigError(
             f"cannot make {num_folds} patient-level folds from {n_patients} patient(s): "
-            f"lower num_folds to at most {n_patients} or add patients"
+            + (f"lower num_folds to at most {n_patients} or add patients" if n_patients >= 2
+               else "K-fold cross-validation needs at least 2 patients: add patients")
         )
 
     ordered = labels_df.sort_values("clip_id", kind="stable").reset_index(drop=True)
@@ -238,6 +239,17 @@ def _acquisition_dates(labels_df: pd.DataFrame) -> pd.Series:
             "fill in the dates or drop these clips before a temporal split"
         )
     return dates
+
+
+def temporal_split_unavailable(labels_df: pd.DataFrame) -> str | None:
+    """Why the clips cannot be split by date (None when they can): dates missing, or every
+    patient first seen on the same date (a dataset published in one batch)."""
+    if "acquired_on" not in labels_df.columns or labels_df["acquired_on"].isna().any():
+        return "not every clip has acquired_on"
+    first_seen = pd.to_datetime(labels_df["acquired_on"]).groupby(labels_df["patient_id"]).min()
+    if first_seen.nunique() < 2:
+        return f"all patients were first seen on the same date ({first_seen.iloc[0].date()})"
+    return None
 
 
 def _as_date(cutoff: str | pd.Timestamp) -> pd.Timestamp:

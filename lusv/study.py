@@ -29,7 +29,7 @@ from pathlib import Path
 import pandas as pd
 
 from lusv import io
-from lusv.errors import ConfigError, IngestError
+from lusv.errors import ConfigError, IngestError, TooFewPatientsError
 from lusv.out_of_fold import (  # noqa: F401 - the study steps the notebooks call
     SPLITS,
     FoldAttention,
@@ -144,6 +144,7 @@ def prepare(
     synthetic: dict | None = None,
     cache_root: str | Path | None = None,
     dayfirst: bool = False,
+    temporal_split: bool = True,
 ) -> Prepared:
     """Read a dataset, decode every clip once into the cache, and make the split files.
 
@@ -152,7 +153,8 @@ def prepare(
     used are skipped and counted in ``prepare/ingest_report.csv``; the study stops only when
     none is usable. When every clip has an acquisition date, about ``temporal_test_fraction``
     of the clips (whole patients, the latest first seen) form the temporally separated test
-    set and the folds are made on the rest (the development set).
+    set and the folds are made on the rest (the development set). ``temporal_split=False`` (or
+    fraction 0) puts every clip into the folds, as do clips all first seen on one date (warned).
     """
     from lusv.config import params_for, synthetic_options
     from lusv.splits import fold_balance, load_or_make_folds
@@ -171,9 +173,11 @@ def prepare(
 
     # Absolute: prepared.json must lead later steps to the same cache from any working directory.
     cache_root = Path(cache_root).resolve() if cache_root else default_cache_root(name)
-    usable = _cache_clips(labels, cache_root, num_frames, image_size, prepare_dir, name)
+    usable, report, report_path = _cache_clips(labels, cache_root, num_frames, image_size, prepare_dir, name)
     labels_csv = io.write_csv(prepare_dir / "labels.csv", _with_iso_dates(usable))
-    temporal_csv, development = _temporal_split(usable, prepare_dir, temporal_test_fraction, name)
+    temporal_csv, development = _temporal_split(usable, prepare_dir, temporal_test_fraction if temporal_split else 0,
+                                                name, asked=temporal_split)
+    _check_enough_patients(development, usable, labels, num_folds, report, report_path)
     folds = load_or_make_folds(development, prepare_dir / "folds.csv", num_folds=num_folds, seed=seed)
     io.write_csv(prepare_dir / "fold_balance.csv", fold_balance(folds, development))
 
@@ -195,8 +199,8 @@ def prepare(
 
 
 def _cache_clips(labels: pd.DataFrame, cache_root: Path, num_frames: int, image_size: int,
-                 prepare_dir: Path, name: str) -> pd.DataFrame:
-    """Decode every clip once into the cache; the usable clips' labels. Writes the ingest report."""
+                 prepare_dir: Path, name: str):
+    """Decode every clip once into the cache; (usable clips' labels, ingest report, its path)."""
     from lusv.cache import ClipCache
 
     cache = ClipCache(cache_root, num_frames, image_size)
@@ -208,21 +212,50 @@ def _cache_clips(labels: pd.DataFrame, cache_root: Path, num_frames: int, image_
         raise IngestError(str(exc), exc.report, report_path=exc.report.save(report_path)) from None
     report.save(report_path)
     log.info("%s: %s", name, report)
-    return labels[labels["clip_id"].isin(set(report.usable_ids))].reset_index(drop=True)
+    return labels[labels["clip_id"].isin(set(report.usable_ids))].reset_index(drop=True), report, report_path
 
 
-def _temporal_split(usable: pd.DataFrame, prepare_dir: Path, test_fraction: float, name: str
+def _temporal_split(usable: pd.DataFrame, prepare_dir: Path, test_fraction: float, name: str, asked: bool = True
                     ) -> tuple[Path | None, pd.DataFrame]:
-    """The temporal split file (None without one) and the development clips the folds are made on."""
-    from lusv.splits import load_or_make_temporal_split
+    """The temporal split file (None without one) and the development clips the folds are made on.
 
-    if "acquired_on" in usable and usable["acquired_on"].notna().all() and test_fraction > 0:
+    Without one (not asked for, fraction 0, missing dates or a single date) the split files of
+    an earlier prepare are removed: they must not mislead a later step.
+    """
+    from lusv.splits import load_or_make_temporal_split, temporal_split_unavailable
+
+    why_not = temporal_split_unavailable(usable) if test_fraction > 0 else "not asked for"
+    if why_not is None:
         temporal = load_or_make_temporal_split(usable, prepare_dir / "temporal_split.csv", test_fraction=test_fraction)
         development_ids = set(temporal.loc[temporal["split"] == "development", "clip_id"])
         return prepare_dir / "temporal_split.csv", usable[usable["clip_id"].isin(development_ids)].reset_index(drop=True)
-    if test_fraction > 0:
-        log.warning("%s: not every clip has acquired_on, so there is no temporally separated test set", name)
+    for stale in ("temporal_split.csv", "temporal_split.json"):
+        (prepare_dir / stale).unlink(missing_ok=True)
+    if asked and test_fraction > 0:
+        log.warning("%s: %s, so there is no temporally separated test set", name, why_not)
     return None, usable
+
+
+def _check_enough_patients(development, usable, labels, num_folds, report, report_path) -> None:
+    """Refuse, with the numbers and the ingest table, when the folds cannot be made."""
+    patients = development["patient_id"].nunique()
+    if patients >= num_folds:
+        return
+    held_out = len(usable) - len(development)
+    where = [f"{len(labels) - len(usable)} clip(s) skipped at ingest (see {report_path})"]
+    if held_out:
+        where.append(f"{held_out} held out as the temporal test set")
+    if patients >= 3:
+        advice = f"lower num_folds to at most {patients} or add patients"
+    else:
+        advice = ("separate train, validation and test folds need at least 3 patients: add patients"
+                  + (", fix the skipped clips" if len(labels) > len(usable) else "")
+                  + (" or prepare without the temporal test set (--no-temporal-split)" if held_out else ""))
+    raise TooFewPatientsError(
+        f"only {patients} patient(s) with {len(development)} clip(s) are left for {num_folds} patient-level "
+        f"folds ({'; '.join(where)}): {advice}",
+        report, report_path,  # lusv prepare prints the skip table
+    )
 
 
 def _with_iso_dates(labels: pd.DataFrame) -> pd.DataFrame:

@@ -13,7 +13,14 @@ models with ``@register_model``; ``registry`` builds them and owns the option ha
 from __future__ import annotations
 
 from lusv.models.encoders import ENCODER_NAMES
-from lusv.models.registry import build_model, count_parameters, list_models, model_defaults, model_options
+from lusv.models.registry import (
+    build_model,
+    count_parameters,
+    describe_state_dict_mismatch,
+    list_models,
+    model_defaults,
+    model_options,
+)
 
 # Importing a family registers its models. The order here is the order of list_models() and of
 # the "valid models" that errors list (LUV-Net first, then its comparators): do not sort it.
@@ -26,6 +33,7 @@ __all__ = [
     "MODEL_NAMES",
     "build_model",
     "count_parameters",
+    "describe_state_dict_mismatch",
     "list_models",
     "model_defaults",
     "model_options",

@@ -129,3 +129,44 @@ def build_model(name: str, *, channels_last: bool = False, **cfg: Any) -> nn.Mod
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     """Number of parameters (shared ones once), optionally only those with ``requires_grad``."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def describe_state_dict_mismatch(model: nn.Module, state: Any, **cfg: Any) -> str:
+    """One line on why ``state`` does not load into ``model``: key counts, and which registry
+    model (built with ``cfg`` on the meta device: no memory, no weights read) it looks like."""
+    if not isinstance(state, dict) or not all(isinstance(key, str) for key in state):
+        return f"it holds a {type(state).__name__}, not a model state dict"
+    expected = model.state_dict()
+    missing = len(set(expected) - set(state))
+    unexpected = len(set(state) - set(expected))
+    reshaped = sum(1 for key in set(state) & set(expected)
+                   if getattr(state[key], "shape", None) != getattr(expected[key], "shape", None))
+    counts = f"{missing} missing and {unexpected} unexpected key(s), {reshaped} of another shape"
+    return f"{counts}; {_looks_like(state, cfg)}"
+
+
+def _looks_like(state: dict, cfg: dict[str, Any]) -> str:
+    def tops(keys) -> set[str]:
+        return {key.split(".", 1)[0] for key in keys}
+
+    exact, similar = [], []
+    quiet = log.level
+    log.setLevel(logging.WARNING)  # the candidates' "built ..." notes would bury the answer
+    try:
+        for name in list_models():
+            try:
+                with torch.device("meta"):
+                    keys = set(build_model(name, **{**cfg, "weights": "random"}).state_dict())
+            except Exception:  # noqa: BLE001 - a candidate that cannot take this cfg is no match
+                continue
+            if keys == set(state):
+                exact.append(name)
+            elif tops(keys) == tops(state):
+                similar.append(name)
+    finally:
+        log.setLevel(quiet)
+    if exact:
+        return f"it looks like a {' or '.join(exact)} checkpoint"
+    if similar:
+        return f"it looks like a {' or '.join(similar)} checkpoint of another size or encoder"
+    return f"it matches none of the models {', '.join(list_models())}"

@@ -11,6 +11,7 @@ epoch's model predicts the validation, test and temporal-test clips. ``config.js
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from torch.utils.data import DataLoader
 
 from lusv import io
 from lusv.cache import ClipCache
-from lusv.config import RunParams, params_for
+from lusv.config import DEFAULT_PROFILE, RunParams, params_for
 from lusv.datasets import ClipAugment, keep_freed_cpu_buffers
 from lusv.devices import Distributed, init_distributed, resolve_amp, resolve_device, unwrap
 from lusv.errors import LusvError
@@ -151,7 +152,8 @@ def _write_predictions(r: _Run) -> None:
 
 def _resolve_params(params: RunParams | Mapping[str, Any] | None, overrides: Mapping[str, Any]) -> RunParams:
     overrides = dict(overrides)
-    profile = overrides.pop("profile", None)
+    # A RunParams is complete; a mapping or keywords fill their gaps from the default profile.
+    profile = overrides.pop("profile", None if isinstance(params, RunParams) else DEFAULT_PROFILE)
     base = params.to_dict() if isinstance(params, RunParams) else dict(params or {})
     merged = {**base, **overrides}
     return params_for(profile, **merged) if profile is not None else RunParams.from_dict(merged)
@@ -162,35 +164,59 @@ def run(params: RunParams | Mapping[str, Any] | None = None, /, **overrides: Any
 
     Call as ``run(**params_for("quick", labels=..., splits=...).to_dict())``, ``run(params)``
     with a ``RunParams``, or ``run(profile="quick", labels=..., ...)``; unset fields take the
-    RunParams defaults (= paper profile). Returns the run directory.
+    values of ``profile`` (default ``lusv.config.DEFAULT_PROFILE``, quick). Returns the run
+    directory. The run holds the run folder's lock (``lusv.io.run_lock``) for its whole lifetime.
     """
     p = _resolve_params(params, overrides)
     dist = init_distributed()
     run_dir = Path(p.out_dir) / p.name
+    # One process per run folder (rank 0 for a torchrun launch): a second run into it is refused.
+    with io.run_lock(run_dir) if dist.is_main else contextlib.nullcontext():
+        saved = checkpoint.read_config(run_dir) if p.resume else None
+        if saved is not None:
+            checkpoint.check_same_run(p, saved.get("params", {}), run_dir)
+            if saved.get("status") == "finished":
+                logger.info("%s already finished: reusing it (resume=True)", run_dir)
+                return run_dir
+        if dist.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            io.remove_stale_temp_files(run_dir)  # left by a run killed while writing
+            if not p.resume:
+                checkpoint.clear_previous(run_dir)
+        dist.barrier()
+        _train(p, run_dir, dist, saved)
+    return run_dir
 
-    saved = checkpoint.read_config(run_dir) if p.resume else None
-    if saved is not None:
-        checkpoint.check_same_run(p, saved.get("params", {}), run_dir)
-        if saved.get("status") == "finished":
-            logger.info("%s already finished: reusing it (resume=True)", run_dir)
-            return run_dir
-    if dist.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if not p.resume:
-            checkpoint.clear_previous(run_dir)
-    dist.barrier()
 
+def _train(p: RunParams, run_dir: Path, dist: Distributed, saved: Optional[dict]) -> None:
+    """Set up, resume when asked, fit, predict; config.json says running, finished or failed."""
     r = _set_up(p, run_dir, dist)
     saved_checkpoint = run_dir / "checkpoint.pt"
     if p.resume and saved_checkpoint.is_file():
         r.state = checkpoint.restore(saved_checkpoint, p, run_dir, r.model, r.optimizer, r.scaler)
+    elif p.resume and dist.is_main:
+        # A warning when an earlier run left its config but no checkpoint (killed in epoch 1,
+        # files removed); a note for a new folder, as every fold of a fresh study is.
+        logger.log(logging.WARNING if saved is not None else logging.INFO,
+                   "resume=True but %s has no checkpoint.pt: starting from scratch", run_dir)
     r.write_config("running")
     try:
         _fit(r)
         _write_predictions(r)
         r.write_config("finished", finished_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
         dist.barrier()
+    except LusvError as exc:
+        _record_failure(r, exc)
+        raise
     finally:
         if dist.enabled and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
-    return run_dir
+
+
+def _record_failure(r: _Run, exc: LusvError) -> None:
+    """Mark config.json "failed" with the reason; a full disk may refuse even that, which must
+    not hide the original error."""
+    try:
+        r.write_config("failed", failure=str(exc), failed_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    except (LusvError, OSError) as also:
+        logger.warning("could not mark %s failed in config.json: %s", r.run_dir, also)
