@@ -30,6 +30,8 @@ only tensors and plain containers, so it loads with ``weights_only=True``.
 
 Test hook: the environment variable ``LUSV_TEST_KILL_AFTER_BATCHES="E:N"`` makes the process
 SIGKILL itself after N training batches of epoch E (1-based), to test resuming after a crash.
+``"E:N:MARKER"`` kills only the first process to get there: it creates the file MARKER first
+and does not fire while MARKER exists, so a retried task (lusv.executors) survives its retry.
 
 Multi-GPU: under ``torchrun`` (``WORLD_SIZE`` > 1) the model is wrapped in DDP and each process
 trains on its ``DistributedSampler`` shard (``batch_size`` is per process); every process
@@ -527,8 +529,19 @@ def _kill_point() -> Optional[tuple[int, int]]:
     value = os.environ.get(KILL_ENV)
     if not value:
         return None
-    epoch, batches = value.split(":")
+    epoch, batches = value.split(":", 2)[:2]
     return int(epoch), int(batches)
+
+
+def _kill_now() -> None:
+    """SIGKILL this process (test hook), unless a "E:N:MARKER" hook has fired once already."""
+    marker = os.environ.get(KILL_ENV, "").split(":", 2)[2:]
+    if marker:
+        try:  # O_EXCL: of all processes that reach this point, exactly one creates the marker
+            os.close(os.open(marker[0], os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            return
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _progress_is_live() -> bool:
@@ -679,7 +692,7 @@ class _Trainer:
             count += batch_count
             bar.update(1)
             if kill is not None and kill == (self.epoch + 1, index + 1):
-                os.kill(os.getpid(), signal.SIGKILL)  # test hook: simulate a crash mid-epoch
+                _kill_now()  # test hook: simulate a crash mid-epoch
         bar.close()
         if dist.enabled:  # the logged training loss covers every rank's shard
             totals = torch.stack([loss_sum, count.to(loss_sum.dtype)])
