@@ -93,7 +93,7 @@ def connect(address: Optional[str] = None):
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage reports sent anywhere unasked
     try:
         ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
-    except (ConnectionError, RuntimeError, ValueError) as exc:
+    except Exception as exc:  # Ray raises bare Exception too (e.g. a node that did not start in time)
         where = f"the Ray cluster at {address}" if address else "a local Ray"
         raise ConfigError(f"could not start or reach {where}: {exc}") from None
     return ray

@@ -31,12 +31,17 @@ def local_ray():
     ray = pytest.importorskip("ray", reason="Ray is part of the test extra: pip install -e .[test]")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-    ray.init(
+    options = dict(
         num_cpus=2, num_gpus=0, include_dashboard=False, object_store_memory=100 * 1024**2,
         log_to_driver=False, logging_level=logging.WARNING,
         # the workers import lusv from this checkout, like the test process
         runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}},
     )
+    try:
+        ray.init(**options)
+    except Exception:  # Ray gives its node 30 s to start, which a machine under heavy load can miss
+        ray.shutdown()
+        ray.init(**options)
     yield ray
     ray.shutdown()
 
