@@ -3,9 +3,13 @@
 #
 #   bash run_all.sh [quick|paper] [--data synthetic|pocus|folder] [--data-path PATH]
 #                   [--dayfirst] [--run NAME] [--pocus PATH] [--from N]
+#                   [--executor sequential|ray] [--ray-address ADDR]
 #
 #   quick   CPU, synthetic clips of 16 x 64 x 64, tiny encoder: minutes (the default)
 #   paper   the published protocol: DenseNet-161, 30 x 256 x 256, lr 1e-6, 150 epochs (GPU)
+#   --executor ray   train every (model, fold) of notebooks 02-04 as a Ray task (1 GPU or
+#                    N CPUs each), side by side; needs pip install "lusv[ray]"
+#   --ray-address    a Ray cluster to join (ray://head:10001 or auto); default: a local Ray
 #
 # Executed notebooks land in results/<run>/notebooks/, everything they compute beside them.
 # Rerunning continues where a previous run stopped: finished folds are reused, interrupted
@@ -15,9 +19,9 @@ set -euo pipefail
 caller_dir=$PWD  # --data-path and --pocus are relative to where the user typed the command
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
-usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 
-profile=quick data=synthetic data_path="" dayfirst=False run="" pocus="" from=1
+profile=quick data=synthetic data_path="" dayfirst=False run="" pocus="" from=1 executor=sequential ray_address=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
         quick|paper) profile=$1 ;;
@@ -27,6 +31,8 @@ while [[ $# -gt 0 ]]; do
         --run) run=$2; shift ;;
         --pocus) pocus=$2; shift ;;
         --from) from=$2; shift ;;
+        --executor) executor=$2; shift ;;
+        --ray-address) ray_address=$2; shift ;;
         -h|--help) usage 0 ;;
         *) echo "run_all.sh: unknown argument '$1'" >&2; usage 2 ;;
     esac
@@ -37,6 +43,7 @@ data_path=$(from_caller "$data_path")
 pocus=$(from_caller "$pocus")
 [[ -n "$pocus" ]] || pocus="$(dirname "$PWD")/shared/data/pocus"  # beside the repository
 case "$data" in synthetic|pocus|folder) ;; *) echo "run_all.sh: --data must be synthetic, pocus or folder" >&2; exit 2 ;; esac
+case "$executor" in sequential|ray) ;; *) echo "run_all.sh: --executor must be sequential or ray" >&2; exit 2 ;; esac
 if [[ "$data" == folder && -z "$data_path" ]]; then
     echo "run_all.sh: --data folder needs --data-path your_labels.csv" >&2; exit 2
 fi
@@ -60,9 +67,11 @@ start=$(date +%s)
 data_params=(-p data "$data" -p dayfirst "$dayfirst")
 [[ -n "$data_path" ]] && data_params+=(-p data_path "$data_path")
 execute 01_preprocess -p profile "$profile" "${data_params[@]}"
-execute 02_train_folds -p profile "$profile"
-execute 03_baselines -p profile "$profile"
-execute 04_ablation_temporal -p profile "$profile"
+grid_params=(-p executor "$executor")
+[[ -n "$ray_address" ]] && grid_params+=(-p ray_address "$ray_address")
+execute 02_train_folds -p profile "$profile" "${grid_params[@]}"
+execute 03_baselines -p profile "$profile" "${grid_params[@]}"
+execute 04_ablation_temporal -p profile "$profile" "${grid_params[@]}"
 execute 05_attention
 execute 06_results
 if [[ -d "$pocus" ]]; then
