@@ -5,6 +5,7 @@ One local Ray with 2 CPUs serves the whole module (starting Ray costs seconds); 
 (2 epochs of 2 batches) train side by side on it.
 """
 
+import json
 import logging
 import os
 import sys
@@ -128,3 +129,24 @@ def test_resources_follow_the_device():
     assert _resources(RunParams(device="auto", num_workers=0), None, cluster_gpus=0)["num_gpus"] == 0
     with pytest.raises(ConfigError, match=r"asks for device='cuda:1' but the Ray cluster has no GPU"):
         _resources(RunParams(device="cuda:1"), None, cluster_gpus=0)
+
+
+def test_study_trains_several_configurations_as_one_ray_grid(local_ray, tiny_data, tmp_path):  # noqa: F811
+    from lusv import study
+
+    prepared = study.Prepared(
+        run_dir=tmp_path, labels_csv=tiny_data.labels_csv, folds_csv=tiny_data.folds_csv,
+        temporal_csv=tiny_data.temporal_csv, cache_root=tiny_data.cache_dir, num_frames=8, image_size=32,
+        num_folds=3, dataset="tiny",
+    )
+    configurations = {"luvnet_k3": {"model": "luvnet", "kernel_size": 3}, "no_temporal": {"model": "luvnet_no_temporal"}}
+    run_dirs = study.train_configurations(prepared, configurations, "quick", folds=[0], executor="ray", **RUN)
+    assert run_dirs == {"luvnet_k3": [tmp_path / "runs" / "luvnet_k3-fold0"], "no_temporal": [tmp_path / "runs" / "no_temporal-fold0"]}
+    for key, (run_dir,) in run_dirs.items():
+        saved = json.loads((run_dir / "config.json").read_text())
+        assert saved["status"] == "finished"
+        assert saved["params"]["model"] == configurations[key]["model"]
+        oof = pd.read_csv(tmp_path / "oof" / f"{key}.test.csv", dtype={"clip_id": str})
+        expected = pd.read_csv(run_dir / "predictions_test.csv", dtype={"clip_id": str})
+        pd.testing.assert_frame_equal(oof, expected)
+    assert json.loads((run_dirs["luvnet_k3"][0] / "config.json").read_text())["params"]["kernel_size"] == 3
