@@ -12,14 +12,15 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+NUM = r"[\d.]+(?:e[+-]\d+)?"  # a figure as the summary prints it (3 significant digits)
 # section -> what its line must show (a figure with its unit, or a pass/fail verdict)
 EXPECTED = {
     "cuda tests": r"\d+ passed, 0 failed, \d+ skipped",
-    "train fp32": r"[\d.]+ clips/s, peak \d+ MiB",
-    "train bf16": r"[\d.]+ clips/s, peak \d+ MiB, [\d.]+x fp32",
-    "train bf16+channels_last": r"[\d.]+ clips/s, peak \d+ MiB, [\d.]+x fp32",
-    "inference ms/clip": r"fp32 [\d.]+, bf16 [\d.]+, bf16\+channels_last [\d.]+ \(paper: 65 ms",
-    "data path": r"[\d.]+ clips/s with augmentation on cpu vs [\d.]+ clips/s .* \([\d.]+x",
+    "train fp32": rf"{NUM} clips/s, peak \d+ MiB",
+    "train bf16": rf"{NUM} clips/s, peak \d+ MiB, {NUM}x fp32",
+    "train bf16+channels_last": rf"{NUM} clips/s, peak \d+ MiB, {NUM}x fp32",
+    "inference ms/clip": rf"fp32 {NUM}, bf16 {NUM}, bf16\+channels_last {NUM} \(paper: 65 ms",
+    "data path": rf"{NUM} clips/s with augmentation on cpu vs {NUM} clips/s .* \({NUM}x",
     "kill+resume": r"max \|dp\| [\d.e+-]+ over \d+ clips \(tolerance 1e-06\).*\[ok\]$",
     "torch.compile": r"skipped in the CPU smoke run",
     "peak memory": r"\d+ MiB in use",
