@@ -33,7 +33,7 @@ def test_training_runs_on_cuda_with_each_precision(tiny_data, tmp_path, amp, cha
     config = json.loads((run_dir / "config.json").read_text())
     assert config["status"] == "finished" and config["device"].startswith("cuda")
     assert config["amp_dtype"] == {"bf16": "bfloat16", "fp16": "float16", "off": "off"}[amp]
-    probabilities = pd.read_csv(run_dir / "predictions_test.csv").filter(like="p_").to_numpy()
+    probabilities = pd.read_csv(run_dir / "predictions_test.csv").filter(regex="^p_").to_numpy()
     assert probabilities.size and np.isfinite(probabilities).all()
     assert ((probabilities > 0) & (probabilities < 1)).all()
 
