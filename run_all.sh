@@ -3,9 +3,13 @@
 #
 #   bash run_all.sh [quick|paper] [--data SOURCE] [--data-path PATH]
 #                   [--dayfirst] [--no-temporal-split] [--run NAME] [--pocus PATH] [--from N]
+#                   [--executor sequential|ray] [--ray-address ADDR]
 #
 #   quick   CPU, synthetic clips of 16 x 64 x 64, tiny encoder: minutes (the default)
 #   paper   the published protocol: DenseNet-161, 30 x 256 x 256, lr 1e-6, 150 epochs (GPU)
+#   --executor ray   train every (model, fold) of notebooks 02-04 as a Ray task (1 GPU or
+#                    N CPUs each), side by side; needs pip install "lusv[ray]"
+#   --ray-address    a Ray cluster to join (ray://head:10001 or auto); default: a local Ray
 #
 # Executed notebooks land in results/<run>/notebooks/, everything they compute beside them.
 # Rerunning continues where a previous run stopped: finished folds are reused, interrupted
@@ -19,12 +23,12 @@ cd "$(dirname "${BASH_SOURCE[0]}")"
 # The source registry is standard-library Python, so it answers before the environment exists.
 sources() { PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" "${LUSV_PYTHON:-python3}" -m lusv.sources "$@"; }
 usage() {
-    sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
     echo "SOURCE: $(sources | paste -sd '|')"
     exit "${1:-0}"
 }
 
-profile=quick data=synthetic data_path="" dayfirst=False temporal_split=True run="" pocus="" from=1
+profile=quick data=synthetic data_path="" dayfirst=False temporal_split=True run="" pocus="" from=1 executor=sequential ray_address=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
         quick|paper) profile=$1 ;;
@@ -35,6 +39,8 @@ while [[ $# -gt 0 ]]; do
         --run) run=$2; shift ;;
         --pocus) pocus=$2; shift ;;
         --from) from=$2; shift ;;
+        --executor) executor=$2; shift ;;
+        --ray-address) ray_address=$2; shift ;;
         -h|--help) usage 0 ;;
         *) echo "run_all.sh: unknown argument '$1'" >&2; usage 2 ;;
     esac
@@ -52,6 +58,7 @@ fi
 if [[ -z "$data_path" ]] && ! sources --default-location "$data" >/dev/null 2>&1; then
     echo "run_all.sh: $(sources --default-location "$data" 2>&1)" >&2; exit 2
 fi
+case "$executor" in sequential|ray) ;; *) echo "run_all.sh: --executor must be sequential or ray" >&2; exit 2 ;; esac
 
 source scripts/ensure_env.sh
 run_dir="results/${run:-$profile-$data}"
@@ -72,9 +79,11 @@ start=$(date +%s)
 data_params=(-p data "$data" -p dayfirst "$dayfirst" -p temporal_split "$temporal_split")
 [[ -n "$data_path" ]] && data_params+=(-p data_path "$data_path")
 execute 01_preprocess -p profile "$profile" "${data_params[@]}"
-execute 02_train_folds -p profile "$profile"
-execute 03_baselines -p profile "$profile"
-execute 04_ablation_temporal -p profile "$profile"
+grid_params=(-p executor "$executor")
+[[ -n "$ray_address" ]] && grid_params+=(-p ray_address "$ray_address")
+execute 02_train_folds -p profile "$profile" "${grid_params[@]}"
+execute 03_baselines -p profile "$profile" "${grid_params[@]}"
+execute 04_ablation_temporal -p profile "$profile" "${grid_params[@]}"
 execute 05_attention
 execute 06_results
 if [[ -d "$pocus" ]]; then

@@ -45,6 +45,7 @@ class ModelCase:
     # CUDA only: TF32 for cuDNN convolutions and matmuls during this case (True/False), or None
     # for torch's defaults (cuDNN convolutions TF32, matmuls not), which lusv.train runs with.
     tf32: Optional[bool] = None
+    compile: bool = False  # torch.compile the model (its compilation falls in the warm-up calls)
     warmup: int = 1
     repeats: int = 3
     note: str = ""
@@ -90,7 +91,8 @@ def _tf32(device: torch.device, enabled: Optional[bool]):
 def _fresh_model(case: ModelCase, device: torch.device) -> torch.nn.Module:
     torch.manual_seed(0)
     model = build_model("luvnet", encoder=case.encoder, weights="random", channels_last=case.channels_last)
-    return model.to(device)
+    model = model.to(device)
+    return torch.compile(model) if case.compile else model
 
 
 def _time_and_memory(setup: Callable[[], Callable[[], None]], device: torch.device, warmup: int,

@@ -1,7 +1,8 @@
 """The study pipeline that the notebooks, ``run_all.sh`` and the ``lusv`` command call.
 
 prepare -> (labels table, clip cache, ingestion report, temporal split, patient folds)
-train_folds -> one training run per fold of one model configuration
+train_folds -> one training run per fold of one model configuration (train_configurations: several
+as one grid; sequential or on Ray, see lusv.executors)
 out_of_fold -> the test-fold predictions of every fold, stacked (``lusv.out_of_fold``, re-exported
 here with ``results``, ``load_out_of_fold`` and ``out_of_fold_attention``).
 
@@ -271,31 +272,60 @@ def train_folds(
     profile: str = "quick",
     folds: list[int] | None = None,
     key: str | None = None,
+    *,
+    executor: str = "sequential",
+    ray_address: str | None = None,
     **overrides,
 ) -> list[Path]:
     """Train one model configuration on every fold (or the given ones); returns the run dirs.
 
     Finished folds are reused and interrupted ones resumed, so rerunning a notebook after a
-    crash continues where it stopped.
+    crash continues where it stopped. ``executor="ray"`` trains the folds side by side as Ray
+    tasks (``ray_address``: a cluster, or None for a local Ray); see ``lusv.executors``.
+    """
+    key = key or model
+    return train_configurations(
+        prepared, {key: {"model": model, **overrides}}, profile, folds, executor=executor, ray_address=ray_address
+    )[key]
+
+
+def train_configurations(
+    prepared: Prepared,
+    configurations: dict[str, dict],
+    profile: str = "quick",
+    folds: list[int] | None = None,
+    *,
+    executor: str = "sequential",
+    ray_address: str | None = None,
+    **overrides,
+) -> dict[str, list[Path]]:
+    """Train several model configurations on every fold as one grid; returns their run dirs by key.
+
+    ``configurations`` maps a key (its name in oof/ and the tables) to RunParams overrides that
+    include ``model``; ``overrides`` apply to all. One grid lets the Ray executor run every
+    (configuration, fold) side by side instead of one configuration at a time.
     """
     from lusv.config import params_for
-    from lusv.train import run
+    from lusv.executors import run_grid
 
     folds = list(range(prepared.num_folds)) if folds is None else list(folds)
-    key = key or model
-    run_dirs = []
-    for fold in folds:
-        params = params_for(
-            profile,
-            model=model,
-            fold=fold,
-            out_dir=str(prepared.run_dir / "runs"),
-            run_name=f"{key}-fold{fold}",
-            resume=True,
-            **{**prepared.training_inputs(), **overrides},
-        )
-        run_dirs.append(run(**params.__dict__))
-    write_out_of_fold(prepared.run_dir, key, run_dirs, temporal_test=prepared.temporal_csv is not None)
+    keys, grid = [], []
+    for key, configuration in configurations.items():
+        for fold in folds:
+            keys.append(key)
+            grid.append(params_for(
+                profile,
+                fold=fold,
+                out_dir=str(prepared.run_dir / "runs"),
+                run_name=f"{key}-fold{fold}",
+                resume=True,
+                **{**prepared.training_inputs(), **overrides, **configuration},
+            ))
+    run_dirs: dict[str, list[Path]] = {key: [] for key in configurations}
+    for key, run_dir in zip(keys, run_grid(grid, executor, address=ray_address)):
+        run_dirs[key].append(run_dir)
+    for key, dirs in run_dirs.items():
+        write_out_of_fold(prepared.run_dir, key, dirs, temporal_test=prepared.temporal_csv is not None)
     return run_dirs
 
 
@@ -305,11 +335,16 @@ def ingest_summary(prepared: Prepared) -> pd.DataFrame:
     return pd.read_csv(prepared.prepare_dir / "ingest_report_summary.csv")
 
 
-
 def temporal_ablation(
-    prepared: Prepared, profile: str = "quick", kernel_sizes: list[int] = (5, 13), **overrides
+    prepared: Prepared,
+    profile: str = "quick",
+    kernel_sizes: list[int] = (5, 13),
+    *,
+    executor: str = "sequential",
+    ray_address: str | None = None,
+    **overrides,
 ) -> list[str]:
-    """Train LUV-Net without its temporal module and with each temporal kernel size.
+    """Train LUV-Net without its temporal module and with each temporal kernel size, as one grid.
 
     The run at the profile's own kernel size is the main LUV-Net of notebook 02 (key "luvnet")
     and is reused rather than trained twice. Returns the keys to compare, LUV-Net first.
@@ -317,15 +352,13 @@ def temporal_ablation(
     from lusv.config import params_for
 
     main_kernel = params_for(profile).kernel_size
-    keys = []
-    for kernel_size in kernel_sizes:
-        key = "luvnet" if kernel_size == main_kernel else f"luvnet_k{kernel_size}"
-        train_folds(prepared, "luvnet", profile, key=key, kernel_size=kernel_size, **overrides)
-        keys.append(key)
-    train_folds(prepared, "luvnet_no_temporal", profile, **overrides)
-    keys.append("luvnet_no_temporal")
-    return sorted(keys, key=lambda k: k != "luvnet")
-
+    configurations = {
+        ("luvnet" if kernel_size == main_kernel else f"luvnet_k{kernel_size}"): {"model": "luvnet", "kernel_size": kernel_size}
+        for kernel_size in kernel_sizes
+    }
+    configurations["luvnet_no_temporal"] = {"model": "luvnet_no_temporal"}
+    train_configurations(prepared, configurations, profile, executor=executor, ray_address=ray_address, **overrides)
+    return sorted(configurations, key=lambda k: k != "luvnet")
 
 
 def frame_truth(prepared: Prepared, clip_ids: list[str]):

@@ -9,7 +9,9 @@ returns its probabilities and mean masked BCE.
 
 Test hook: the environment variable ``LUSV_TEST_KILL_AFTER_BATCHES="E:N"`` (``KILL_ENV``) makes
 the process SIGKILL itself after N training batches of epoch E (1-based), to test resuming
-after a crash.
+after a crash. ``"E:N:MARKER"`` kills only the first process to get there: it creates the file
+MARKER first and does not fire while MARKER exists, so a retried task (lusv.executors) survives
+its retry.
 """
 
 from __future__ import annotations
@@ -41,8 +43,19 @@ def kill_point() -> Optional[tuple[int, int]]:
     value = os.environ.get(KILL_ENV)
     if not value:
         return None
-    epoch, batches = value.split(":")
+    epoch, batches = value.split(":", 2)[:2]
     return int(epoch), int(batches)
+
+
+def _kill_now() -> None:
+    """SIGKILL this process (test hook), unless a "E:N:MARKER" hook has fired once already."""
+    marker = os.environ.get(KILL_ENV, "").split(":", 2)[2:]
+    if marker:
+        try:  # O_EXCL: of all processes that reach this point, exactly one creates the marker
+            os.close(os.open(marker[0], os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            return
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def accumulation_group(index: int, n_batches: int, grad_accum: int) -> tuple[int, bool]:
@@ -102,7 +115,7 @@ def train_one_epoch(
         count += batch_count
         bar.update(1)
         if kill is not None and kill == (epoch + 1, index + 1):
-            os.kill(os.getpid(), signal.SIGKILL)  # test hook: simulate a crash mid-epoch
+            _kill_now()  # test hook: simulate a crash mid-epoch
     bar.close()
     loss_sum, count = dist.sum_over_ranks(loss_sum, count)  # the logged loss covers every rank's shard
     return float(loss_sum / count.clamp(min=1))
