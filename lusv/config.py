@@ -66,7 +66,10 @@ class RunParams:
     """All parameters of one training run (one model on one fold). Defaults = paper profile."""
 
     # --- model -------------------------------------------------------------------------
-    model: str = _p("luvnet", "model name: luvnet, luvnet_no_temporal, usvn, c3d, r2plus1d, cnn_lstm")
+    model: str = _p(
+        "luvnet", "model name: luvnet, luvnet_no_temporal, usvn, c3d, r2plus1d, r2plus1d_34, cnn_lstm, frame_based, "
+        "mvit_b, swin_b (lusv.models.list_models)",
+    )
     encoder: str = _p(
         "densenet161", "frame encoder: densenet161, resnet18, resnet50, efficientnet_lite0, tiny",
         model_option=True,
@@ -75,8 +78,9 @@ class RunParams:
     num_heads: int = _p(8, "attention heads H (LUV-Net, USVN)", model_option=True)
     kernel_size: int = _p(13, "temporal convolution kernel width K (LUV-Net)", model_option=True)
     pooling: str = _p("attention", "USVN frame pooling: attention, mean or max", model_option=True)
+    frame_pooling: str = _p("mean", "frame_based: pool the frames' logits by their mean or max", model_option=True)
     width: float = _p(
-        1.0, "channel multiplier of the 3-D comparators c3d and r2plus1d (1.0 = published size)",
+        1.0, "channel multiplier of the 3-D comparators c3d, r2plus1d(_34), mvit_b, swin_b (1.0 = published size)",
         model_option=True,
     )
     # --- data ---------------------------------------------------------------------------

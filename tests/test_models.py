@@ -266,7 +266,8 @@ def test_unknown_names_and_options_raise_listing_the_valid_ones():
         build_model("usvn", encoder="tiny", weights="random", pooling="sum")
     with pytest.raises(ConfigError, match="must divide"):
         tiny("luvnet", num_heads=5)
-    assert set(MODEL_NAMES) == {"luvnet", "luvnet_no_temporal", "usvn", "c3d", "r2plus1d", "cnn_lstm"}
+    assert set(MODEL_NAMES) == {"luvnet", "luvnet_no_temporal", "usvn", "c3d", "r2plus1d", "r2plus1d_34", "cnn_lstm",
+                                "frame_based", "mvit_b", "swin_b"}
     assert model_defaults("luvnet")["encoder"] == "densenet161" and model_defaults("luvnet")["num_heads"] == 8
 
 
@@ -279,7 +280,8 @@ def test_unused_shared_options_are_accepted():
 
 
 def test_registry_reads_each_models_options_and_defaults_from_its_builder():
-    assert list_models() == MODEL_NAMES == ("luvnet", "luvnet_no_temporal", "usvn", "c3d", "r2plus1d", "cnn_lstm")
+    assert list_models() == MODEL_NAMES == ("luvnet", "luvnet_no_temporal", "usvn", "c3d", "r2plus1d", "r2plus1d_34",
+                                            "cnn_lstm", "frame_based", "mvit_b", "swin_b")
     assert model_defaults("luvnet") == {
         "encoder": "densenet161", "weights": "imagenet", "strict_weights": False,
         "num_heads": 8, "kernel_size": 13, "dropout": 0.5,
@@ -291,7 +293,7 @@ def test_registry_reads_each_models_options_and_defaults_from_its_builder():
     assert model_defaults("cnn_lstm")["hidden_size"] == 512 and model_defaults("usvn")["pooling"] == "attention"
     assert set(model_options()) == {
         "encoder", "weights", "strict_weights", "num_heads", "kernel_size", "pooling", "num_frames",
-        "image_size", "dropout", "hidden_size", "width", "channels_last",
+        "image_size", "dropout", "hidden_size", "width", "frame_pooling", "channels_last",
     }  # fmt: skip
     with pytest.raises(ConfigError, match="valid models: luvnet, "):
         model_defaults("luvnet2")

@@ -14,20 +14,22 @@ from torch import nn
 from lusv.errors import ConfigError
 from lusv.models.attention import lengths_to_mask, masked_mean
 from lusv.models.encoders import FrameEncoder
+from lusv.models.registry import register_model
 from lusv.patterns import NUM_PATTERNS
 
 FRAME_POOLINGS: tuple[str, ...] = ("mean", "max")
 
 
+@register_model("frame_based", frame_pooling=FRAME_POOLINGS)
 class FrameBased(nn.Module):
     """``forward(x (B,T,3,H,W), lengths) -> {"logits": (B,P), "frame_logits": (B,T,P)}``."""
 
-    def __init__(self, encoder: FrameEncoder, pooling: str = "mean", dropout: float = 0.5) -> None:
+    def __init__(self, encoder: FrameEncoder, frame_pooling: str = "mean", dropout: float = 0.5) -> None:
         super().__init__()
-        if pooling not in FRAME_POOLINGS:
-            raise ConfigError(f"unknown pooling {pooling!r} for frame_based; valid: {', '.join(FRAME_POOLINGS)}")
+        if frame_pooling not in FRAME_POOLINGS:
+            raise ConfigError(f"unknown frame_pooling {frame_pooling!r} for frame_based; valid: {', '.join(FRAME_POOLINGS)}")
         self.encoder = encoder
-        self.pooling = pooling
+        self.pooling = frame_pooling
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(encoder.feature_dim, NUM_PATTERNS)
 

@@ -23,7 +23,7 @@ from lusv.models.registry import register_model
 from lusv.patterns import NUM_PATTERNS
 
 
-def _narrow(net: nn.Module, width: float) -> None:
+def _narrow(net: nn.Module, width: float, layers: tuple[int, ...] = (2, 2, 2, 2)) -> None:
     """Rebuild torchvision's stem and four stages with ``width`` times the channels, in place.
 
     torchvision hard-codes the widths (45/64 in the stem, 64..512 in the stages), so the stem is
@@ -43,21 +43,25 @@ def _narrow(net: nn.Module, width: float) -> None:
     )
     net.inplanes = planes[0]
     for index, (stage_planes, stride) in enumerate(zip(planes, (1, 2, 2, 2)), start=1):
-        setattr(net, f"layer{index}", net._make_layer(BasicBlock, Conv2Plus1D, stage_planes, 2, stride=stride))
+        setattr(net, f"layer{index}", net._make_layer(BasicBlock, Conv2Plus1D, stage_planes, layers[index - 1], stride=stride))
     net.fc = nn.Linear(planes[-1], NUM_PATTERNS)
 
 
 class R2Plus1D(nn.Module):
     """``forward(x (B,T,3,H,W), lengths ignored) -> {"logits": (B,P)}``."""
 
-    def __init__(self, width: float = 1.0) -> None:
+    def __init__(self, width: float = 1.0, layers: tuple[int, ...] = (2, 2, 2, 2)) -> None:
         super().__init__()
         import torchvision  # noqa: PLC0415 - heavy import only when a model is built
+        from torchvision.models.video.resnet import BasicBlock, Conv2Plus1D, R2Plus1dStem, VideoResNet  # noqa: PLC0415
 
         # Keep torchvision's module names (stem, layer1.., fc) so its checkpoints load as-is.
-        self.backbone = torchvision.models.video.r2plus1d_18(weights=None)
+        if tuple(layers) == (2, 2, 2, 2):
+            self.backbone = torchvision.models.video.r2plus1d_18(weights=None)
+        else:  # torchvision's own blocks, stem and (2+1)-D convolutions, deeper stages
+            self.backbone = VideoResNet(BasicBlock, [Conv2Plus1D] * 4, list(layers), R2Plus1dStem)
         if width != 1.0:
-            _narrow(self.backbone, width)
+            _narrow(self.backbone, width, tuple(layers))
         self.backbone.fc = nn.Linear(self.backbone.fc.in_features, NUM_PATTERNS)
         self.channels_last = False  # set by build_model(channels_last=True): NDHWC activations
 
@@ -87,4 +91,16 @@ def build_r2plus1d(
         pretrained_file=hub_cache_file(url),
         ignore_prefixes=("fc.",) if os.fspath(weights) == "imagenet" else (),
     )
+    return model
+
+
+@register_model("r2plus1d_34")
+def build_r2plus1d_34(
+    weights: str | os.PathLike = "imagenet", strict_weights: bool = False, width: float = 1.0
+) -> R2Plus1D:
+    """R(2+1)D-34, the paper's Table 4 comparator: layer sizes (3, 4, 6, 3) with torchvision's
+    blocks (61.63 M parameters with the 4-way head; the paper reports 63.51 M, a difference its
+    text does not explain). No pretrained weights are known: trained from scratch, as in the paper."""
+    model = R2Plus1D(width=width, layers=(3, 4, 6, 3))
+    model.weights_source = apply_weights(model.backbone, weights, strict=strict_weights, name="r2plus1d_34")
     return model

@@ -16,11 +16,16 @@ minutes; it is not the published model and the study says so.
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lusv.errors import ConfigError
 from lusv.models.attention import check_lengths
+from lusv.models.encoders import apply_weights
+from lusv.models.registry import register_model
 from lusv.patterns import NUM_PATTERNS
 
 PUBLISHED_FRAMES, PUBLISHED_SIZE = 16, 224
@@ -59,8 +64,17 @@ class VideoTransformer(nn.Module):
         return {"logits": self.backbone(x.transpose(1, 2))}
 
 
-def build_mvit_b(width: float = 1.0, num_frames: int = 16, image_size: int = 224) -> VideoTransformer:
-    """MViT-B (torchvision ``mvit_v1_b``) with a P-way head; ``width`` < 1: a two-stage CPU variant."""
+@register_model("mvit_b")
+def build_mvit_b(num_frames: int | None = None, image_size: int | None = None, weights: str | os.PathLike = "imagenet",
+                 strict_weights: bool = False, width: float = 1.0) -> VideoTransformer:
+    """MViT-B (torchvision ``mvit_v1_b``) with a P-way head, trained from scratch; ``width`` < 1:
+    a two-stage CPU variant sized for ``num_frames`` x ``image_size`` clips."""
+    model = _mvit_b(width, num_frames, image_size)
+    model.weights_source = apply_weights(model.backbone, weights, strict=strict_weights, name="mvit_b")
+    return model
+
+
+def _mvit_b(width: float, num_frames: int | None, image_size: int | None) -> VideoTransformer:
     from torchvision.models.video import mvit_v1_b  # noqa: PLC0415 - heavy import only when built
     from torchvision.models.video.mvit import MViT  # noqa: PLC0415
 
@@ -75,6 +89,8 @@ def build_mvit_b(width: float = 1.0, num_frames: int = 16, image_size: int = 224
     from torchvision.models.video.mvit import MSBlockConfig  # noqa: PLC0415
 
     blocks = [MSBlockConfig(**{k: v[i] for k, v in settings.items()}) for i in range(2)]
+    if num_frames is None or image_size is None:
+        raise ConfigError("the small mvit_b (width < 1) needs num_frames and image_size (its position embedding depends on them)")
     frames = max(2, num_frames // 2 * 2)  # the 3-D patch embedding halves time
     net = MViT(spatial_size=(image_size, image_size), temporal_size=frames, block_setting=blocks,
                residual_pool=True, residual_with_cls_embed=False, rel_pos_embed=False, proj_after_attn=False,
@@ -82,8 +98,16 @@ def build_mvit_b(width: float = 1.0, num_frames: int = 16, image_size: int = 224
     return VideoTransformer(net, frames, image_size)
 
 
-def build_swin_b(width: float = 1.0) -> VideoTransformer:
-    """Swin3D-B (torchvision ``swin3d_b``) with a P-way head; ``width`` < 1: a two-stage CPU variant."""
+@register_model("swin_b")
+def build_swin_b(weights: str | os.PathLike = "imagenet", strict_weights: bool = False, width: float = 1.0) -> VideoTransformer:
+    """Swin3D-B (torchvision ``swin3d_b``) with a P-way head, trained from scratch; ``width`` < 1:
+    a two-stage CPU variant fed the clip at its own frame count and size."""
+    model = _swin_b(width)
+    model.weights_source = apply_weights(model.backbone, weights, strict=strict_weights, name="swin_b")
+    return model
+
+
+def _swin_b(width: float) -> VideoTransformer:
     from torchvision.models.video import swin3d_b  # noqa: PLC0415
     from torchvision.models.video.swin_transformer import SwinTransformer3d  # noqa: PLC0415
 

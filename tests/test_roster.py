@@ -1,0 +1,107 @@
+"""The paper's Table 1 roster: every model registered, counted exactly in the paper setting
+(30 frames of 256 x 256, DenseNet-161 where the paper used it) on the meta device, with its
+multiply-accumulates beside the paper's Table 4, and trainable at the quick profile's size."""
+
+import pytest
+import torch
+
+from lusv.models import build_model, list_models
+from lusv.models.cost import count_macs, model_cost
+from lusv.paper import published_table
+
+PAPER_SETTING = {"weights": "random", "num_frames": 30, "image_size": 256}
+
+# key -> (model, options, parameters, GMAC per 30 x 256 x 256 clip). Parameter counts of the
+# LUV-Net family, USVN and C3D are the paper's; the others are torchvision's networks with a
+# 4-way head (checked against torchvision's own 400-way models below).
+ROSTER = {
+    "frame_based": ("frame_based", {}, 26_480_836, 302.72),
+    "mvit_b": ("mvit_b", {}, 36_306_148, 70.60),
+    "swin_b": ("swin_b", {}, 87_643_084, 140.67),
+    "c3d": ("c3d", {}, 214_327_044, 369.14),
+    "r2plus1d": ("r2plus1d", {}, 31_302_177, 401.29),
+    "r2plus1d_34": ("r2plus1d_34", {}, 61_628_513, 749.18),
+    "cnn_lstm": ("cnn_lstm", {}, 32_048_708, 302.89),
+    "usvn": ("usvn", {}, 26_483_044, 302.72),
+    "luvnet_resnet50": ("luvnet", {"encoder": "resnet50"}, 121_046_596, 161.83),
+    "luvnet": ("luvnet", {}, 136_222_884, 304.67),
+    "luvnet_no_temporal": ("luvnet_no_temporal", {}, 62_677_188, 302.76),
+}
+
+
+def test_every_table_1_model_is_registered():
+    assert {"frame_based", "mvit_b", "swin_b", "c3d", "r2plus1d_34", "cnn_lstm", "usvn", "luvnet"} <= set(list_models())
+
+
+@pytest.mark.parametrize("key", sorted(ROSTER))
+def test_parameters_and_macs_in_the_paper_setting(key):
+    name, options, parameters, gmac = ROSTER[key]
+    cost = model_cost(lambda: build_model(name, **PAPER_SETTING, **options), 30, 256)
+    assert cost.parameters == parameters
+    assert cost.gmac == pytest.approx(gmac, abs=0.005)
+
+
+def test_macs_equal_the_papers_table_4_where_the_architecture_is_the_same():
+    paper = published_table(4).set_index("key")
+    for key in ("luvnet", "usvn", "c3d", "cnn_lstm"):
+        assert ROSTER[key][3] == pytest.approx(paper.loc[key, "gmac"], rel=5e-4), key
+    assert ROSTER["luvnet_resnet50"][3] == pytest.approx(paper.loc["luvnet_resnet50", "gmac"], rel=0.011)
+    assert ROSTER["luvnet"][2] / 1e6 == pytest.approx(paper.loc["luvnet", "params_m"], abs=0.25)
+
+
+def test_video_transformers_and_r2plus1d_34_are_torchvisions_networks_with_a_4_way_head():
+    from torchvision.models.video import VideoResNet, mvit_v1_b, swin3d_b
+    from torchvision.models.video.resnet import BasicBlock, Conv2Plus1D, R2Plus1dStem
+
+    def with_4_way_head(net, features):  # torchvision's 400-way Kinetics head replaced by ours
+        return sum(p.numel() for p in net.parameters()) - (features * 400 + 400) + (features * 4 + 4)
+
+    with torch.device("meta"):
+        assert with_4_way_head(mvit_v1_b(), 768) == ROSTER["mvit_b"][2]
+        assert with_4_way_head(swin3d_b(), 1024) == ROSTER["swin_b"][2]
+        r34 = VideoResNet(BasicBlock, [Conv2Plus1D] * 4, [3, 4, 6, 3], R2Plus1dStem)
+        assert with_4_way_head(r34, 512) == ROSTER["r2plus1d_34"][2]
+
+
+@pytest.mark.parametrize("name", ["frame_based", "mvit_b", "swin_b", "r2plus1d_34"])
+def test_new_roster_models_train_at_the_quick_size(name):
+    torch.manual_seed(0)
+    model = build_model(name, weights="random", encoder="tiny", width=0.125, num_frames=8, image_size=32)
+    clips = torch.randn(2, 8, 3, 32, 32)
+    out = model(clips, lengths=torch.tensor([8, 5]))
+    assert out["logits"].shape == (2, 4)
+    out["logits"].sum().backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_frame_based_pools_the_logits_of_real_frames_only():
+    torch.manual_seed(0)
+    model = build_model("frame_based", weights="random", encoder="tiny").eval()
+    clips = torch.randn(1, 6, 3, 32, 32)
+    with torch.no_grad():
+        full = model(clips, lengths=torch.tensor([4]))
+        frame_logits = full["frame_logits"][0, :4]
+        np_mean = frame_logits.mean(dim=0)
+        clips[:, 4:] = 100.0  # padding must not matter
+        padded = model(clips, lengths=torch.tensor([4]))
+    torch.testing.assert_close(full["logits"][0], np_mean)
+    torch.testing.assert_close(padded["logits"], full["logits"])
+    with torch.no_grad():
+        maxed = build_model("frame_based", weights="random", encoder="tiny", frame_pooling="max").eval()
+        maxed.load_state_dict(model.state_dict())
+        out = maxed(clips, lengths=torch.tensor([4]))
+    torch.testing.assert_close(out["logits"][0], out["frame_logits"][0, :4].amax(dim=0))
+
+
+def test_mac_count_of_a_hand_countable_model():
+    # one 1x1 "encoder" conv (3 -> 2 channels) on 4 x 4 frames: 3 * 2 * 16 = 96 MACs per frame
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 2, 1, bias=False)
+
+        def forward(self, x):
+            return self.conv(x.flatten(0, 1))
+
+    with torch.device("meta"):
+        assert count_macs(Tiny(), num_frames=5, image_size=4) * 1e9 == pytest.approx(5 * 96)
