@@ -179,6 +179,19 @@ def test_resume_with_other_parameters_is_refused(finished_run, tiny_data):
         run(**tiny_data.params(finished_run.parent, fold=1, resume=True, lr=0.5, run_name=finished_run.name))
 
 
+def test_a_run_recorded_before_a_parameter_existed_resumes_with_that_parameters_default(finished_run, tiny_data, tmp_path):
+    import shutil
+
+    old = tmp_path / finished_run.name
+    shutil.copytree(finished_run, old)
+    config = json.loads((old / "config.json").read_text())
+    del config["params"]["frame_pooling"]  # as written by a lusv without that parameter
+    (old / "config.json").write_text(json.dumps(config))
+    assert run(**tiny_data.params(tmp_path, fold=1, resume=True)) == old  # reused, not refused
+    with pytest.raises(ConfigError, match=r"frame_pooling: 'mean' -> 'max'"):
+        run(**tiny_data.params(tmp_path, fold=1, resume=True, frame_pooling="max"))
+
+
 def test_one_progress_line_per_epoch_off_a_terminal(tiny_data, tmp_path, capsys):
     run(**tiny_data.params(tmp_path, epochs=3, augment=False, model="usvn"))
     lines = [line for line in capsys.readouterr().out.splitlines() if " epoch " in line]

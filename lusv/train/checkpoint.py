@@ -113,7 +113,10 @@ def read_config(run_dir: Path) -> Optional[dict[str, Any]]:
 
 def check_same_run(p: RunParams, saved: Mapping[str, Any], run_dir: Path) -> None:
     """ConfigError unless ``p`` equals the saved parameters in every field that may not change on resume."""
-    changed = io.recorded_mismatch(saved, p.to_dict(), ignore=resume_may_change())
+    # A field added to RunParams after the run was made is missing from its record; the run was
+    # made with that field's default behaviour, so the default is what it is compared with.
+    recorded = {**RunParams().to_dict(), **saved}
+    changed = io.recorded_mismatch(recorded, p.to_dict(), ignore=resume_may_change())
     if changed:
         details = ", ".join(map(str, changed))
         raise ConfigError(
