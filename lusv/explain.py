@@ -205,7 +205,8 @@ def plot_attention_over_time(attention, frames=None, frame_truth=None, probabili
     ``frame_truth`` (T, 4) 0/1 shades the frames where a pattern is present; ``probabilities``
     (4,) go into the panel titles; ``frames`` (T, H, W[, C]) uint8 adds a strip of up to
     ``max_thumbnails`` evenly spaced frames on top; ``length`` limits the plot to the real
-    frames (default: all T). Returns the Figure (nothing is saved).
+    frames (default: all T). Returns the Figure (nothing is saved). Long because a figure is
+    one sequence of layout and drawing calls on shared axes; split up it would only pass them around.
     """
     import matplotlib.pyplot as plt
 

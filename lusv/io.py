@@ -13,7 +13,7 @@ previous file as it was.
 
 ``torch_load`` verifies the CRC-32 of every record of a checkpoint archive before unpickling
 (one extra read of the file: about a second per GB) and refuses tensors holding NaN or
-infinity. ``run_lock`` gives a process exclusive use of a run folder.
+infinity. (A run folder's lock is ``lusv.runlock``.)
 
 Reuse: a derived file (a split, the generated synthetic dataset, a clip-cache entry, a run to
 resume) is kept only while the parameters recorded with it equal the ones asked for now.
@@ -29,10 +29,7 @@ import json
 import os
 import re
 import shutil
-import socket
-import sys
 import tempfile
-import time
 import zipfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, NamedTuple
@@ -42,7 +39,7 @@ try:  # POSIX; where it is missing (Windows) locks and temp-file ownership are n
 except ImportError:  # pragma: no cover
     fcntl = None
 
-from lusv.errors import CheckpointError, DiskFullError, RunLockedError
+from lusv.errors import CheckpointError, DiskFullError
 
 
 def _read_umask() -> int:
@@ -372,53 +369,3 @@ def _weights_only_refusal(message: str) -> str | None:
 def _first_line(exc: BaseException) -> str:
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     return lines[0][:300] if lines else "no detail"
-
-
-# ----------------------------------------------------------------------------- run folder lock
-
-RUN_LOCK_NAME = ".run.lock"
-
-
-@contextlib.contextmanager
-def run_lock(folder: str | os.PathLike) -> Iterator[Path]:
-    """Hold the exclusive lock of a run folder (created if needed) for the ``with`` block.
-
-    The lock is a ``flock`` on ``<folder>/.run.lock``, which also records the holder (pid,
-    host, command, start time). The operating system releases it when the holder exits or
-    dies, so a lock left by a killed run never blocks the next one. A second holder gets a
-    ``RunLockedError`` naming the first.
-    """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / RUN_LOCK_NAME
-    handle = open(path, "a+", encoding="utf-8")  # not "w": the holder's record must survive our attempt
-    try:
-        if fcntl is not None:
-            try:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as exc:
-                if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                    raise
-                raise RunLockedError(
-                    f"run folder {folder} is in use by {_lock_holder(path)}: wait for that run to end or "
-                    "stop it, or train into another folder (run_name / out_dir)"
-                ) from None
-        holder = {"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(sys.argv)[:500],
-                  "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        handle.seek(0)
-        handle.truncate()
-        handle.write(json.dumps(holder) + "\n")
-        handle.flush()
-        yield path
-        handle.seek(0)
-        handle.truncate()  # a clean exit leaves no holder on record
-    finally:
-        handle.close()  # releases the flock
-
-
-def _lock_holder(path: Path) -> str:
-    try:
-        holder = json.loads(path.read_text(encoding="utf-8"))
-        return f"process {holder['pid']} on {holder['host']} (since {holder['started']}: {holder['command']})"
-    except (OSError, ValueError, KeyError, TypeError):
-        return "another process (its record in " + str(path) + " is unreadable)"

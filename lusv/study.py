@@ -17,7 +17,7 @@ repository root, see ``lusv.paths``)::
 The dataset comes from a registered source (``lusv.sources``): its location, cache name,
 reader and whether it has a per-frame truth come from there. When the dataset has acquisition
 dates, patients first seen on or after a cutoff date form the temporally separated test set
-(see ``lusv.splits.temporal_split``) and folds are made on the rest.
+(see ``lusv.temporal_split``) and folds are made on the rest.
 """
 
 from __future__ import annotations
@@ -183,18 +183,10 @@ def prepare(
     io.write_csv(prepare_dir / "fold_balance.csv", fold_balance(folds, development))
 
     prepared = Prepared(
-        run_dir=run_dir,
-        labels_csv=labels_csv,
-        folds_csv=prepare_dir / "folds.csv",
-        temporal_csv=temporal_csv,
-        cache_root=cache_root,
-        num_frames=num_frames,
-        image_size=image_size,
-        num_folds=num_folds,
-        dataset=name,
-        data=data,
-        data_path=str(dataset_location(data, data_path, synthetic).resolve()),
-    )
+        run_dir=run_dir, labels_csv=labels_csv, folds_csv=prepare_dir / "folds.csv", temporal_csv=temporal_csv,
+        cache_root=cache_root, num_frames=num_frames, image_size=image_size, num_folds=num_folds, dataset=name,
+        data=data, data_path=str(dataset_location(data, data_path, synthetic).resolve()),
+    )  # fmt: skip
     prepared.save()
     return prepared
 
@@ -223,7 +215,7 @@ def _temporal_split(usable: pd.DataFrame, prepare_dir: Path, test_fraction: floa
     Without one (not asked for, fraction 0, missing dates or a single date) the split files of
     an earlier prepare are removed: they must not mislead a later step.
     """
-    from lusv.splits import load_or_make_temporal_split, temporal_split_unavailable
+    from lusv.temporal_split import load_or_make_temporal_split, temporal_split_unavailable
 
     why_not = temporal_split_unavailable(usable) if test_fraction > 0 else "not asked for"
     if why_not is None:

@@ -10,10 +10,9 @@ from scipy import stats
 from sklearn.metrics import roc_auc_score
 
 import reference_stats as ref
+from lusv.bootstrap import _patient_draw_counts, _weighted_auc
 from lusv.errors import PredictionsError
 from lusv.metrics import (
-    _patient_draw_counts,
-    _weighted_auc,
     compare_models,
     delong_auc_variance,
     delong_ci,

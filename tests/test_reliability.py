@@ -22,7 +22,7 @@ import pandas as pd
 import pytest
 import torch
 
-from lusv import io
+from lusv import io, runlock
 from lusv.cli import build_parser, main
 from lusv.errors import CheckpointError, LabelsError, LusvError
 from lusv.train import run
@@ -52,26 +52,26 @@ def finished_run(tiny_data, tmp_path_factory) -> Path:
 
 
 def test_run_lock_refuses_a_second_holder_and_names_the_first(tmp_path):
-    with io.run_lock(tmp_path / "run"):
+    with runlock.run_lock(tmp_path / "run"):
         with pytest.raises(LusvError, match=rf"in use by process {os.getpid()} on {os.uname().nodename}"):
-            with io.run_lock(tmp_path / "run"):
+            with runlock.run_lock(tmp_path / "run"):
                 pass
-    with io.run_lock(tmp_path / "run"):  # released on exit
+    with runlock.run_lock(tmp_path / "run"):  # released on exit
         pass
 
 
 def test_run_lock_of_a_killed_holder_is_stale(tmp_path):
-    code = "import os, signal, sys; from lusv import io\nwith io.run_lock(sys.argv[1]):\n    os.kill(os.getpid(), signal.SIGKILL)"
+    code = "import os, signal, sys; from lusv import runlock\nwith runlock.run_lock(sys.argv[1]):\n    os.kill(os.getpid(), signal.SIGKILL)"
     killed = _python(code, str(tmp_path / "run"))
     assert killed.returncode == -signal.SIGKILL
-    assert "pid" in (tmp_path / "run" / io.RUN_LOCK_NAME).read_text()  # the dead holder's record stays...
-    with io.run_lock(tmp_path / "run"):  # ...but does not block
+    assert "pid" in (tmp_path / "run" / runlock.RUN_LOCK_NAME).read_text()  # the dead holder's record stays...
+    with runlock.run_lock(tmp_path / "run"):  # ...but does not block
         pass
 
 
 def test_second_training_into_a_busy_run_folder_is_refused(tiny_data, tmp_path):
     params = tiny_data.params(tmp_path, fold=0, epochs=1, max_batches_per_epoch=1, run_name="shared")
-    with io.run_lock(tmp_path / "shared"):
+    with runlock.run_lock(tmp_path / "shared"):
         with pytest.raises(LusvError, match=r"run folder .*shared is in use by process"):
             run(**params)
     assert not (tmp_path / "shared" / "config.json").exists()  # the refused run touched nothing

@@ -11,17 +11,8 @@ import pytest
 
 from lusv.errors import ConfigError, LabelsError, LeakageError
 from lusv.patterns import PATTERNS
-from lusv.splits import (
-    DEVELOPMENT,
-    TEMPORAL_TEST,
-    assert_no_patient_overlap,
-    fold_balance,
-    fold_roles,
-    load_or_make_folds,
-    load_or_make_temporal_split,
-    make_folds,
-    temporal_split,
-)
+from lusv.splits import assert_no_patient_overlap, fold_balance, fold_roles, load_or_make_folds, make_folds
+from lusv.temporal_split import DEVELOPMENT, TEMPORAL_TEST, load_or_make_temporal_split, temporal_split
 
 
 def random_labels(n_patients: int = 80, seed: int = 1, missing: float = 0.05) -> pd.DataFrame:

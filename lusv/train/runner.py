@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from lusv import io
+from lusv import io, runlock
 from lusv.cache import ClipCache
 from lusv.config import DEFAULT_PROFILE, RunParams, params_for
 from lusv.datasets import ClipAugment, keep_freed_cpu_buffers
@@ -165,13 +165,13 @@ def run(params: RunParams | Mapping[str, Any] | None = None, /, **overrides: Any
     Call as ``run(**params_for("quick", labels=..., splits=...).to_dict())``, ``run(params)``
     with a ``RunParams``, or ``run(profile="quick", labels=..., ...)``; unset fields take the
     values of ``profile`` (default ``lusv.config.DEFAULT_PROFILE``, quick). Returns the run
-    directory. The run holds the run folder's lock (``lusv.io.run_lock``) for its whole lifetime.
+    directory. The run holds the run folder's lock (``lusv.runlock.run_lock``) for its whole lifetime.
     """
     p = _resolve_params(params, overrides)
     dist = init_distributed()
     run_dir = Path(p.out_dir) / p.name
     # One process per run folder (rank 0 for a torchrun launch): a second run into it is refused.
-    with io.run_lock(run_dir) if dist.is_main else contextlib.nullcontext():
+    with runlock.run_lock(run_dir) if dist.is_main else contextlib.nullcontext():
         saved = checkpoint.read_config(run_dir) if p.resume else None
         if saved is not None:
             checkpoint.check_same_run(p, saved.get("params", {}), run_dir)
