@@ -374,6 +374,25 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: int = WRITE_FP
             stream = container.add_stream(codec, rate=fps, options=options)
             stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
             for frame in frames:
-                container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="gray")))
+                container.mux(stream.encode(_encoder_frame(frame)))
             container.mux(stream.encode(None))  # flush delayed frames
     return Path(path)
+
+
+def _encoder_frame(gray: np.ndarray):
+    """The yuv420p frame x264 encodes for a gray frame, with every byte of its planes set.
+
+    libx264 reads the padding at the end of each plane row (the line size exceeds the width);
+    left as allocated it holds whatever the memory held before, so the same frames gave other
+    bytes in a process that had freed other buffers first (a test session, a notebook after
+    training). Zero padding is what a fresh process's memory holds, so files stay as before.
+    """
+    import av
+
+    frame = av.VideoFrame.from_ndarray(gray, format="gray").reformat(format="yuv420p")
+    for plane in frame.planes:
+        rows = np.frombuffer(plane, dtype=np.uint8).reshape(plane.height, plane.line_size)
+        padded = np.zeros_like(rows)
+        padded[:, : plane.width] = rows[:, : plane.width]
+        plane.update(padded)
+    return frame

@@ -147,3 +147,25 @@ def test_a_frame_count_that_changes_between_decodes_is_a_video_error(tmp_path, m
     with pytest.raises(VideoError, match="different number of frames each time") as error:
         read_clip(path, num_frames=4)
     assert error.value.reason == "corrupt or not a video"
+
+
+def test_written_video_bytes_do_not_depend_on_what_the_process_freed_before(tmp_path):
+    from lusv.datasets import keep_freed_cpu_buffers
+    from lusv.video import _encoder_frame, write_video
+
+    rng = np.random.default_rng(0)
+    clips = [rng.integers(0, 256, (6, 34, 38), dtype=np.uint8) for _ in range(6)]  # rows padded in memory
+
+    def encoded() -> list[bytes]:
+        return [write_video(tmp_path / f"c{i}.mp4", clip).read_bytes() for i, clip in enumerate(clips)]
+
+    first = encoded()
+    keep_freed_cpu_buffers()  # freed buffers are handed out again, holding their old bytes
+    for _ in range(20):
+        junk = np.full(2_000_000, 0xAB, dtype=np.uint8)
+        del junk
+    assert encoded() == first
+    frame = _encoder_frame(clips[0][0])
+    for plane in frame.planes:
+        rows = np.frombuffer(plane, dtype=np.uint8).reshape(plane.height, plane.line_size)
+        assert not rows[:, plane.width:].any()  # x264 reads the row padding: it must be set
