@@ -304,8 +304,6 @@ def prepare_clip(
     with fewer than ``MIN_FRAMES`` frames or frames that are not uint8 ``(N, H, W, 3)``.
     """
     import torch
-    import torch.nn.functional as F
-    from torchvision.transforms.v2.functional import rgb_to_grayscale
 
     name = f"clip {source}" if source is not None else "clip"
     if num_frames < 1 or image_size < 1:
@@ -323,21 +321,43 @@ def prepare_clip(
         )
     kept = frames[sample_indices(len(frames), num_frames)]
     length = len(kept)
-
-    rgb = torch.from_numpy(np.ascontiguousarray(kept)).permute(0, 3, 1, 2)  # (n, 3, H, W)
-    gray = rgb_to_grayscale(rgb.float())  # (n, 1, H, W); float, as uint8 luma would truncate 200 to 199
-    top, bottom, left, right = ultrasound_box(gray.amax(dim=0)[0].round().to(torch.uint8).numpy())
-    gray = gray[:, :, top:bottom, left:right]
-
-    height, width = gray.shape[-2:]
-    side = max(height, width)
-    pad_h, pad_w = side - height, side - width
-    gray = F.pad(gray, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2))
-    resized = F.interpolate(gray, size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False)
+    gray = gray_frames(kept)
+    resized = to_square(gray, crop_box(gray), image_size)
 
     out = np.zeros((num_frames, image_size, image_size, 1), dtype=np.uint8)
     out[:length] = resized.round().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
     return out, length
+
+
+def gray_frames(rgb_frames: np.ndarray):
+    """uint8 RGB (n, H, W, 3) -> float luma tensor (n, 1, H, W); float, as uint8 luma would
+    truncate 200 to 199."""
+    import torch
+    from torchvision.transforms.v2.functional import rgb_to_grayscale
+
+    return rgb_to_grayscale(torch.from_numpy(np.ascontiguousarray(rgb_frames)).permute(0, 3, 1, 2).float())
+
+
+def crop_box(gray) -> tuple[int, int, int, int]:
+    """The crop of ``prepare_clip`` (step 3) for kept frames as a float gray tensor (n, 1, H, W)."""
+    import torch
+
+    return ultrasound_box(gray.amax(dim=0)[0].round().to(torch.uint8).numpy())
+
+
+def to_square(images, box: tuple[int, int, int, int], image_size: int):
+    """Steps 3-4 of ``prepare_clip`` on float images (n, C, H, W): crop to ``box``, pad with
+    zeros to a centred square, resize to ``image_size`` (bilinear, antialias). Anything drawn
+    on the decoded frames (e.g. the synthetic truth masks) lands where the cached pixels do."""
+    import torch.nn.functional as F
+
+    top, bottom, left, right = box
+    images = images[:, :, top:bottom, left:right]
+    height, width = images.shape[-2:]
+    side = max(height, width)
+    pad_h, pad_w = side - height, side - width
+    images = F.pad(images, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2))
+    return F.interpolate(images, size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False)
 
 
 # ----------------------------------------------------------------------------- writing
