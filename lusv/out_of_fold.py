@@ -177,3 +177,19 @@ def out_of_fold_attention(prepared, key: str = "luvnet") -> FoldAttention:
         labels=tests[list(PATTERNS)].to_numpy(dtype=float),
         probabilities=np.concatenate([p[3] for p in parts]),
     )
+
+
+def fold_model_predictions(run_dir: str | Path, split: str = "temporal_test", keys: list[str] | None = None
+                           ) -> dict[str, pd.DataFrame]:
+    """Each fold model's own predictions on ``split``, stacked per configuration (``model_fold``
+    says which model): on the temporally separated set every clip appears once per fold model,
+    which is what the paper's mean ± sd over fold models needs (the oof/ file holds their mean).
+    Configurations without a finished run for the split are left out."""
+    runs = in_repository(run_dir) / "runs"
+    keys = keys if keys is not None else sorted({d.name.rsplit("-fold", 1)[0] for d in runs.glob("*-fold*")})
+    stacked = {}
+    for key in keys:
+        paths = sorted(runs.glob(f"{key}-fold*/predictions_{split}.csv"))
+        if paths:
+            stacked[key] = pd.concat([_read_predictions(path) for path in paths], ignore_index=True)
+    return stacked

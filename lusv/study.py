@@ -369,6 +369,17 @@ def frame_truth(prepared: Prepared, clip_ids: list[str]):
     return source.module.frame_truth(prepared.data_path, clip_ids, prepared.num_frames)
 
 
+def region_truth(prepared: Prepared):
+    """``clip_ids -> (N, T, 4, S, S)`` masks of where each pattern is drawn, in the cache's
+    geometry (``lusv.sources.synthetic.regions``), or None for data without such a truth."""
+    from functools import partial
+
+    region_masks = getattr(get_source(prepared.data).module, "region_masks", None)
+    if region_masks is None:
+        return None
+    return partial(region_masks, prepared.data_path, num_frames=prepared.num_frames, image_size=prepared.image_size)
+
+
 def example_frames_figure(prepared: Prepared):
     """Example frames per pattern: for a source with per-frame truth, its own video frames with
     the frames where each pattern is present marked; otherwise prepared frames from the cache."""
