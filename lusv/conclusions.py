@@ -209,3 +209,45 @@ def results_conclusion(split_summaries: Mapping[str, pd.DataFrame], split_delong
     if fold_summary is not None:
         parts.append(fold_conclusion(fold_summary, split_summaries["test"], comparison, reference))
     return paragraph(*parts)
+
+
+def attention_conclusion(scores: pd.DataFrame | None, saliency: pd.DataFrame | None = None,
+                         frames_without_region: int = 0, nearly_uniform_peak: float = 1.1) -> str:
+    """Notebook 05: does the attention fall on the frames that show a pattern (per-frame truth:
+    ``lusv.explain.score_attention_against_truth``), and do the Grad-CAM maps of the top
+    frames fall on the pattern's drawn region (``lusv.saliency.summarize_region_scores``)?
+
+    Attention whose mean peak (largest weight x frames) is under ``nearly_uniform_peak`` is
+    called nearly uniform: its scores rest on tiny weight differences. A pattern's maps count
+    as on the region when their mean share inside beats the random-map share with p < 0.05."""
+    parts = []
+    if scores is not None and len(scores):
+        scored = scores[scores["n_scored"] > 0]
+        listing = "; ".join(
+            f"{row.display_name} {row.attention_auc:.2f} (pointing game {row.pointing_game:.2f} vs chance "
+            f"{row.pointing_chance:.2f}, {int(row.n_scored)} clips)" for row in scored.itertuples())
+        if listing:
+            parts.append(f"Attention over frames against the per-frame truth (attention AUC, 0.5 = chance): {listing}.")
+            peak = float(scored["peak"].mean())
+            if peak < nearly_uniform_peak:
+                parts.append(f"The attention is nearly uniform (mean peak {peak:.2f}, 1 = uniform), so these scores "
+                             "rest on tiny weight differences and say little about which frames the model uses.")
+            else:
+                parts.append(f"Mean attention peak {peak:.2f} (1 = uniform).")
+    if saliency is not None and len(saliency):
+        rated = saliency[saliency["n_frames"] > 0]
+        listing = "; ".join(
+            f"{row.pattern} {row.share_inside:.3f} vs {row.random_map_share:.3f}"
+            + (f" ({_p(row.p_value)})" if math.isfinite(row.p_value) else "") for row in rated.itertuples())
+        above = [row.pattern for row in rated.itertuples()
+                 if row.lift > 0 and math.isfinite(row.p_value) and row.p_value < ALPHA]
+        parts.append(f"Grad-CAM on each pattern's top attended frames ({int(rated['n_frames'].sum())} frames scored"
+                     + (f"; {frames_without_region} top frames did not show the pattern and were not scored" if
+                        frames_without_region else "")
+                     + f"): share of the map inside the pattern's drawn region vs a random map: {listing}.")
+        if above:
+            parts.append(f"The maps fall on the drawn region more than a random map would for {', '.join(above)}.")
+        else:
+            parts.append("For no pattern do the maps fall on the drawn region more than a random map would: "
+                         "this model shows nothing about where in the image it looks.")
+    return paragraph(*parts) or "No attention or saliency scores: this dataset has no per-frame truth."

@@ -22,12 +22,38 @@ NOTEBOOK_FORMAT = "%(levelname)s %(name)s: %(message)s"
 FILE_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
+class _FirstOfEachWarning(logging.Filter):
+    """Lets through the first record of each message template (logger + format string): a
+    warning repeated per fold and pattern shows once in the notebook, every time in the file."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: set[tuple[str, str]] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = (record.name, str(record.msg))
+        if key in self.seen:
+            return False
+        self.seen.add(key)
+        return True
+
+
+class _NotebookFormatter(logging.Formatter):
+    def __init__(self, log_path: Path):
+        super().__init__(NOTEBOOK_FORMAT)
+        self.note = f" [shown once; every occurrence in {log_path.name}]"
+
+    def format(self, record: logging.LogRecord) -> str:
+        return super().format(record) + self.note
+
+
 def notebook_logging(run_dir: str | os.PathLike, name: str, show_level: int = logging.WARNING) -> Path:
     """Set up logging and progress for study notebook ``name``; returns the log file's path.
 
     The root logger's handlers are replaced (a rerun of the cell does not add duplicates):
     INFO and above are appended to ``<run_dir>/logs/<name>.log``, ``show_level`` and above
-    shown in the notebook. Python warnings go through logging (once into each). Pandas shows
+    shown in the notebook, each message template once (a warning repeated per fold and
+    pattern would bury the results). Python warnings go through logging (once into each). Pandas shows
     three decimals.
     """
     import pandas as pd
@@ -36,7 +62,8 @@ def notebook_logging(run_dir: str | os.PathLike, name: str, show_level: int = lo
     log_path.parent.mkdir(parents=True, exist_ok=True)
     shown = logging.StreamHandler(sys.stderr)
     shown.setLevel(show_level)
-    shown.setFormatter(logging.Formatter(NOTEBOOK_FORMAT))
+    shown.setFormatter(_NotebookFormatter(log_path))
+    shown.addFilter(_FirstOfEachWarning())
     kept = logging.FileHandler(log_path, encoding="utf-8")
     kept.setLevel(logging.INFO)
     kept.setFormatter(logging.Formatter(FILE_FORMAT))

@@ -193,3 +193,20 @@ def fold_model_predictions(run_dir: str | Path, split: str = "temporal_test", ke
         if paths:
             stacked[key] = pd.concat([_read_predictions(path) for path in paths], ignore_index=True)
     return stacked
+
+
+def paper_results(run_dir: str | Path, pooled: pd.DataFrame, reference: str = "luvnet",
+                  keys: list[str] | None = None) -> dict[str, pd.DataFrame]:
+    """The paper's way of reporting for a study run (``lusv.paper.paper_way``): per-fold AUCs
+    with DeLong CIs and p-values, mean ± sd over folds beside the pooled AUCs (``pooled``:
+    ``lusv.report.auc_summaries`` of the test split), paper | lusv | difference for Tables 1,
+    3 and, with a temporally separated set, 2. Saved as ``tables/paper_<name>.csv``."""
+    from lusv.paper import paper_way
+    from lusv.report import save_tables
+
+    run_dir = in_repository(run_dir)
+    test = load_out_of_fold(run_dir, "test", keys)
+    temporal = fold_model_predictions(run_dir, "temporal_test", list(test))
+    tables = paper_way(test, pooled, temporal, reference)
+    save_tables({f"paper_{name}": table for name, table in tables.items()}, run_dir / "tables")
+    return tables

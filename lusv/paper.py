@@ -194,3 +194,25 @@ def paper_way(test: Mapping[str, pd.DataFrame], pooled: pd.DataFrame,
     if temporal_by_fold_model:
         tables["paper_table2"] = compare_with_paper(fold_summary_table(temporal_by_fold_model), 2)
     return tables
+
+
+def per_fold_display(per_fold: pd.DataFrame, reference: str = "luvnet") -> pd.DataFrame:
+    """``per_fold_table`` for reading: one row per (model, fold), one column per pattern and
+    the macro AUC, cells 'AUC (CI low–high)' with ', p = ...' against ``reference``."""
+    from lusv.names import model_name
+    from lusv.patterns import DISPLAY_NAMES
+    from lusv.report import format_auc_ci
+
+    p_column = f"p_vs_{reference}"
+    cells = per_fold.assign(cell=[
+        format_auc_ci(row.auc, row.ci_low, row.ci_high)
+        + (f", p = {getattr(row, p_column):.3f}" if np.isfinite(getattr(row, p_column)) else "")
+        for row in per_fold.itertuples()
+    ])
+    wide = cells.pivot(index=["model", "fold"], columns="column", values="cell")
+    wide = wide[[c for c in (*PATTERNS, "macro") if c in wide.columns]]
+    order = list(dict.fromkeys(per_fold["model"]))
+    wide = wide.reindex(pd.MultiIndex.from_tuples(sorted(wide.index, key=lambda i: (order.index(i[0]), i[1]))))
+    wide = wide.rename(columns={**DISPLAY_NAMES, "macro": "Macro"}).reset_index(names=["Model", "fold"])
+    wide["Model"] = wide["Model"].map(model_name)
+    return wide.rename_axis(columns=None)
