@@ -55,3 +55,20 @@ def with_model_names(table: pd.DataFrame, column: str | None = None) -> pd.DataF
     out = table.copy()
     out[column] = out[column].map(lambda key: model_name(str(key)))
     return out
+
+
+def readable(table: pd.DataFrame) -> pd.DataFrame:
+    """A copy of a result table for reading: study keys in its model column (Model, model or
+    key) become model names and pattern keys in its pattern column (pattern or column) become
+    display names (A-lines, ..., Macro, Micro). Numbers are left as they are."""
+    from lusv.patterns import DISPLAY_NAMES
+
+    out = table.copy()
+    model_column = next((c for c in ("Model", "model", "key") if c in out.columns), None)
+    if model_column is not None:
+        out[model_column] = out[model_column].map(lambda key: model_name(str(key)))
+    names = {**DISPLAY_NAMES, "macro": "Macro", "micro": "Micro"}
+    for column in ("pattern", "column"):
+        if column in out.columns:
+            out[column] = out[column].map(lambda value: names.get(value, value))
+    return out

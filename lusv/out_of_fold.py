@@ -206,6 +206,7 @@ def paper_results(run_dir: str | Path, pooled: pd.DataFrame, reference: str = "l
 
     run_dir = in_repository(run_dir)
     test = load_out_of_fold(run_dir, "test", keys)
+    test = {key: test[key] for key in sorted(test, key=lambda key: key != reference)}  # the reference first
     temporal = fold_model_predictions(run_dir, "temporal_test", list(test))
     tables = paper_way(test, pooled, temporal, reference)
     save_tables({f"paper_{name}": table for name, table in tables.items()}, run_dir / "tables")

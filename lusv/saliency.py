@@ -79,7 +79,8 @@ def region_scores(saliency, mask) -> dict[str, float]:
     is the expected ``share_inside`` of a random map with independent, identically distributed
     pixels (the random-map baseline) and the chance rate of the pointing game; ``pointing_hit``:
     does the map's maximum fall inside (ties: the fraction of tied pixels inside). An all-zero
-    map shares nothing and points nowhere: both are 0.
+    map shares nothing and points nowhere: both are 0, and ``empty_map`` says so (Grad-CAM is
+    all zero where no part of the frame raises the logit).
     """
     saliency, mask = np.asarray(saliency, dtype=float), np.asarray(mask, dtype=bool)
     if saliency.shape != mask.shape:
@@ -92,14 +93,16 @@ def region_scores(saliency, mask) -> dict[str, float]:
         "share_inside": float(saliency[mask].sum() / total) if total > 0 else 0.0,
         "area_fraction": float(mask.mean()),
         "pointing_hit": float(mask[peak].mean()) if peak.any() else 0.0,
+        "empty_map": bool(total <= 0),
     }
 
 
 def summarize_region_scores(per_frame) -> "pd.DataFrame":
     """Per pattern over the scored frames: mean share inside vs the random-map baseline (mean
     area fraction), their difference with a two-sided Wilcoxon signed-rank p-value, and the
-    pointing game vs its chance rate. ``per_frame`` has columns pattern, share_inside,
-    area_fraction, pointing_hit (``out_of_fold_saliency``)."""
+    pointing game vs its chance rate, and how many maps were all zero. ``per_frame`` has
+    columns clip_id, pattern, share_inside, area_fraction, pointing_hit (optionally empty_map;
+    ``out_of_fold_saliency``)."""
     import pandas as pd
     from scipy import stats
 
@@ -115,6 +118,7 @@ def summarize_region_scores(per_frame) -> "pd.DataFrame":
             "share_inside": part["share_inside"].mean(), "random_map_share": part["area_fraction"].mean(),
             "lift": lift.mean() if len(lift) else np.nan, "p_value": p_value,
             "pointing_game": part["pointing_hit"].mean(), "pointing_chance": part["area_fraction"].mean(),
+            "empty_maps": int(part["empty_map"].sum()) if "empty_map" in part else 0,
         })
     return pd.DataFrame(rows)
 
@@ -147,22 +151,18 @@ def out_of_fold_saliency(prepared, key: str, attention, masks, k: int = 3, max_c
     """
     import pandas as pd
 
-    from lusv.inference import load_trained
     from lusv.patterns import PATTERNS
 
     chosen = {p: [i for i in range(len(attention.clip_ids)) if attention.labels[i, p] == 1][:max_clips]
               for p in range(len(PATTERNS))}
     wanted = sorted({i for picks in chosen.values() for i in picks})
     region = dict(zip(wanted, masks([attention.clip_ids[i] for i in wanted]))) if wanted else {}
-    folds = pd.read_csv(prepared.folds_csv, dtype={"clip_id": str}).set_index("clip_id")["fold"]
-    cache, models, rows, missing = prepared.cache(), {}, [], 0
+    model_of = _FoldModels(prepared, key)
+    cache, rows, missing = prepared.cache(), [], 0
     for p, picks in chosen.items():
         for i in picks:
             clip_id, length = attention.clip_ids[i], int(attention.lengths[i])
-            fold = int(folds[clip_id])
-            if fold not in models:
-                models[fold] = load_trained(prepared.run_dir / "runs" / f"{key}-fold{fold}")
-            frames, maps = top_frame_maps(models[fold], cache.load(clip_id)[0], attention.attention[i], length, [p], k)
+            frames, maps = top_frame_maps(model_of(clip_id), cache.load(clip_id)[0], attention.attention[i], length, [p], k)
             for rank, (frame, saliency_map) in enumerate(zip(frames[p], maps[p]), start=1):
                 mask = region[i][frame, p]
                 if not mask.any():
@@ -171,5 +171,44 @@ def out_of_fold_saliency(prepared, key: str, attention, masks, k: int = 3, max_c
                 rows.append({"clip_id": clip_id, "pattern": PATTERNS[p], "frame": int(frame), "rank": rank,
                              **region_scores(saliency_map, mask)})
     per_frame = pd.DataFrame(rows, columns=["clip_id", "pattern", "frame", "rank", "share_inside", "area_fraction",
-                                            "pointing_hit"])
+                                            "pointing_hit", "empty_map"])
     return per_frame, summarize_region_scores(per_frame), missing
+
+
+class _FoldModels:
+    """The fold model that never saw a clip (its test fold's model), loaded once per fold."""
+
+    def __init__(self, prepared, key: str):
+        import pandas as pd
+
+        self.prepared, self.key, self.models = prepared, key, {}
+        self.folds = pd.read_csv(prepared.folds_csv, dtype={"clip_id": str}).set_index("clip_id")["fold"]
+
+    def __call__(self, clip_id: str) -> nn.Module:
+        from lusv.inference import load_trained
+
+        fold = int(self.folds[clip_id])
+        if fold not in self.models:
+            self.models[fold] = load_trained(self.prepared.run_dir / "runs" / f"{self.key}-fold{fold}")
+        return self.models[fold]
+
+
+def example_clips(labels: np.ndarray, n: int) -> list[int]:
+    """Indices of ``n`` clips to show: those labelled with the most patterns first (ties in
+    order), so that the figures have curves to show for several patterns."""
+    positives = np.nan_to_num(np.asarray(labels, dtype=float)).sum(axis=1)
+    return [int(i) for i in np.argsort(-positives, kind="stable")[:n]]
+
+
+def appendix_b_figure(prepared, key: str, attention, index: int, frame_truth=None, k: int = 3):
+    """The paper's Appendix B figure of clip ``index`` of ``attention`` (``out_of_fold_attention``)
+    with each pattern's Grad-CAM maps on its top-``k`` frames, explained by the fold model that
+    never saw the clip; ``frame_truth`` (N, T, 4) adds the dashed ground truth."""
+    from lusv.explain import plot_appendix_b
+
+    clip_id, length = attention.clip_ids[index], int(attention.lengths[index])
+    clip, _ = prepared.cache().load(clip_id)
+    weights = attention.attention[index]
+    _, maps = top_frame_maps(_FoldModels(prepared, key)(clip_id), clip, weights, length, range(len(weights)), k)
+    return plot_appendix_b(weights, clip[..., 0], None if frame_truth is None else frame_truth[index], length, k,
+                           saliency=maps, title=f"{clip_id} (fold model {key} that never saw it)")

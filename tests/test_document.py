@@ -15,7 +15,7 @@ import pytest
 
 from lusv.conclusions import ablation_conclusion, comparison_conclusion, model_conclusion, results_conclusion
 from lusv.html_report import write_index
-from lusv.names import model_name, with_model_names
+from lusv.names import model_name, readable, with_model_names
 from lusv.patterns import DISPLAY_NAMES, PATTERNS
 from lusv.report import auc_summaries, auc_table, delong_table
 from lusv.saliency import region_scores, summarize_region_scores
@@ -27,6 +27,9 @@ def test_study_keys_get_human_names():
         "LUV-Net", "USVN", "LUV-Net K=13", "LUV-Net H=4", "R(2+1)D-18", "mystery"]
     table = with_model_names(pd.DataFrame({"Model": ["luvnet_no_temporal", "c3d"], "x": [1, 2]}))
     assert table["Model"].tolist() == ["LUV-Net without temporal module", "C3D"]
+    long = readable(pd.DataFrame({"model": ["luvnet_k13"], "pattern": ["pleural_effusion"], "auc": [0.7]}))
+    assert long.iloc[0].tolist() == ["LUV-Net K=13", "Pleural effusion", 0.7]
+    assert readable(pd.DataFrame({"column": ["macro", "a_lines"]}))["column"].tolist() == ["Macro", "A-lines"]
 
 
 @pytest.fixture(scope="module")
@@ -108,10 +111,12 @@ def test_region_scores_on_a_known_mask():
     mask[0, :2] = True  # 2 of 16 pixels
     saliency = np.zeros((4, 4))
     saliency[0, 0], saliency[0, 1], saliency[3, 3] = 3.0, 1.0, 4.0  # half the mass inside, peak outside
-    assert region_scores(saliency, mask) == {"share_inside": 0.5, "area_fraction": 0.125, "pointing_hit": 0.0}
+    assert region_scores(saliency, mask) == {"share_inside": 0.5, "area_fraction": 0.125, "pointing_hit": 0.0,
+                                             "empty_map": False}
     saliency[0, 0] = 4.0  # two tied peaks, one inside: half a hit
     assert region_scores(saliency, mask)["pointing_hit"] == 0.5
-    assert region_scores(np.zeros((4, 4)), mask) == {"share_inside": 0.0, "area_fraction": 0.125, "pointing_hit": 0.0}
+    assert region_scores(np.zeros((4, 4)), mask) == {"share_inside": 0.0, "area_fraction": 0.125, "pointing_hit": 0.0,
+                                                     "empty_map": True}
     uniform = region_scores(np.ones((4, 4)), mask)  # a flat map is the random-map baseline exactly
     assert uniform["share_inside"] == uniform["area_fraction"] == 0.125
     from lusv.errors import ConfigError
@@ -122,12 +127,34 @@ def test_region_scores_on_a_known_mask():
 
 def test_region_score_summary_compares_with_the_random_map_baseline():
     rows = [{"clip_id": f"c{i}", "pattern": "b_lines", "share_inside": 0.6 + 0.01 * i, "area_fraction": 0.1,
-             "pointing_hit": float(i % 2)} for i in range(8)]
+             "pointing_hit": float(i % 2), "empty_map": False} for i in range(8)]
     summary = summarize_region_scores(pd.DataFrame(rows)).set_index("pattern")
     b = summary.loc["B-lines"]
     assert b["n_frames"] == 8 and b["share_inside"] == pytest.approx(0.635) and b["random_map_share"] == 0.1
     assert b["lift"] == pytest.approx(0.535) and b["p_value"] < 0.01 and b["pointing_game"] == 0.5
     assert summary.loc["A-lines", "n_frames"] == 0 and np.isnan(summary.loc["A-lines", "share_inside"])
+    assert b["empty_maps"] == 0
+
+
+def test_attention_conclusion_says_whether_the_maps_fall_on_the_regions():
+    from lusv.conclusions import attention_conclusion
+
+    summary = pd.DataFrame([
+        {"pattern": "A-lines", "n_frames": 9, "share_inside": 0.30, "random_map_share": 0.05, "lift": 0.25,
+         "p_value": 0.004, "empty_maps": 0},
+        {"pattern": "B-lines", "n_frames": 9, "share_inside": 0.01, "random_map_share": 0.04, "lift": -0.03,
+         "p_value": 0.02, "empty_maps": 3},
+        {"pattern": "Consolidation", "n_frames": 0, "share_inside": np.nan, "random_map_share": np.nan,
+         "lift": np.nan, "p_value": np.nan, "empty_maps": 0},
+    ])
+    text = attention_conclusion(None, summary, frames_without_region=2)
+    assert "18 frames scored; 2 top frames did not show the pattern" in text
+    assert "A-lines 0.300 vs 0.050 (p = 0.004); B-lines 0.010 vs 0.040 (p = 0.020)." in text
+    assert "3 of these maps are all zero" in text
+    assert "avoid the drawn region (less inside than a random map, p < 0.05) for B-lines." in text
+    assert "more than a random map would for A-lines." in text
+    nothing = attention_conclusion(None, summary.iloc[1:])
+    assert "For no pattern do the maps fall on the drawn region more than a random map would" in nothing
 
 
 def test_region_masks_follow_the_frame_truth_and_the_cached_pixels(tiny_data):
