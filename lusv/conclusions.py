@@ -244,19 +244,20 @@ def attention_conclusion(scores: pd.DataFrame | None, saliency: pd.DataFrame | N
                 parts.append(f"Mean attention peak {peak:.2f} (1 = uniform).")
     if saliency is not None and len(saliency):
         rated = saliency[saliency["n_frames"] > 0]
+        empty = int(saliency["empty_maps"].sum()) if "empty_maps" in saliency else 0
         listing = "; ".join(
             f"{row.pattern} {row.share_inside:.3f} vs {row.random_map_share:.3f}"
             + (f" ({_p(row.p_value)})" if math.isfinite(row.p_value) else "") for row in rated.itertuples())
         significant = [row for row in rated.itertuples() if math.isfinite(row.p_value) and row.p_value < ALPHA]
         above = [row.pattern for row in significant if row.lift > 0]
         below = [row.pattern for row in significant if row.lift < 0]
-        empty = int(rated["empty_maps"].sum()) if "empty_maps" in rated else 0
-        parts.append(f"Grad-CAM on each pattern's top attended frames ({int(rated['n_frames'].sum())} frames scored"
+        parts.append(f"Grad-CAM on each pattern's top attended frames ({int(rated['n_frames'].sum())} non-empty maps scored"
                      + (f"; {frames_without_region} top frames did not show the pattern and were not scored" if
                         frames_without_region else "")
                      + f"): share of the map inside the pattern's drawn region vs a random map: {listing}.")
         if empty:
-            parts.append(f"{empty} of these maps are all zero (nothing in the frame raises the pattern's logit).")
+            parts.append(f"{empty} further maps are all zero (nothing in the frame raises the pattern's logit) "
+                         "and are not scored.")
         if below:
             parts.append(f"The maps avoid the drawn region (less inside than a random map, p < {ALPHA}) for "
                          f"{', '.join(below)}.")

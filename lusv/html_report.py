@@ -34,7 +34,7 @@ body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; max-width:
        padding: 0 1em; color: #222; line-height: 1.45; }
 h1 { font-size: 1.6em; margin-bottom: 0.2em; } h2 { font-size: 1.25em; margin-top: 1.6em; border-bottom: 1px solid #ddd; }
 table { border-collapse: collapse; font-size: 0.92em; } th, td { padding: 4px 10px; border-bottom: 1px solid #e4e4e4; }
-th { text-align: left; background: #f4f4f4; } td { font-variant-numeric: tabular-nums; }
+th { text-align: left; background: #f4f4f4; } td { font-variant-numeric: tabular-nums; white-space: nowrap; }
 .meta { color: #666; font-size: 0.9em; } .figures { display: flex; flex-wrap: wrap; gap: 12px; }
 .figures figure { margin: 0; width: 340px; } .figures img { width: 100%; border: 1px solid #ddd; }
 .figures figcaption { font-size: 0.85em; color: #444; } .conclusion { background: #f7f9fc; padding: 0.6em 1em; border-left: 3px solid #4a78c2; }

@@ -98,9 +98,10 @@ def region_scores(saliency, mask) -> dict[str, float]:
 
 
 def summarize_region_scores(per_frame) -> "pd.DataFrame":
-    """Per pattern over the scored frames: mean share inside vs the random-map baseline (mean
-    area fraction), their difference with a two-sided Wilcoxon signed-rank p-value, and the
-    pointing game vs its chance rate, and how many maps were all zero. ``per_frame`` has
+    """Per pattern over the scored frames with a non-empty map (``n_frames``; all-zero maps are
+    counted in ``empty_maps`` and left out, as they place no mass anywhere): mean share inside
+    vs the random-map baseline (mean area fraction), their difference with a two-sided Wilcoxon
+    signed-rank p-value, and the pointing game vs its chance rate. ``per_frame`` has
     columns clip_id, pattern, share_inside, area_fraction, pointing_hit (optionally empty_map;
     ``out_of_fold_saliency``)."""
     import pandas as pd
@@ -110,15 +111,17 @@ def summarize_region_scores(per_frame) -> "pd.DataFrame":
 
     rows = []
     for name in PATTERNS:
-        part = per_frame[per_frame["pattern"] == name]
+        scored = per_frame[per_frame["pattern"] == name]
+        empty = scored["empty_map"].astype(bool) if "empty_map" in scored else pd.Series(False, index=scored.index)
+        part = scored[~empty]  # an all-zero map has no mass to place: counted, not scored as "outside"
         lift = (part["share_inside"] - part["area_fraction"]).to_numpy()
         p_value = float(stats.wilcoxon(lift, zero_method="zsplit").pvalue) if len(lift) > 1 and np.any(lift) else np.nan
         rows.append({
             "pattern": DISPLAY_NAMES[name], "n_frames": len(part), "n_clips": part["clip_id"].nunique() if len(part) else 0,
+            "empty_maps": int(empty.sum()),
             "share_inside": part["share_inside"].mean(), "random_map_share": part["area_fraction"].mean(),
             "lift": lift.mean() if len(lift) else np.nan, "p_value": p_value,
             "pointing_game": part["pointing_hit"].mean(), "pointing_chance": part["area_fraction"].mean(),
-            "empty_maps": int(part["empty_map"].sum()) if "empty_map" in part else 0,
         })
     return pd.DataFrame(rows)
 

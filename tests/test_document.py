@@ -128,12 +128,14 @@ def test_region_scores_on_a_known_mask():
 def test_region_score_summary_compares_with_the_random_map_baseline():
     rows = [{"clip_id": f"c{i}", "pattern": "b_lines", "share_inside": 0.6 + 0.01 * i, "area_fraction": 0.1,
              "pointing_hit": float(i % 2), "empty_map": False} for i in range(8)]
+    rows.append({"clip_id": "c9", "pattern": "b_lines", "share_inside": 0.0, "area_fraction": 0.1,
+                 "pointing_hit": 0.0, "empty_map": True})  # counted, not scored
     summary = summarize_region_scores(pd.DataFrame(rows)).set_index("pattern")
     b = summary.loc["B-lines"]
     assert b["n_frames"] == 8 and b["share_inside"] == pytest.approx(0.635) and b["random_map_share"] == 0.1
     assert b["lift"] == pytest.approx(0.535) and b["p_value"] < 0.01 and b["pointing_game"] == 0.5
     assert summary.loc["A-lines", "n_frames"] == 0 and np.isnan(summary.loc["A-lines", "share_inside"])
-    assert b["empty_maps"] == 0
+    assert b["empty_maps"] == 1
 
 
 def test_attention_conclusion_says_whether_the_maps_fall_on_the_regions():
@@ -148,9 +150,9 @@ def test_attention_conclusion_says_whether_the_maps_fall_on_the_regions():
          "lift": np.nan, "p_value": np.nan, "empty_maps": 0},
     ])
     text = attention_conclusion(None, summary, frames_without_region=2)
-    assert "18 frames scored; 2 top frames did not show the pattern" in text
+    assert "18 non-empty maps scored; 2 top frames did not show the pattern" in text
     assert "A-lines 0.300 vs 0.050 (p = 0.004); B-lines 0.010 vs 0.040 (p = 0.020)." in text
-    assert "3 of these maps are all zero" in text
+    assert "3 further maps are all zero" in text
     assert "avoid the drawn region (less inside than a random map, p < 0.05) for B-lines." in text
     assert "more than a random map would for A-lines." in text
     nothing = attention_conclusion(None, summary.iloc[1:])
