@@ -11,7 +11,8 @@
 #                    N CPUs each), side by side; needs pip install "lusv[ray]"
 #   --ray-address    a Ray cluster to join (ray://head:10001 or auto); default: a local Ray
 #
-# Executed notebooks land in results/<run>/notebooks/, everything they compute beside them.
+# Executed notebooks land in results/<run>/notebooks/ (and as .html beside them), everything they
+# compute beside them; results/<run>/index.html links it all (headline table, conclusions, figures).
 # Rerunning continues where a previous run stopped: finished folds are reused, interrupted
 # ones resumed. --from N restarts at notebook N. Notebook 07 (real POCUS clips) runs when the
 # POCUS folder exists (default ../shared/data/pocus) and is skipped with a message otherwise.
@@ -23,7 +24,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")"
 # The source registry is standard-library Python, so it answers before the environment exists.
 sources() { PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" "${LUSV_PYTHON:-python3}" -m lusv.sources "$@"; }
 usage() {
-    sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'
     echo "SOURCE: $(sources | paste -sd '|')"
     exit "${1:-0}"
 }
@@ -91,5 +92,7 @@ if [[ -d "$pocus" ]]; then
 else
     echo "== 07_external_pocus: skipped — no POCUS folder at $pocus (pass --pocus PATH; see data/README.md)"
 fi
+# Every executed notebook as standalone HTML and an index page: the study readable in any browser.
+"$LUSV_PYTHON" -m lusv.html_report "$run_dir"
 echo "study finished in $(( ($(date +%s) - start) / 60 )) min $(( ($(date +%s) - start) % 60 )) s: $run_dir"
-echo "results: $run_dir/tables  $run_dir/figures  executed notebooks: $run_dir/notebooks"
+echo "results: $run_dir/index.html (open in a browser)  tables: $run_dir/tables  figures: $run_dir/figures  logs: $run_dir/logs"

@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm  # text bars: readable in JupyterLab and in papermill-rendered notebooks alike
 
+from lusv.console import bars_enabled
 from lusv.errors import CacheError, ConfigError, IngestError, LabelsError, VideoError
 from lusv.io import read_table, recorded_mismatch, save_npy, write_csv
 from lusv.video import PREPARATION_VERSION, prepare_clip, read_clip
@@ -150,7 +151,7 @@ class ClipCache:
         todo: list[tuple[str, str, str | None]] = []  # clip_id, path, why an old entry is rebuilt
         last_save = time.monotonic()
         bar = tqdm(total=len(jobs), desc=f"clip cache T{self.num_frames} S{self.image_size}",
-                   unit="clip", disable=not progress)
+                   unit="clip", disable=not bars_enabled(progress))
         with bar:
             for clip_id, path in jobs:
                 stale = self._why_stale(clip_id, path)

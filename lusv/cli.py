@@ -199,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict = commands.add_parser("predict", help="pattern probabilities and an attention plot for one clip")
     predict.add_argument("clip", help="video file (mp4, avi, mov, mpeg, gif, DICOM)")
     predict.add_argument("--checkpoint", required=True, help="best.pt of a training run (or the run folder)")
-    predict.add_argument("--plot", default=None, help="attention plot path (default: <clip>.attention.png)")
+    predict.add_argument("--plot", default=None, help="attention plot path (default: ./<clip file name>.attention.png in the current folder)")
     predict.set_defaults(handler=_cmd_predict)
 
     report = commands.add_parser("report", help="results tables and ROC figure of a study run")

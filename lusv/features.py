@@ -69,6 +69,7 @@ from lusv.cache import (
     entry_file_name,
     read_manifest,
 )
+from lusv.console import bars_enabled
 from lusv.datasets import ClipAugment, to_model_input
 from lusv.errors import ConfigError, LabelsError
 from lusv.io import save_npy, write_csv, write_json
@@ -208,7 +209,7 @@ class FeatureCache:
         was_training = self.encoder.training
         self.encoder.eval()
         try:
-            for clip_id in tqdm(clip_ids, desc=f"features {self.dir.name}", unit="clip", disable=not progress):
+            for clip_id in tqdm(clip_ids, desc=f"features {self.dir.name}", unit="clip", disable=not bars_enabled(progress)):
                 record = self._build_clip(clip_id, sources.get(clip_id), wanted)
                 records.append(record)
                 changed |= record["status"] in ("ingested", "rebuilt")

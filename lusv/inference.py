@@ -31,7 +31,7 @@ from lusv.config import RunParams, model_options
 from lusv.datasets import to_model_input
 from lusv.devices import autocast
 from lusv.errors import CheckpointError
-from lusv.patterns import PATTERNS
+from lusv.patterns import DISPLAY_NAMES, PATTERNS
 
 
 def masked_bce(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -164,6 +164,10 @@ def predict_clip(
 ) -> ClipPrediction:
     """Probabilities per pattern for one video file; writes an attention plot when the model has attention.
 
+    The plot is the paper's Appendix B figure (``lusv.explain.plot_appendix_b``) with the
+    Grad-CAM maps of each pattern's top frames, written to ``plot_path`` or, by default,
+    ``./<clip file name>.attention.png`` in the current folder.
+
     ``checkpoint`` is a run's ``best.pt`` or the run folder. Raises ``VideoError`` for a clip that
     cannot be read and ``CheckpointError`` for a missing or unsafe checkpoint. A plot that cannot
     be written does not raise: the result carries ``plot_error`` beside the probabilities.
@@ -175,8 +179,9 @@ def predict_clip(
 
     import numpy as np
 
-    from lusv.errors import CheckpointError
-    from lusv.explain import plot_attention_over_time
+    from lusv.errors import CheckpointError, ConfigError
+    from lusv.explain import plot_appendix_b
+    from lusv.saliency import top_frame_maps
     from lusv.io import atomic_path
     from lusv.video import prepare_clip, read_clip
 
@@ -188,19 +193,20 @@ def predict_clip(
     if not np.isfinite(probabilities).all():  # a NaN must never be printed as a probability
         raise CheckpointError(f"checkpoint {checkpoint} gives non-finite probabilities for {clip_path}: "
                               "its weights are damaged or training diverged; use another run")
-    if not np.isfinite(probabilities).all():  # a NaN must never be printed as a probability
-        raise CheckpointError(f"checkpoint {checkpoint} gives non-finite probabilities for {clip_path}: "
-                              "its weights are damaged or training diverged; use another run")
     named = {pattern: float(p) for pattern, p in zip(PATTERNS, probabilities[0])}
 
     if attention is None:
         note = f"no attention plot: model '{params.model}' has no attention over frames"
         return ClipPrediction(named, None, length, None, note)
-    written = Path(plot_path) if plot_path else Path(f"{clip_path}.attention.png")
-    figure = plot_attention_over_time(
-        attention[0], frames=clip[..., 0], probabilities=probabilities[0], length=length,
-        title=Path(clip_path).name,
-    )  # fmt: skip
+    # The current folder, not the clip's: a dataset folder is often read-only or shared.
+    written = Path(plot_path) if plot_path else Path.cwd() / f"{Path(clip_path).name}.attention.png"
+    try:
+        _, saliency = top_frame_maps(model, clip, attention[0], length)
+    except ConfigError:  # no 2-D frame encoder: the curves and frames without the maps
+        saliency = None
+    probability_text = ", ".join(f"{DISPLAY_NAMES[p]} {v:.2f}" for p, v in named.items())
+    figure = plot_appendix_b(attention[0], clip[..., 0], length=length, saliency=saliency,
+                             title=f"{Path(clip_path).name}: {probability_text}")
     try:
         with atomic_path(written) as tmp:
             figure.savefig(tmp, format="png", dpi=120, bbox_inches="tight")

@@ -177,3 +177,37 @@ def out_of_fold_attention(prepared, key: str = "luvnet") -> FoldAttention:
         labels=tests[list(PATTERNS)].to_numpy(dtype=float),
         probabilities=np.concatenate([p[3] for p in parts]),
     )
+
+
+def fold_model_predictions(run_dir: str | Path, split: str = "temporal_test", keys: list[str] | None = None
+                           ) -> dict[str, pd.DataFrame]:
+    """Each fold model's own predictions on ``split``, stacked per configuration (``model_fold``
+    says which model): on the temporally separated set every clip appears once per fold model,
+    which is what the paper's mean ± sd over fold models needs (the oof/ file holds their mean).
+    Configurations without a finished run for the split are left out."""
+    runs = in_repository(run_dir) / "runs"
+    keys = keys if keys is not None else sorted({d.name.rsplit("-fold", 1)[0] for d in runs.glob("*-fold*")})
+    stacked = {}
+    for key in keys:
+        paths = sorted(runs.glob(f"{key}-fold*/predictions_{split}.csv"))
+        if paths:
+            stacked[key] = pd.concat([_read_predictions(path) for path in paths], ignore_index=True)
+    return stacked
+
+
+def paper_results(run_dir: str | Path, pooled: pd.DataFrame, reference: str = "luvnet",
+                  keys: list[str] | None = None) -> dict[str, pd.DataFrame]:
+    """The paper's way of reporting for a study run (``lusv.paper.paper_way``): per-fold AUCs
+    with DeLong CIs and p-values, mean ± sd over folds beside the pooled AUCs (``pooled``:
+    ``lusv.report.auc_summaries`` of the test split), paper | lusv | difference for Tables 1,
+    3 and, with a temporally separated set, 2. Saved as ``tables/paper_<name>.csv``."""
+    from lusv.paper import paper_way
+    from lusv.report import save_tables
+
+    run_dir = in_repository(run_dir)
+    test = load_out_of_fold(run_dir, "test", keys)
+    test = {key: test[key] for key in sorted(test, key=lambda key: key != reference)}  # the reference first
+    temporal = fold_model_predictions(run_dir, "temporal_test", list(test))
+    tables = paper_way(test, pooled, temporal, reference)
+    save_tables({f"paper_{name}": table for name, table in tables.items()}, run_dir / "tables")
+    return tables

@@ -134,3 +134,85 @@ def compare_sweep_with_paper(ours: pd.DataFrame, number: int) -> pd.DataFrame:
         out[f"{column}_lusv"] = merged.get(f"{column}_mean", np.nan)
         out[f"{column}_diff"] = out[f"{column}_lusv"] - out[f"{column}_paper"]
     return out
+
+
+def per_fold_table(per_fold: Mapping[str, pd.DataFrame], delong: pd.DataFrame | None = None,
+                   reference: str = "luvnet") -> pd.DataFrame:
+    """The paper's Tables 5-7 in one long table: per model, fold and column (patterns, micro,
+    macro) the AUC with its DeLong CI and, for patterns, the paired p-value against ``reference``.
+
+    ``per_fold`` maps model key -> ``per_fold_auc`` table; ``delong`` is ``per_fold_delong``."""
+    parts = [table.assign(model=key) for key, table in per_fold.items()]
+    long = pd.concat(parts, ignore_index=True)[["model", "fold", "column", "auc", "ci_low", "ci_high"]]
+    long[f"p_vs_{reference}"] = np.nan
+    if delong is not None and len(delong):
+        p_values = delong.rename(columns={"pattern": "column"}).set_index(["model", "fold", "column"])["p_value"]
+        index = pd.MultiIndex.from_frame(long[["model", "fold", "column"]])
+        long[f"p_vs_{reference}"] = p_values.reindex(index).to_numpy()
+    return long
+
+
+def fold_vs_pooled(fold_summary: pd.DataFrame, pooled: pd.DataFrame) -> pd.DataFrame:
+    """Mean ± sd over fold models (the paper's way) beside the pooled out-of-fold AUC with its
+    95% CI (lusv's headline), one row per (model, column). ``pooled`` is
+    ``lusv.report.auc_summaries`` (model, pattern, auc, ci_low, ci_high)."""
+    rows = []
+    for _, summary in fold_summary.iterrows():
+        for column in SUMMARY_COLUMNS:
+            match = pooled[(pooled["model"] == summary["key"]) & (pooled["pattern"] == column)]
+            auc, low, high = match[["auc", "ci_low", "ci_high"]].iloc[0] if len(match) else (np.nan,) * 3
+            rows.append({"model": summary["key"], "column": column, "fold_mean": summary[f"{column}_mean"],
+                         "fold_sd": summary[f"{column}_sd"], "pooled_auc": auc, "pooled_ci_low": low,
+                         "pooled_ci_high": high})
+    return pd.DataFrame(rows)
+
+
+def paper_way(test: Mapping[str, pd.DataFrame], pooled: pd.DataFrame,
+              temporal_by_fold_model: Mapping[str, pd.DataFrame] | None = None,
+              reference: str = "luvnet") -> dict[str, pd.DataFrame]:
+    """Every table the paper reports, made its way from a run's predictions (notebook 06):
+
+    * ``per_fold``: per model, fold and column the AUC, DeLong CI, p-value vs ``reference``;
+    * ``fold_summary``: mean ± sd over folds per model (the shape of ``published_table(1)``);
+    * ``fold_vs_pooled``: those beside the pooled out-of-fold AUCs with CIs (``pooled``);
+    * ``paper_table1``, ``paper_table3``: paper | lusv | difference (cross-validation; the
+      temporal ablation rows), every paper row kept, empty where the run has no such model;
+    * ``paper_table2`` (with ``temporal_by_fold_model``: each fold model's predictions on the
+      temporally separated set, ``lusv.out_of_fold.fold_model_predictions``).
+    """
+    per_fold = {key: per_fold_auc(table) for key, table in test.items()}
+    delong = per_fold_delong(test, reference) if reference in test and len(test) > 1 else None
+    summary = pd.DataFrame.from_dict({k: fold_mean_sd(t) for k, t in per_fold.items()}, orient="index")
+    summary = summary.rename_axis("key").reset_index()
+    tables = {
+        "per_fold": per_fold_table(per_fold, delong, reference),
+        "fold_summary": summary,
+        "fold_vs_pooled": fold_vs_pooled(summary, pooled),
+        "paper_table1": compare_with_paper(summary, 1),
+        "paper_table3": compare_with_paper(summary, 3),
+    }
+    if temporal_by_fold_model:
+        tables["paper_table2"] = compare_with_paper(fold_summary_table(temporal_by_fold_model), 2)
+    return tables
+
+
+def per_fold_display(per_fold: pd.DataFrame, reference: str = "luvnet") -> pd.DataFrame:
+    """``per_fold_table`` for reading: one row per (model, fold), one column per pattern and
+    the macro AUC, cells 'AUC (CI low–high)' with ', p = ...' against ``reference``."""
+    from lusv.names import model_name
+    from lusv.patterns import DISPLAY_NAMES
+    from lusv.report import format_auc_ci
+
+    p_column = f"p_vs_{reference}"
+    cells = per_fold.assign(cell=[
+        format_auc_ci(row.auc, row.ci_low, row.ci_high)
+        + (f", p = {getattr(row, p_column):.3f}" if np.isfinite(getattr(row, p_column)) else "")
+        for row in per_fold.itertuples()
+    ])
+    wide = cells.pivot(index=["model", "fold"], columns="column", values="cell")
+    wide = wide[[c for c in (*PATTERNS, "macro") if c in wide.columns]]
+    order = list(dict.fromkeys(per_fold["model"]))
+    wide = wide.reindex(pd.MultiIndex.from_tuples(sorted(wide.index, key=lambda i: (order.index(i[0]), i[1]))))
+    wide = wide.rename(columns={**DISPLAY_NAMES, "macro": "Macro"}).reset_index(names=["Model", "fold"])
+    wide["Model"] = wide["Model"].map(model_name)
+    return wide.rename_axis(columns=None)

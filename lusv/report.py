@@ -377,3 +377,21 @@ def _show_example_row(row, clip_id: str, pattern: str, load_frames, frame_truth:
                 spine.set_linewidth(3 if present[col] else 1)
         ax.set_title(title, fontsize=7)
     row[0].set_ylabel(f"{DISPLAY_NAMES[pattern]}\n{clip_id}", fontsize=9)
+
+
+def training_table(run_dirs: Sequence[str | os.PathLike]) -> pd.DataFrame:
+    """One row per training run (fold) from its log.csv: epochs run, the best epoch (lowest
+    validation loss, the one whose weights are kept), its validation loss and macro AUC, and
+    the training time: what the notebooks show instead of per-epoch lines."""
+    rows = []
+    for run_dir in run_dirs:
+        log = pd.read_csv(Path(run_dir) / "log.csv")
+        best = log.loc[log["val_loss"].idxmin()] if len(log) else None
+        rows.append({
+            "run": Path(run_dir).name, "epochs": len(log),
+            "best_epoch": int(best["epoch"]) if best is not None else None,
+            "val_loss": best["val_loss"] if best is not None else float("nan"),
+            "val_macro_auc": best["val_macro_auc"] if best is not None else float("nan"),
+            "seconds": float(log["seconds"].sum()),
+        })
+    return pd.DataFrame(rows)

@@ -66,3 +66,152 @@ def grad_cam(model: nn.Module, clip: torch.Tensor, pattern: int, frames: Sequenc
     cam = F.interpolate(cam[list(frames)], size=clip.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
     peak = cam.flatten(1).amax(dim=1).clamp(min=torch.finfo(cam.dtype).tiny)
     return (cam / peak[:, None, None]).cpu().numpy()
+
+
+# ----------------------------------------------------------------------------- scoring against where the pattern is
+
+
+def region_scores(saliency, mask) -> dict[str, float]:
+    """How much of one map falls where the pattern is drawn.
+
+    ``saliency`` (S, S) >= 0, ``mask`` (S, S) bool (non-empty). ``share_inside``: the map's mass
+    inside the mask over its total mass; ``area_fraction``: the mask's share of the image, which
+    is the expected ``share_inside`` of a random map with independent, identically distributed
+    pixels (the random-map baseline) and the chance rate of the pointing game; ``pointing_hit``:
+    does the map's maximum fall inside (ties: the fraction of tied pixels inside). An all-zero
+    map shares nothing and points nowhere: both are 0, and ``empty_map`` says so (Grad-CAM is
+    all zero where no part of the frame raises the logit).
+    """
+    saliency, mask = np.asarray(saliency, dtype=float), np.asarray(mask, dtype=bool)
+    if saliency.shape != mask.shape:
+        raise ConfigError(f"saliency {saliency.shape} and mask {mask.shape} must have the same shape")
+    if not mask.any():
+        raise ConfigError("the region mask is empty: nothing to score the map against")
+    total = saliency.sum()
+    peak = np.isclose(saliency, saliency.max()) if total > 0 else np.zeros_like(mask)
+    return {
+        "share_inside": float(saliency[mask].sum() / total) if total > 0 else 0.0,
+        "area_fraction": float(mask.mean()),
+        "pointing_hit": float(mask[peak].mean()) if peak.any() else 0.0,
+        "empty_map": bool(total <= 0),
+    }
+
+
+def summarize_region_scores(per_frame):
+    """Per pattern over the scored frames with a non-empty map (``n_frames``; all-zero maps are
+    counted in ``empty_maps`` and left out, as they place no mass anywhere): mean share inside
+    vs the random-map baseline (mean area fraction), their difference with a two-sided Wilcoxon
+    signed-rank p-value, and the pointing game vs its chance rate. ``per_frame`` has
+    columns clip_id, pattern, share_inside, area_fraction, pointing_hit (optionally empty_map;
+    ``out_of_fold_saliency``)."""
+    import pandas as pd
+    from scipy import stats
+
+    from lusv.patterns import DISPLAY_NAMES, PATTERNS
+
+    rows = []
+    for name in PATTERNS:
+        scored = per_frame[per_frame["pattern"] == name]
+        empty = scored["empty_map"].astype(bool) if "empty_map" in scored else pd.Series(False, index=scored.index)
+        part = scored[~empty]  # an all-zero map has no mass to place: counted, not scored as "outside"
+        lift = (part["share_inside"] - part["area_fraction"]).to_numpy()
+        p_value = float(stats.wilcoxon(lift, zero_method="zsplit").pvalue) if len(lift) > 1 and np.any(lift) else np.nan
+        rows.append({
+            "pattern": DISPLAY_NAMES[name], "n_frames": len(part), "n_clips": part["clip_id"].nunique() if len(part) else 0,
+            "empty_maps": int(empty.sum()),
+            "share_inside": part["share_inside"].mean(), "random_map_share": part["area_fraction"].mean(),
+            "lift": lift.mean() if len(lift) else np.nan, "p_value": p_value,
+            "pointing_game": part["pointing_hit"].mean(), "pointing_chance": part["area_fraction"].mean(),
+        })
+    return pd.DataFrame(rows)
+
+
+def top_frame_maps(model: nn.Module, clip, attention, length: int, patterns: Sequence[int] = (0, 1, 2, 3),
+                   k: int = 3) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+    """The Appendix B top-``k`` frames of one clip (P, k) (``lusv.explain.top_frames``) and, for
+    each pattern index in ``patterns``, Grad-CAM maps (k, S, S) of those frames: what
+    ``lusv.explain.plot_appendix_b`` takes as ``saliency``. ``clip`` is the cached uint8 clip
+    (T, S, S, 1); ``attention`` the clip's (P, H, T) (P = 1: one shared attention)."""
+    from lusv.datasets import to_model_input
+    from lusv.explain import appendix_b_curves, top_frames
+
+    frames = top_frames(appendix_b_curves(attention, length), k)
+    x = to_model_input(torch.as_tensor(np.asarray(clip))[None], "cpu")[0]
+    maps = {p: grad_cam(model, x, p, frames[min(p, len(frames) - 1)], length) for p in patterns}
+    return frames if len(frames) > 1 else np.repeat(frames, 4, axis=0), maps
+
+
+def out_of_fold_saliency(prepared, key: str, attention, masks, k: int = 3, max_clips: int = 12):
+    """Grad-CAM of each pattern on its top-``k`` attended frames, scored against the pattern's
+    region (``region_scores``), for up to ``max_clips`` clips labelled positive per pattern.
+
+    ``attention`` is ``lusv.out_of_fold.out_of_fold_attention(prepared, key)``; ``masks(clip_ids)``
+    returns (N, T, 4, S, S) region masks in the cache's geometry (on synthetic data
+    ``lusv.sources.synthetic.regions.region_masks``). Each clip is explained by the fold model
+    that never saw it. A top frame where the pattern is not drawn has no region and is not
+    scored (``frames_without_region`` counts them). Returns (per-frame table, summary table,
+    ``frames_without_region``).
+    """
+    import pandas as pd
+
+    from lusv.patterns import PATTERNS
+
+    chosen = {p: [i for i in range(len(attention.clip_ids)) if attention.labels[i, p] == 1][:max_clips]
+              for p in range(len(PATTERNS))}
+    wanted = sorted({i for picks in chosen.values() for i in picks})
+    region = dict(zip(wanted, masks([attention.clip_ids[i] for i in wanted]))) if wanted else {}
+    model_of = _FoldModels(prepared, key)
+    cache, rows, missing = prepared.cache(), [], 0
+    for p, picks in chosen.items():
+        for i in picks:
+            clip_id, length = attention.clip_ids[i], int(attention.lengths[i])
+            frames, maps = top_frame_maps(model_of(clip_id), cache.load(clip_id)[0], attention.attention[i], length, [p], k)
+            for rank, (frame, saliency_map) in enumerate(zip(frames[p], maps[p]), start=1):
+                mask = region[i][frame, p]
+                if not mask.any():
+                    missing += 1
+                    continue
+                rows.append({"clip_id": clip_id, "pattern": PATTERNS[p], "frame": int(frame), "rank": rank,
+                             **region_scores(saliency_map, mask)})
+    per_frame = pd.DataFrame(rows, columns=["clip_id", "pattern", "frame", "rank", "share_inside", "area_fraction",
+                                            "pointing_hit", "empty_map"])
+    return per_frame, summarize_region_scores(per_frame), missing
+
+
+class _FoldModels:
+    """The fold model that never saw a clip (its test fold's model), loaded once per fold."""
+
+    def __init__(self, prepared, key: str):
+        import pandas as pd
+
+        self.prepared, self.key, self.models = prepared, key, {}
+        self.folds = pd.read_csv(prepared.folds_csv, dtype={"clip_id": str}).set_index("clip_id")["fold"]
+
+    def __call__(self, clip_id: str) -> nn.Module:
+        from lusv.inference import load_trained
+
+        fold = int(self.folds[clip_id])
+        if fold not in self.models:
+            self.models[fold] = load_trained(self.prepared.run_dir / "runs" / f"{self.key}-fold{fold}")
+        return self.models[fold]
+
+
+def example_clips(labels: np.ndarray, n: int) -> list[int]:
+    """Indices of ``n`` clips to show: those labelled with the most patterns first (ties in
+    order), so that the figures have curves to show for several patterns."""
+    positives = np.nan_to_num(np.asarray(labels, dtype=float)).sum(axis=1)
+    return [int(i) for i in np.argsort(-positives, kind="stable")[:n]]
+
+
+def appendix_b_figure(prepared, key: str, attention, index: int, frame_truth=None, k: int = 3):
+    """The paper's Appendix B figure of clip ``index`` of ``attention`` (``out_of_fold_attention``)
+    with each pattern's Grad-CAM maps on its top-``k`` frames, explained by the fold model that
+    never saw the clip; ``frame_truth`` (N, T, 4) adds the dashed ground truth."""
+    from lusv.explain import plot_appendix_b
+
+    clip_id, length = attention.clip_ids[index], int(attention.lengths[index])
+    clip, _ = prepared.cache().load(clip_id)
+    weights = attention.attention[index]
+    _, maps = top_frame_maps(_FoldModels(prepared, key)(clip_id), clip, weights, length, range(len(weights)), k)
+    return plot_appendix_b(weights, clip[..., 0], None if frame_truth is None else frame_truth[index], length, k,
+                           saliency=maps, title=f"{clip_id} (fold model {key} that never saw it)")

@@ -36,9 +36,11 @@ from lusv.out_of_fold import (  # noqa: F401 - the study steps the notebooks cal
     FoldAttention,
     SplitResults,
     fold_ensemble,
+    fold_model_predictions,
     load_out_of_fold,
     out_of_fold,
     out_of_fold_attention,
+    paper_results,
     results,
     write_out_of_fold,
     write_report,
@@ -359,6 +361,17 @@ def frame_truth(prepared: Prepared, clip_ids: list[str]):
     if not source.has_frame_truth:
         return None
     return source.module.frame_truth(prepared.data_path, clip_ids, prepared.num_frames)
+
+
+def region_truth(prepared: Prepared):
+    """``clip_ids -> (N, T, 4, S, S)`` masks of where each pattern is drawn, in the cache's
+    geometry (``lusv.sources.synthetic.regions``), or None for data without such a truth."""
+    from functools import partial
+
+    region_masks = getattr(get_source(prepared.data).module, "region_masks", None)
+    if region_masks is None:
+        return None
+    return partial(region_masks, prepared.data_path, num_frames=prepared.num_frames, image_size=prepared.image_size)
 
 
 def example_frames_figure(prepared: Prepared):

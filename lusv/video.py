@@ -1,4 +1,4 @@
-"""Decode lung-ultrasound clips to frames, prepare them for the clip cache, and write videos.
+"""Decode lung-ultrasound clips to frames and prepare them for the clip cache.
 
 Decoding goes through PyAV (mp4, avi, mov, mpeg, gif and whatever else FFmpeg reads);
 DICOM files (multi-frame ultrasound) go through pydicom when it is installed. Every
@@ -23,8 +23,7 @@ Preparing a clip for the model (``prepare_clip``) follows the team contract:
    resize it to ``S x S`` with ``torch.nn.functional.interpolate`` (bilinear, antialias),
    all frames in one call.
 
-Writing (``write_video``: grayscale frames to an .mp4, H.264 where the PyAV build has it,
-else MPEG-4 part 2) is what the synthetic dataset and the tests use to make clips.
+Writing videos (the synthetic dataset, the tests' clips) is ``lusv.video_writer``.
 """
 
 from __future__ import annotations
@@ -304,8 +303,6 @@ def prepare_clip(
     with fewer than ``MIN_FRAMES`` frames or frames that are not uint8 ``(N, H, W, 3)``.
     """
     import torch
-    import torch.nn.functional as F
-    from torchvision.transforms.v2.functional import rgb_to_grayscale
 
     name = f"clip {source}" if source is not None else "clip"
     if num_frames < 1 or image_size < 1:
@@ -323,76 +320,40 @@ def prepare_clip(
         )
     kept = frames[sample_indices(len(frames), num_frames)]
     length = len(kept)
-
-    rgb = torch.from_numpy(np.ascontiguousarray(kept)).permute(0, 3, 1, 2)  # (n, 3, H, W)
-    gray = rgb_to_grayscale(rgb.float())  # (n, 1, H, W); float, as uint8 luma would truncate 200 to 199
-    top, bottom, left, right = ultrasound_box(gray.amax(dim=0)[0].round().to(torch.uint8).numpy())
-    gray = gray[:, :, top:bottom, left:right]
-
-    height, width = gray.shape[-2:]
-    side = max(height, width)
-    pad_h, pad_w = side - height, side - width
-    gray = F.pad(gray, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2))
-    resized = F.interpolate(gray, size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False)
+    gray = gray_frames(kept)
+    resized = to_square(gray, crop_box(gray), image_size)
 
     out = np.zeros((num_frames, image_size, image_size, 1), dtype=np.uint8)
     out[:length] = resized.round().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
     return out, length
 
 
-# ----------------------------------------------------------------------------- writing
+def gray_frames(rgb_frames: np.ndarray):
+    """uint8 RGB (n, H, W, 3) -> float luma tensor (n, 1, H, W); float, as uint8 luma would
+    truncate 200 to 199."""
+    import torch
+    from torchvision.transforms.v2.functional import rgb_to_grayscale
 
-WRITE_FPS = 12  # frame rate of written clips unless told otherwise
-_CODEC_CHOICES = (("h264", {"crf": "16", "preset": "veryfast", "threads": "1"}), ("mpeg4", {"qscale": "2"}))
-
-
-def _video_codec() -> tuple[str, dict[str, str]]:
-    """The first encoder this PyAV build offers: H.264 (libx264) if present, else MPEG-4 part 2."""
-    import av
-
-    for name, options in _CODEC_CHOICES:
-        try:
-            av.codec.Codec(name, "w")
-        except Exception:  # PyAV raises different types across versions for a missing codec
-            continue
-        return name, options
-    raise VideoError("this PyAV build has neither an H.264 nor an MPEG-4 encoder: reinstall the 'av' wheel")
+    return rgb_to_grayscale(torch.from_numpy(np.ascontiguousarray(rgb_frames)).permute(0, 3, 1, 2).float())
 
 
-def write_video(path: str | os.PathLike, frames: np.ndarray, fps: int = WRITE_FPS) -> Path:
-    """Write grayscale frames (T, H, W) uint8 as an .mp4 (yuv420p) atomically; H and W must be even."""
-    import av
+def crop_box(gray) -> tuple[int, int, int, int]:
+    """The crop of ``prepare_clip`` (step 3) for kept frames as a float gray tensor (n, 1, H, W)."""
+    import torch
 
-    frames = np.asarray(frames)
-    if frames.ndim != 3 or frames.dtype != np.uint8:
-        raise VideoError(f"cannot write {path}: expected uint8 frames (T, H, W), got {frames.dtype} {frames.shape}")
-    if frames.shape[1] % 2 or frames.shape[2] % 2:
-        raise VideoError(f"cannot write {path}: yuv420p needs even frame sizes, got {frames.shape[1:]}")
-    codec, options = _video_codec()
-    with atomic_path(path) as tmp:
-        with av.open(str(tmp), mode="w", format="mp4") as container:
-            stream = container.add_stream(codec, rate=fps, options=options)
-            stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
-            for frame in frames:
-                container.mux(stream.encode(_encoder_frame(frame)))
-            container.mux(stream.encode(None))  # flush delayed frames
-    return Path(path)
+    return ultrasound_box(gray.amax(dim=0)[0].round().to(torch.uint8).numpy())
 
 
-def _encoder_frame(gray: np.ndarray):
-    """The yuv420p frame x264 encodes for a gray frame, with every byte of its planes set.
+def to_square(images, box: tuple[int, int, int, int], image_size: int):
+    """Steps 3-4 of ``prepare_clip`` on float images (n, C, H, W): crop to ``box``, pad with
+    zeros to a centred square, resize to ``image_size`` (bilinear, antialias). Anything drawn
+    on the decoded frames (e.g. the synthetic truth masks) lands where the cached pixels do."""
+    import torch.nn.functional as F
 
-    libx264 reads the padding at the end of each plane row (the line size exceeds the width);
-    left as allocated it holds whatever the memory held before, so the same frames gave other
-    bytes in a process that had freed other buffers first (a test session, a notebook after
-    training). Zero padding is what a fresh process's memory holds, so files stay as before.
-    """
-    import av
-
-    frame = av.VideoFrame.from_ndarray(gray, format="gray").reformat(format="yuv420p")
-    for plane in frame.planes:
-        rows = np.frombuffer(plane, dtype=np.uint8).reshape(plane.height, plane.line_size)
-        padded = np.zeros_like(rows)
-        padded[:, : plane.width] = rows[:, : plane.width]
-        plane.update(padded)
-    return frame
+    top, bottom, left, right = box
+    images = images[:, :, top:bottom, left:right]
+    height, width = images.shape[-2:]
+    side = max(height, width)
+    pad_h, pad_w = side - height, side - width
+    images = F.pad(images, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2))
+    return F.interpolate(images, size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False)

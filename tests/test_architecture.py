@@ -17,13 +17,14 @@ REASON = "long because"
 
 # The flow of the study, bottom up: sources/cache -> datasets -> models -> train -> study -> cli.
 LAYERS = [
-    {"lusv", "patterns", "errors", "paths", "io", "runlock", "config", "labels", "video", "devices", "bootstrap"},
+    {"lusv", "patterns", "errors", "paths", "io", "runlock", "config", "labels", "video", "video_writer", "devices",
+     "bootstrap", "names", "console"},
     {"sources", "cache", "splits", "temporal_split", "folds"},
     {"datasets", "features"},
     {"models"},
-    {"metrics", "explain", "saliency", "inference", "paper"},
-    {"report", "train", "executors"},
-    {"out_of_fold", "study"},
+    {"metrics", "explain", "saliency", "inference"},
+    {"report", "paper", "conclusions", "train", "executors"},
+    {"out_of_fold", "study", "notebook", "html_report"},
     {"cli"},
 ]
 LAYER_OF = {room: index for index, rooms in enumerate(LAYERS) for room in rooms}

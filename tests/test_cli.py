@@ -187,6 +187,19 @@ def test_predict_prints_four_probabilities_and_writes_an_attention_plot(trained_
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 1000
 
 
+def test_predict_writes_its_figure_into_the_current_folder_not_beside_the_clip(trained_run, tiny_data, tmp_path,
+                                                                                 monkeypatch, capsys):
+    clip_path = Path(tiny_data.labels()["path"].iloc[0])
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    assert main(["predict", str(clip_path), "--checkpoint", str(trained_run)]) == 0
+    expected = here / f"{clip_path.name}.attention.png"
+    assert capsys.readouterr().out.splitlines()[4] == f"attention plot: {expected}"
+    assert expected.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(clip_path.parent.glob("*.attention.png")), "nothing written into the dataset's folder"
+
+
 class _Payload:
     def __reduce__(self):
         return (print, ("executed",))

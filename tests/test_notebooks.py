@@ -3,6 +3,8 @@ development portion when it sits beside the repository), and writes what it prom
 
 from __future__ import annotations
 
+import re
+import shutil
 from pathlib import Path
 
 import nbformat
@@ -31,6 +33,26 @@ def execute(name: str, out_dir: Path, **parameters) -> nbformat.NotebookNode:
     return nbformat.read(output, as_version=4)
 
 
+# What a progress bar leaves in a saved output: carriage returns, tqdm's "|####  | 3/10 [00:01<00:02"
+PROGRESS_FRAGMENT = re.compile(r"\r|\d+%\||\|\s*\d+/\d+\s*\[\d")
+MAX_LOG_LINES = 30
+
+
+def check_readable(notebook: nbformat.NotebookNode, name: str) -> None:
+    """No progress-bar fragments and little log text (stream outputs) in an executed notebook,
+    and a generated conclusion at the end of every results notebook."""
+    streams = [o for cell in notebook.cells if cell.cell_type == "code"
+               for o in cell.get("outputs", []) if o.get("output_type") == "stream"]
+    text = "".join(o["text"] for o in streams)
+    assert not PROGRESS_FRAGMENT.search(text), f"{name}: progress-bar fragment in {text[:300]!r}"
+    assert len(text.splitlines()) < MAX_LOG_LINES, f"{name}: {len(text.splitlines())} lines of log text:\n{text}"
+    printed_headings = [line for line in text.splitlines() if line in ("auc_table", "delong_p", "thresholds")]
+    assert not printed_headings, f"{name}: headings belong in markdown cells"
+    if name != "01_preprocess":
+        last = [o for o in notebook.cells[-1].get("outputs", []) if "text/markdown" in o.get("data", {})]
+        assert last and "What this run shows" in last[0]["data"]["text/markdown"], f"{name}: no generated conclusion"
+
+
 def outputs_of(notebook: nbformat.NotebookNode, mime: str) -> list:
     return [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", []) if mime in o.get("data", {})]
 
@@ -56,32 +78,51 @@ def test_study_notebooks_run_in_order_on_tiny_synthetic_data(tmp_path):
     nb = execute("01_preprocess", executed, **common, **TINY_DATA, data_path=str(tmp_path / "synthetic"),
                  cache_root=str(tmp_path / "cache"), synthetic={"n_clips": 40, "n_patients": 20, "num_frames": 16, "frame_size": 48})  # fmt: skip
     assert outputs_of(nb, "image/png"), "01 shows the example frames"
+    check_readable(nb, "01_preprocess")
     folds = pd.read_csv(run_dir / "prepare" / "folds.csv")
     assert sorted(folds["fold"].unique()) == [0, 1, 2, 3, 4]
     assert folds.groupby("patient_id")["fold"].nunique().max() == 1
     assert (run_dir / "prepare" / "ingest_report.csv").is_file()
     assert (run_dir / "prepare" / "temporal_split.csv").is_file()
 
-    execute("02_train_folds", executed, **common, overrides=TINY_TRAINING)
+    check_readable(execute("02_train_folds", executed, **common, overrides=TINY_TRAINING), "02_train_folds")
     oof = pd.read_csv(run_dir / "oof" / "luvnet.test.csv")
     assert sorted(oof["clip_id"]) == sorted(folds["clip_id"]), "each development clip predicted exactly once"
     assert len(list((run_dir / "runs").glob("luvnet-fold*/best.pt"))) == 5
 
-    execute("03_baselines", executed, **common, overrides={**TINY_TRAINING, "max_batches_per_epoch": 1})
+    check_readable(execute("03_baselines", executed, **common, overrides={**TINY_TRAINING, "max_batches_per_epoch": 1}),
+                   "03_baselines")
     for model in ("usvn", "c3d", "r2plus1d", "cnn_lstm"):
         assert len(pd.read_csv(run_dir / "oof" / f"{model}.test.csv")) == len(oof)
 
-    execute("04_ablation_temporal", executed, **common, kernel_sizes=[3, 5], overrides=TINY_TRAINING)
+    check_readable(execute("04_ablation_temporal", executed, **common, kernel_sizes=[3, 5], overrides=TINY_TRAINING),
+                   "04_ablation_temporal")
     assert (run_dir / "oof" / "luvnet_k3.test.csv").is_file()
     assert (run_dir / "oof" / "luvnet_no_temporal.test.csv").is_file()
     assert not (run_dir / "runs" / "luvnet_k5-fold0").exists(), "K=5 is the quick profile's LUV-Net: reused"
 
-    nb = execute("05_attention", executed, run_dir=str(run_dir), n_examples=2)
-    assert len(outputs_of(nb, "image/png")) >= 3, "summary plot + 2 example clips"
+    nb = execute("05_attention", executed, run_dir=str(run_dir), n_examples=2, max_saliency_clips=3)
+    check_readable(nb, "05_attention")
+    assert len(outputs_of(nb, "image/png")) >= 3, "summary plot + 2 Appendix B figures"
     scores = [o for o in outputs_of(nb, "text/html") if "pointing_game" in o["data"]["text/html"]]
-    assert scores, "05 scores attention against the per-frame ground truth"
+    assert len(scores) == 2, "05 scores attention (frames) and Grad-CAM (regions) against the synthetic truth"
+    assert "Grad-CAM on each pattern's top attended frames" in (run_dir / "conclusions" / "05_attention.md").read_text()
 
     nb = execute("06_results", executed, run_dir=str(run_dir), n_boot=50)
+    check_readable(nb, "06_results")
+    for name in ("per_fold", "fold_vs_pooled", "paper_table1", "paper_table2", "paper_table3"):
+        assert (run_dir / "tables" / f"paper_{name}.csv").is_file(), name
+    assert len(pd.read_csv(run_dir / "tables" / "paper_paper_table1.csv")) == 10, "every paper row, trained or not"
+    for name in ("01_preprocess", "02_train_folds", "06_results"):
+        assert "INFO" in (run_dir / "logs" / f"{name}.log").read_text(), "the full log goes to the run folder"
+
+    from lusv.html_report import main as html_report
+
+    shutil.copytree(executed, run_dir / "notebooks")
+    assert html_report([str(run_dir)]) == 0
+    page = (run_dir / "index.html").read_text()
+    assert "<td>LUV-Net K=3</td>" in page and 'href="notebooks/05_attention.html"' in page
+    assert (run_dir / "notebooks" / "05_attention.html").stat().st_size > 50_000, "figures embedded in the page"
     table = pd.read_csv(run_dir / "tables" / "test_auc_table.csv")
     assert {"luvnet", "usvn", "c3d", "r2plus1d", "cnn_lstm", "luvnet_no_temporal", "luvnet_k3"} <= set(table.iloc[:, 0])
     assert (run_dir / "tables" / "test_delong_p.csv").is_file()
@@ -93,7 +134,7 @@ def test_study_notebooks_run_in_order_on_tiny_synthetic_data(tmp_path):
 @requires_pocus
 def test_external_pocus_notebook_on_the_real_clips(tmp_path):
     run_dir = tmp_path / "pocus"
-    execute("07_external_pocus", tmp_path, run_dir=str(run_dir), profile="quick", data_path=str(POCUS_ROOT),
+    nb = execute("07_external_pocus", tmp_path, run_dir=str(run_dir), profile="quick", data_path=str(POCUS_ROOT),
             num_frames=8, image_size=32, cache_root=str(tmp_path / "cache"), n_boot=50,
             overrides={"epochs": 1, "max_batches_per_epoch": 2})  # fmt: skip
     report = pd.read_csv(run_dir / "prepare" / "ingest_report.csv")
@@ -102,3 +143,4 @@ def test_external_pocus_notebook_on_the_real_clips(tmp_path):
         pd.read_csv(run_dir / "prepare" / "temporal_split.csv").query("split == 'temporal_test'")
     ) == 100
     assert (run_dir / "tables" / "test_auc_table.csv").is_file()
+    check_readable(nb, "07_external_pocus")

@@ -15,7 +15,7 @@ from lusv.errors import ConfigError, LabelsError, VideoError  # noqa: E402
 from lusv.labels import read_labels  # noqa: E402
 from lusv.patterns import OPTIONAL_COLUMNS, PATTERNS, REQUIRED_COLUMNS  # noqa: E402
 from lusv.sources.synthetic import load_synthetic  # noqa: E402
-from lusv.video import write_video  # noqa: E402
+from lusv.video_writer import write_video  # noqa: E402
 
 SMALL = dict(n_clips=8, n_patients=4, num_frames=8, frame_size=32, seed=3)
 

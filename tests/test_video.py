@@ -151,7 +151,7 @@ def test_a_frame_count_that_changes_between_decodes_is_a_video_error(tmp_path, m
 
 def test_written_video_bytes_do_not_depend_on_what_the_process_freed_before(tmp_path):
     from lusv.datasets import keep_freed_cpu_buffers
-    from lusv.video import _encoder_frame, write_video
+    from lusv.video_writer import _encoder_frame, write_video
 
     rng = np.random.default_rng(0)
     clips = [rng.integers(0, 256, (6, 34, 38), dtype=np.uint8) for _ in range(6)]  # rows padded in memory

@@ -8,7 +8,8 @@ scored against a known per-frame truth, which no public dataset offers.
 - ``primitives``: noise, bands, textures, speckle and the scan conversion to linear/convex images;
 - ``render``: ``render_clip`` as a sequence of named drawing steps; ``synthesize_clip`` for demos;
 - ``files``: writing the dataset, reusing it while its recorded parameters match
-  (``load_synthetic``, the source's reader), reading the per-frame truth back.
+  (``load_synthetic``, the source's reader), reading the per-frame truth back;
+- ``regions``: where each pattern is drawn, per frame, in the clip cache's geometry.
 
 This module re-exports what the rest of lusv, the notebooks and the tests use, and the two
 hooks of a source with frame-level truth (``frame_truth``, ``example_frames``).
@@ -44,6 +45,7 @@ from lusv.sources.synthetic.plan import (
     sample_patient_look,
     sample_presence,
 )
+from lusv.sources.synthetic.regions import region_masks
 from lusv.sources.synthetic.render import SyntheticClip, render_clip, synthesize_clip
 
 EXAMPLE_FRAMES_TITLE = "Synthetic LUS clips: example frames per pattern"
@@ -78,5 +80,5 @@ __all__ = [
     "EXAMPLE_FRAMES_TITLE", "FRAME_TRUTH_FILE", "GENERATOR_VERSION", "LABELS_FILE", "PARAMS_FILE", "PHENOTYPES",
     "PROBES", "VIDEO_DIR", "ClipPlan", "PatientLook", "SyntheticClip", "example_frames", "frame_truth",
     "frame_truth_array", "frame_truth_table", "generate_dataset", "load_synthetic", "plan_dataset",
-    "read_frame_truth", "render_clip", "sample_patient_look", "sample_presence", "synthesize_clip",
+    "read_frame_truth", "region_masks", "render_clip", "sample_patient_look", "sample_presence", "synthesize_clip",
 ]

@@ -31,7 +31,8 @@ from lusv.labels import read_labels
 from lusv.patterns import OPTIONAL_COLUMNS, PATTERNS, REQUIRED_COLUMNS
 from lusv.sources.synthetic.plan import GENERATOR_VERSION, ClipPlan, plan_dataset
 from lusv.sources.synthetic.render import render_clip
-from lusv.video import WRITE_FPS, sample_indices, write_video
+from lusv.video import sample_indices
+from lusv.video_writer import WRITE_FPS, write_video
 
 log = logging.getLogger(__name__)
 
@@ -79,12 +80,14 @@ def generate_dataset(root: str | os.PathLike, n_clips: int = 120, n_patients: in
     """
     from tqdm import tqdm  # text bars: readable in JupyterLab and in papermill-rendered notebooks alike
 
+    from lusv.console import bars_enabled
+
     if frame_size % 2:
         raise ConfigError(f"frame_size must be even (videos are yuv420p), got {frame_size}")
     root = Path(root)
     plans = plan_dataset(n_clips, n_patients, num_frames, seed, probe)
     rows = []
-    for plan in tqdm(plans, desc="synthetic clips", unit="clip", disable=not progress):
+    for plan in tqdm(plans, desc="synthetic clips", unit="clip", disable=not bars_enabled(progress)):
         clip = render_clip(plan.look, plan.presence, frame_size, seed=plan.render_seed,
                            confluent_b_lines=plan.confluent_b_lines)
         relative = f"{VIDEO_DIR}/{plan.clip_id}.mp4"

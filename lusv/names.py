@@ -1,0 +1,74 @@
+"""Human names of the study's model configurations: the one mapping from study keys (the names
+in ``oof/``, ``runs/`` and every table) to what a reader sees (``USVN``, ``LUV-Net K=13``).
+
+The paper's own row names are in ``lusv/paper_tables/table1.csv`` (``paper_model``); these are
+shorter and name lusv's variants too (sweep points, the 18-layer R(2+1)D).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Iterable
+
+import pandas as pd
+
+MODEL_NAMES: dict[str, str] = {
+    "luvnet": "LUV-Net",
+    "luvnet_no_temporal": "LUV-Net without temporal module",
+    "luvnet_resnet50": "LUV-Net (ResNet-50)",
+    "luvnet_random_init": "LUV-Net, no pretraining",
+    "usvn": "USVN",
+    "c3d": "C3D",
+    "r2plus1d": "R(2+1)D-18",
+    "r2plus1d_34": "R(2+1)D-34",
+    "cnn_lstm": "CNN-LSTM",
+    "frame_based": "Frame-based",
+    "mvit_b": "MViT-B",
+    "swin_b": "Swin-B",
+}
+
+# Sweep points of LUV-Net: luvnet_k13 (temporal kernel), luvnet_h4 (attention heads).
+_SWEEP = re.compile(r"^luvnet_([kh])(\d+)$")
+
+
+def model_name(key: str) -> str:
+    """The reader's name of a study key; an unknown key is shown as it is."""
+    if key in MODEL_NAMES:
+        return MODEL_NAMES[key]
+    sweep = _SWEEP.match(key)
+    if sweep:
+        return f"LUV-Net {sweep.group(1).upper()}={int(sweep.group(2))}"
+    return key
+
+
+def model_names(keys: Iterable[str]) -> list[str]:
+    return [model_name(key) for key in keys]
+
+
+def with_model_names(table: pd.DataFrame, column: str | None = None) -> pd.DataFrame:
+    """A copy of ``table`` whose model column (``column``, else the first of Model, model, key)
+    holds human names instead of study keys."""
+    if column is None:
+        column = next((c for c in ("Model", "model", "key") if c in table.columns), None)
+        if column is None:
+            raise KeyError(f"no model column (Model, model or key) in {list(table.columns)}")
+    out = table.copy()
+    out[column] = out[column].map(lambda key: model_name(str(key)))
+    return out
+
+
+def readable(table: pd.DataFrame) -> pd.DataFrame:
+    """A copy of a result table for reading: study keys in its model column (Model, model or
+    key) become model names and pattern keys in its pattern column (pattern or column) become
+    display names (A-lines, ..., Macro, Micro). Numbers are left as they are."""
+    from lusv.patterns import DISPLAY_NAMES
+
+    out = table.copy()
+    model_column = next((c for c in ("Model", "model", "key") if c in out.columns), None)
+    if model_column is not None:
+        out[model_column] = out[model_column].map(lambda key: model_name(str(key)))
+    names = {**DISPLAY_NAMES, "macro": "Macro", "micro": "Micro"}
+    for column in ("pattern", "column"):
+        if column in out.columns:
+            out[column] = out[column].map(lambda value: names.get(value, value))
+    return out
