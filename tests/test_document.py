@@ -182,7 +182,10 @@ def test_notebook_logging_keeps_info_in_the_file_and_warnings_in_the_notebook(tm
     from lusv.console import PROGRESS_ENV, bars_enabled
     from lusv.notebook import notebook_logging
 
-    monkeypatch.delenv(PROGRESS_ENV, raising=False)
+    # setenv first: monkeypatch then restores the variable (unset) after notebook_logging sets it,
+    # so later tests' training subprocesses do not inherit the notebooks' summary mode
+    monkeypatch.setenv(PROGRESS_ENV, "auto")
+    monkeypatch.delenv(PROGRESS_ENV)
     root = logging.getLogger()
     saved = (list(root.handlers), root.level)
     try:
