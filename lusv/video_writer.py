@@ -17,7 +17,10 @@ from lusv.io import atomic_path
 
 
 WRITE_FPS = 12  # frame rate of written clips unless told otherwise
-_CODEC_CHOICES = (("h264", {"crf": "16", "preset": "veryfast", "threads": "1"}), ("mpeg4", {"qscale": "2"}))
+# Constant quantiser, not crf: x264's crf rate control (macroblock tree over the lookahead) gave
+# other bytes for the same frames depending on what the process had allocated before (49 of 150
+# quick clips differed between two runs); at a fixed qp the bytes depend on the frames alone.
+_CODEC_CHOICES = (("h264", {"qp": "18", "preset": "veryfast", "threads": "1"}), ("mpeg4", {"qscale": "2"}))
 
 
 def _video_codec() -> tuple[str, dict[str, str]]:
