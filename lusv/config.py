@@ -271,18 +271,19 @@ _PRETRAINED = dataclasses.replace(
     encoder="efficientnet_lite0",
     weights="imagenet",
     train_encoder=False,
-    feature_views=4,
+    feature_views=2,
     num_frames=16,
     image_size=224,
     batch_size=16,
-    lr=3e-4,
-    weight_decay=1e-3,
-    epochs=40,
-    patience=8,
+    lr=1e-4,
+    weight_decay=1e-2,
+    epochs=30,
+    patience=5,
     checkpoint_every=10,
     width=0.125,
     num_workers=0,
     log_every=0,
+    channels_last=True,  # EfficientNet's depthwise convolutions: 1.6x faster feature extraction on a CPU
 )
 
 PROFILES: Mapping[str, RunParams] = MappingProxyType({"paper": _PAPER, "quick": _QUICK, "pretrained": _PRETRAINED})
@@ -292,7 +293,7 @@ PROFILES: Mapping[str, RunParams] = MappingProxyType({"paper": _PAPER, "quick": 
 # profile they train end to end from scratch at 1/8 width, with the quick profile's recipe.
 _FROM_SCRATCH_3D = MappingProxyType({
     "train_encoder": True, "feature_views": 0, "weights": "random", "lr": 1e-3, "weight_decay": 0.0,
-    "batch_size": 8, "epochs": 20, "patience": 5, "checkpoint_every": 1,
+    "batch_size": 8, "epochs": 20, "patience": 5, "checkpoint_every": 1, "channels_last": False,
 })
 PROFILE_MODEL_DEFAULTS: Mapping[str, Mapping[str, Mapping[str, Any]]] = MappingProxyType({
     "pretrained": MappingProxyType({"c3d": _FROM_SCRATCH_3D, "r2plus1d": _FROM_SCRATCH_3D}),
