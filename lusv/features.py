@@ -84,6 +84,19 @@ STORAGE_DTYPES = ("float16", "float32")
 MANIFEST_COLUMNS = ("clip_id", "view", "entry", "source_checksum", "length", "checksum")
 
 
+# The augmented views of a run's feature cache are drawn from this seed, not the run's: views are
+# data, shared by every model, fold and seed (the run's seed picks which view a clip shows when).
+RUN_VIEW_SEED = 0
+
+
+def run_feature_cache(p: Any, clip_cache: Any, encoder: torch.nn.Module) -> "FeatureCache":
+    """The feature cache of a ``train_encoder=False`` run with ``RunParams`` ``p`` (also what the
+    linear probe and external validation read): under the clip cache's folder, float16, the
+    training augmentation (``ClipAugment()``) for the views. Same encoder weights, frames and
+    size give the same folder, so every model, fold and epoch reuses the same features."""
+    return FeatureCache(clip_cache, encoder, encoder_name=p.encoder, augment=ClipAugment(), seed=RUN_VIEW_SEED)
+
+
 def encoder_fingerprint(encoder: torch.nn.Module) -> str:
     """SHA-256 of every parameter and buffer of ``encoder`` (names, dtypes, shapes and values)."""
     digest = hashlib.sha256()

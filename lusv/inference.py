@@ -58,6 +58,26 @@ def build_run_model(p: RunParams, weights: Optional[str] = None) -> nn.Module:
     return build_model(p.model, **config)
 
 
+def forward_batch(
+    model: nn.Module, batch: Mapping[str, Any], device: torch.device, amp_dtype: Optional[torch.dtype] = None,
+    channels_last: bool = False, augment: Any = None, generator: Optional[torch.Generator] = None,
+) -> dict[str, torch.Tensor]:
+    """The model's outputs for one batch: clips (``lusv.datasets.collate_clips``) go through the
+    whole model, optionally augmented on the device; cached frozen-encoder features
+    (``lusv.features.collate_features``) go through its heads alone (``forward_features``)."""
+    from lusv.devices import unwrap
+
+    lengths = batch["lengths"].to(device, non_blocking=True)
+    if "features" in batch:
+        features = batch["features"].to(device, non_blocking=True)
+        with autocast(device, amp_dtype):
+            return unwrap(model).forward_features(features, lengths)
+    x = to_model_input(batch["clips"], device, augment=augment, generator=generator,
+                       lengths=batch["lengths"], channels_last=channels_last)
+    with autocast(device, amp_dtype):
+        return model(x, lengths=lengths)
+
+
 @torch.no_grad()
 def predict_batches(
     model: nn.Module,
@@ -66,16 +86,15 @@ def predict_batches(
     amp_dtype: Optional[torch.dtype] = None,
     channels_last: bool = False,
 ) -> tuple[np.ndarray, torch.Tensor, torch.Tensor, list[np.ndarray]]:
-    """Probabilities (N, 4), summed masked BCE, label count, and attention per batch (if any)."""
+    """Probabilities (N, 4), summed masked BCE, label count, and attention per batch (if any).
+
+    Batches of clips or of cached features (see ``forward_batch``)."""
     model.eval()
     probabilities, attentions = [], []
     loss_sum = torch.zeros((), device=device)
     count = torch.zeros((), device=device, dtype=torch.int64)
     for batch in batches:
-        x = to_model_input(batch["clips"], device, channels_last=channels_last)
-        lengths = batch["lengths"].to(device)
-        with autocast(device, amp_dtype):
-            out = model(x, lengths=lengths)
+        out = forward_batch(model, batch, device, amp_dtype, channels_last)
         logits = out["logits"].float()
         if "labels" in batch:
             batch_loss, batch_count = masked_bce(logits, batch["labels"].to(device))

@@ -312,7 +312,9 @@ def test_every_model_option_of_a_run_is_a_registry_option():
     from lusv.config import params_for
     from lusv.inference import model_config
 
-    for profile in ("paper", "quick"):
+    from lusv.config import PROFILES
+
+    for profile in PROFILES:
         assert set(model_config(params_for(profile))) <= set(model_options())
 
 

@@ -73,6 +73,11 @@ def list_models() -> tuple[str, ...]:
     return tuple(_REGISTRY)
 
 
+def frame_models() -> tuple[str, ...]:
+    """The registered models built on a 2-D frame encoder (they can train on frozen-encoder features)."""
+    return tuple(name for name, entry in _REGISTRY.items() if entry.takes_encoder)
+
+
 def model_options() -> tuple[str, ...]:
     """Every option ``build_model`` accepts: the union of the builders' options, then ``channels_last``."""
     options = dict.fromkeys(option for entry in _REGISTRY.values() for option in entry.options)

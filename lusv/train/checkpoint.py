@@ -3,7 +3,8 @@
 ``TrainState`` is what changes from epoch to epoch besides the weights (epoch counter,
 early-stopping state, log rows). ``save_epoch`` writes, atomically and at the end of every
 epoch, ``checkpoint.pt`` (model, optimizer, AMP scaler, ``TrainState`` and the RNG states),
-``log.csv``, and ``best.pt`` when the validation loss improved; ``restore`` reads a checkpoint
+``log.csv``, and ``best.pt`` when the validation loss improved (every ``checkpoint_every``
+epochs instead, when that is above 1: large heads write hundreds of MB per checkpoint); ``restore`` reads a checkpoint
 back into the run's objects. Every checkpoint holds only tensors and plain containers, so it
 loads with ``weights_only=True``.
 
@@ -52,11 +53,13 @@ class TrainState:
 
 def save_epoch(
     run_dir: Path, p: RunParams, model: nn.Module, optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler, state: TrainState, improved: bool,
+    scaler: torch.amp.GradScaler, state: TrainState, best_state: Optional[Mapping[str, torch.Tensor]],
 ) -> None:
-    """best.pt (when ``improved``), log.csv and checkpoint.pt after a finished epoch, each written atomically."""
-    if improved:
-        io.torch_save(run_dir / "best.pt", unwrap(model).state_dict())
+    """best.pt (``best_state``, the weights of the best epoch so far, when they changed since the
+    last save; None = unchanged), log.csv and checkpoint.pt after a finished epoch, each written
+    atomically."""
+    if best_state is not None:
+        io.torch_save(run_dir / "best.pt", best_state)
     io.write_csv(run_dir / "log.csv", pd.DataFrame(state.history, columns=list(LOG_COLUMNS)))
     io.torch_save(run_dir / "checkpoint.pt", {
         "format": CHECKPOINT_FORMAT,

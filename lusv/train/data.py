@@ -5,6 +5,12 @@ entries on the main process) and leaves out, with a warning, clips that cannot b
 ``train_loader`` shards and reshuffles the training clips per epoch (``DistributedSampler``,
 also for a single process); ``eval_loader`` gives a whole role in table order on every rank.
 Both loaders draw from their own seeded generator, never the global one.
+
+With ``train_encoder=False`` the loaders serve cached frozen-encoder features instead of clips:
+``ensure_features`` fills the run's feature cache (``lusv.features.run_feature_cache``: plain
+features of every clip, plus ``feature_views`` augmented views of the training clips), and the
+same two loaders, given that cache, yield ``FeatureDataset`` batches. They load in the main
+process (features are small, and a worker would have to be sent the encoder).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from lusv.cache import ClipCache
 from lusv.config import RunParams
 from lusv.datasets import ClipDataset, collate_clips
 from lusv.devices import Distributed
+from lusv.features import FeatureCache, FeatureDataset, collate_features, run_feature_cache
 from lusv.errors import IngestError, LabelsError, LusvError, name_a_few
 from lusv.folds import FoldData
 from lusv.patterns import PATTERNS
@@ -61,21 +68,46 @@ def ensure_cached(p: RunParams, data: FoldData, dist: Distributed) -> ClipCache:
     return cache
 
 
-def train_loader(p: RunParams, cache: ClipCache, table: pd.DataFrame, dist: Distributed, device: torch.device) -> DataLoader:
+def ensure_features(p: RunParams, cache: ClipCache, data: FoldData, encoder: torch.nn.Module) -> tuple[FeatureCache, dict]:
+    """The run's feature cache with every clip of the fold in it, and what building it did
+    (``{"dir": ..., "views": ..., "clips": {status: count}}`` for config.json). Computes only
+    what no earlier run (another model, fold or seed) left there."""
+    features = run_feature_cache(p, cache, encoder)
+    others = pd.concat([table for role, table in data.roles().items() if role != "train"], ignore_index=True)
+    statuses = pd.concat([
+        features.build(data.train["clip_id"], views=p.feature_views, progress=progress_is_live()).table,
+        features.build(others["clip_id"], views=0, progress=progress_is_live()).table,
+    ], ignore_index=True)["status"]  # fmt: skip
+    counts = {str(status): int(n) for status, n in statuses.value_counts().sort_index().items()}
+    return features, {"dir": str(features.dir), "views": p.feature_views, "clips": counts}
+
+
+def _dataset(source: ClipCache | FeatureCache, table: pd.DataFrame, p: RunParams, train: bool):
+    """(dataset, collate function, worker count) of clips or of cached features."""
+    if isinstance(source, FeatureCache):
+        views = p.feature_views if train else 0
+        return FeatureDataset(source, table, views=views, seed=p.seed), collate_features, 0
+    return ClipDataset(source, table), collate_clips, p.num_workers
+
+
+def train_loader(p: RunParams, source: ClipCache | FeatureCache, table: pd.DataFrame, dist: Distributed,
+                 device: torch.device) -> DataLoader:
     """This process's shard of the training clips, reshuffled from (seed, epoch) at every ``set_epoch``."""
-    dataset = ClipDataset(cache, table)
+    dataset, collate, workers = _dataset(source, table, p, train=True)
     sampler = DistributedSampler(dataset, num_replicas=dist.world_size, rank=dist.rank, shuffle=True, seed=p.seed, drop_last=False)
     return DataLoader(
-        dataset, batch_size=p.batch_size, sampler=sampler, collate_fn=collate_clips,
-        num_workers=p.num_workers, pin_memory=device.type == "cuda", persistent_workers=p.num_workers > 0,
+        dataset, batch_size=p.batch_size, sampler=sampler, collate_fn=collate,
+        num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0,
         generator=loader_generator(p.seed, dist.rank),
     )  # fmt: skip
 
 
-def eval_loader(p: RunParams, cache: ClipCache, table: pd.DataFrame, dist: Distributed, device: torch.device) -> DataLoader:
+def eval_loader(p: RunParams, source: ClipCache | FeatureCache, table: pd.DataFrame, dist: Distributed,
+                device: torch.device) -> DataLoader:
     """Every clip of ``table`` in table order (each rank sees them all)."""
+    dataset, collate, workers = _dataset(source, table, p, train=False)
     return DataLoader(
-        ClipDataset(cache, table), batch_size=p.batch_size, shuffle=False, collate_fn=collate_clips,
-        num_workers=p.num_workers, pin_memory=device.type == "cuda",
+        dataset, batch_size=p.batch_size, shuffle=False, collate_fn=collate,
+        num_workers=workers, pin_memory=device.type == "cuda",
         generator=loader_generator(p.seed, dist.rank),
     )  # fmt: skip

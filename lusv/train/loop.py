@@ -1,7 +1,8 @@
 """The epoch loop as plain functions: ``train_one_epoch`` and ``evaluate``.
 
 ``train_one_epoch`` is one pass over this process's shard of the training clips: augment on
-the device, forward under autocast, masked BCE, backward through the AMP scaler, and an
+the device, forward under autocast (or, for a frozen encoder, the heads alone on cached
+features: ``lusv.inference.forward_batch``), masked BCE, backward through the AMP scaler, and an
 optimizer step at the end of every group of ``grad_accum`` micro-batches
 (``accumulation_group``); under DDP the gradient all-reduce runs once per step
 (``Distributed.no_sync``). ``evaluate`` predicts a whole role (every clip, on every rank) and
@@ -27,9 +28,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from lusv.config import RunParams
-from lusv.datasets import ClipAugment, to_model_input
-from lusv.devices import Distributed, autocast, unwrap
-from lusv.inference import masked_bce, predict_batches
+from lusv.datasets import ClipAugment
+from lusv.devices import Distributed, unwrap
+from lusv.inference import forward_batch, masked_bce, predict_batches
 from lusv.train.progress import batch_bar
 from lusv.train.randomness import derive_seed
 
@@ -78,6 +79,8 @@ def train_one_epoch(
     """Train on epoch ``epoch`` (0-based) of ``loader``; the mean masked BCE over every rank's clips."""
     model.train()
     loader.sampler.set_epoch(epoch)  # the sampler reshuffles from (seed, epoch): data order needs no saved state
+    if hasattr(loader.dataset, "set_epoch"):
+        loader.dataset.set_epoch(epoch)  # cached features: each clip's augmented view, drawn from (seed, epoch)
     augment_generator = torch.Generator().manual_seed(derive_seed(p.seed, epoch, dist.rank))
     n_batches = len(loader)
     if p.max_batches_per_epoch is not None:
@@ -92,15 +95,9 @@ def train_one_epoch(
         if index >= n_batches:
             break
         group_size, step_now = accumulation_group(index, n_batches, p.grad_accum)
-        x = to_model_input(
-            batch["clips"], device, augment=augment, generator=augment_generator,
-            lengths=batch["lengths"], channels_last=p.channels_last,
-        )
-        lengths = batch["lengths"].to(device, non_blocking=True)
         labels = batch["labels"].to(device, non_blocking=True)
         with dist.no_sync(model, sync=step_now):
-            with autocast(device, amp_dtype):
-                out = model(x, lengths=lengths)
+            out = forward_batch(model, batch, device, amp_dtype, p.channels_last, augment, augment_generator)
             batch_loss, batch_count = masked_bce(out["logits"], labels)
             loss = batch_loss / batch_count.clamp(min=1) / group_size
             scaler.scale(loss).backward()

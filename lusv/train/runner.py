@@ -28,14 +28,15 @@ from lusv.cache import ClipCache
 from lusv.config import DEFAULT_PROFILE, RunParams, params_for
 from lusv.datasets import ClipAugment, keep_freed_cpu_buffers
 from lusv.devices import Distributed, init_distributed, resolve_amp, resolve_device, unwrap
-from lusv.errors import LusvError
+from lusv.errors import ConfigError, LusvError
+from lusv.features import FeatureCache
 from lusv.folds import FoldData, load_fold_data
 from lusv.inference import build_run_model
 from lusv.metrics import macro_auc
 from lusv.patterns import PATTERNS
 from lusv.train import checkpoint
 from lusv.train.checkpoint import TrainState
-from lusv.train.data import ensure_cached, eval_loader, train_loader
+from lusv.train.data import ensure_cached, ensure_features, eval_loader, train_loader
 from lusv.train.loop import evaluate, train_one_epoch
 from lusv.train.progress import EpochProgress, progress_is_live
 from lusv.train.randomness import make_deterministic, seed_everything
@@ -56,29 +57,53 @@ class _Run:
     live: bool
     data: FoldData
     cache: ClipCache
+    inputs: ClipCache | FeatureCache  # what the loaders read: clips, or cached features (train_encoder=False)
     train_loader: DataLoader
     augment: Optional[ClipAugment]
     model: nn.Module
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     weights_source: str
+    features: Optional[dict] = None  # train_encoder=False: the feature cache and what building it did
     state: TrainState = field(default_factory=TrainState)
+    unsaved_best: Optional[dict] = None  # best weights not yet in best.pt (checkpoint_every > 1)
 
     def evaluate(self, table: pd.DataFrame):
-        loader = eval_loader(self.p, self.cache, table, self.dist, self.device)
+        loader = eval_loader(self.p, self.inputs, table, self.dist, self.device)
         return evaluate(self.model, loader, self.device, self.amp_dtype, self.p.channels_last)
 
     def write_config(self, status: str, **extra: Any) -> None:
         if self.dist.is_main:
             record = config_record(
                 self.p, status, self.run_dir, self.device, self.amp_dtype, self.dist.world_size,
-                self.weights_source, self.data, self.state, **extra,
+                self.weights_source, self.data, self.state,
+                **({"features": self.features} if self.features else {}), **extra,
             )  # fmt: skip
             io.write_json(self.run_dir / "config.json", record)
 
 
+def check_frozen_encoder(p: RunParams, dist: Distributed) -> None:
+    """ConfigError when ``train_encoder=False`` cannot apply: a model without a frame encoder
+    (the 3-D CNNs), or several processes (the heads train in one, in seconds)."""
+    if p.train_encoder:
+        return
+    from lusv.models import frame_models
+
+    if p.model not in frame_models():
+        raise ConfigError(
+            f"train_encoder=False needs a 2-D model with a frame encoder ({', '.join(frame_models())}); "
+            f"{p.model} is a 3-D CNN with no encoder to freeze: train it with train_encoder=True"
+        )
+    if dist.enabled:
+        raise ConfigError("train_encoder=False trains on one process: run it without torchrun")
+
+
 def _set_up(p: RunParams, run_dir: Path, dist: Distributed) -> _Run:
-    """Device and precision, the fold's clips and loaders, then (seeded) model, optimizer, scaler."""
+    """Device and precision, the fold's clips and loaders, then (seeded) model, optimizer, scaler.
+
+    With ``train_encoder=False`` the encoder is frozen (no gradients, never in the loop), the
+    loaders serve its cached features, and Adam (fused: one kernel over the large heads) steps
+    the heads alone."""
     device = resolve_device(p.device, dist.local_rank)
     amp_dtype = resolve_amp(p.amp, device)
     make_deterministic(device)
@@ -86,17 +111,26 @@ def _set_up(p: RunParams, run_dir: Path, dist: Distributed) -> _Run:
         logger.debug("glibc keeps freed CPU buffers for reuse (no page faults per batch)")
     data = load_fold_data(p, run_dir, dist)
     cache = ensure_cached(p, data, dist)
-    loader = train_loader(p, cache, data.train, dist, device)
-    augment = ClipAugment() if p.augment else None
+    if p.train_encoder:
+        loader = train_loader(p, cache, data.train, dist, device)
+    augment = ClipAugment() if p.augment and p.train_encoder else None
 
     seed_everything(p.seed)
     model = build_run_model(p).to(device)
     weights_source = getattr(model, "weights_source", "unknown")
+    inputs, features, trainable = cache, None, model.parameters()
+    if not p.train_encoder:
+        model.encoder.requires_grad_(False)
+        inputs, features = ensure_features(p, cache, data, model.encoder)
+        loader = train_loader(p, inputs, data.train, dist, device)
+        trainable = [q for q in model.parameters() if q.requires_grad]
     model = dist.wrap(model, device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
+    fused = {} if p.train_encoder else {"fused": True}
+    optimizer = torch.optim.Adam(trainable, lr=p.lr, weight_decay=p.weight_decay, **fused)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     live = progress_is_live() and dist.is_main
-    return _Run(p, run_dir, dist, device, amp_dtype, live, data, cache, loader, augment, model, optimizer, scaler, weights_source)
+    return _Run(p, run_dir, dist, device, amp_dtype, live, data, cache, inputs, loader, augment, model, optimizer,
+                scaler, weights_source, features)
 
 
 def _fit(r: _Run) -> None:
@@ -123,8 +157,15 @@ def _fit(r: _Run) -> None:
              "lr": r.optimizer.param_groups[0]["lr"], "seconds": seconds}
         )  # fmt: skip
         state.training_done = state.bad_epochs >= p.patience or state.epoch >= p.epochs
-        if r.dist.is_main:
-            checkpoint.save_epoch(r.run_dir, p, r.model, r.optimizer, r.scaler, state, improved)
+        save_now = state.training_done or state.epoch % p.checkpoint_every == 0
+        if improved and not save_now:
+            # Kept (on the CPU) until the next checkpoint: best.pt and checkpoint.pt are written
+            # together, so a resume from checkpoint.pt replays the epochs since from best.pt as it was.
+            r.unsaved_best = {k: v.detach().to("cpu", copy=True) for k, v in unwrap(r.model).state_dict().items()}
+        if r.dist.is_main and save_now:
+            best = unwrap(r.model).state_dict() if improved else r.unsaved_best
+            checkpoint.save_epoch(r.run_dir, p, r.model, r.optimizer, r.scaler, state, best)
+            r.unsaved_best = None
         progress.epoch_done(state.epoch, train_loss, val_loss, auc, seconds, improved)
     progress.close()
     if state.bad_epochs >= p.patience and r.dist.is_main:
@@ -169,6 +210,7 @@ def run(params: RunParams | Mapping[str, Any] | None = None, /, **overrides: Any
     """
     p = _resolve_params(params, overrides)
     dist = init_distributed()
+    check_frozen_encoder(p, dist)
     run_dir = Path(p.out_dir) / p.name
     # One process per run folder (rank 0 for a torchrun launch): a second run into it is refused.
     with runlock.run_lock(run_dir) if dist.is_main else contextlib.nullcontext():

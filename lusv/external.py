@@ -1,0 +1,154 @@
+"""External validation: a finished study's fold models judge another labelled dataset.
+
+``external_validation(study_dir, data, data_path)`` reads a dataset through its source
+(``lusv.sources``: a folder with a labels CSV, POCUS, ...), decodes its clips at the study's
+frames and size into that dataset's own clip cache (the ingestion report says what was used and
+what skipped, and why), and predicts every clip with each model configuration of the study
+that has fold models (``runs/<key>-fold<f>``): the probability of a pattern is the mean of the
+fold models' probabilities. Models trained on frozen features (``train_encoder=False``) predict
+from the dataset's feature cache, built once and shared by their folds.
+
+Per model and pattern it reports the AUC with its DeLong 95% CI on the clips that label the
+pattern, and the sensitivity and specificity at the Youden threshold chosen on the study's pooled
+validation predictions (``oof/<key>.val.csv``): thresholds are carried over, never tuned on the
+external data. A pattern the dataset does not label (its column empty) or labels with one class
+only gets no AUC (NaN, the ``note`` says why), never a zero. Leave a pattern's column empty in
+the labels CSV when the dataset does not label it.
+
+Written under ``out_dir`` (default ``<study>/external/<dataset name>/``): ``predictions_<key>.csv``
+(clip_id, patient_id, p_<pattern>..., <pattern>... labels), ``external_auc.csv`` and
+``ingest_report.csv`` (+ ``_summary``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from lusv.errors import ConfigError, LusvError
+from lusv.io import read_table, write_csv
+from lusv.patterns import PATTERNS
+
+RESULT_COLUMNS = ("model", "pattern", "n_labelled", "n_pos", "n_neg", "auc", "ci_low", "ci_high", "threshold",
+                  "sensitivity", "specificity", "note")
+
+
+@dataclass
+class ExternalResults:
+    table: pd.DataFrame  # RESULT_COLUMNS, one row per (model, pattern)
+    predictions: dict[str, pd.DataFrame]  # by model key
+    ingest_summary: pd.DataFrame
+    out_dir: Path
+
+
+def fold_run_dirs(study_dir: Path, num_folds: int) -> dict[str, list[Path]]:
+    """Model keys of the study whose every fold has a finished run, with those run folders."""
+    keys = sorted(path.name[: -len(".val.csv")] for path in (study_dir / "oof").glob("*.val.csv"))
+    found = {}
+    for key in keys:
+        dirs = [study_dir / "runs" / f"{key}-fold{fold}" for fold in range(num_folds)]
+        if all((d / "best.pt").is_file() and (d / "config.json").is_file() for d in dirs):
+            found[key] = dirs
+    return found
+
+
+def predict_with_folds(run_dirs: list[Path], cache, table: pd.DataFrame) -> np.ndarray:
+    """Mean probabilities (N, 4) of the fold models of ``run_dirs`` on the clips of ``table``."""
+    import torch
+
+    from lusv.devices import Distributed
+    from lusv.features import run_feature_cache
+    from lusv.inference import load_trained, predict_batches
+    from lusv.train.data import eval_loader
+
+    device = torch.device("cpu")
+    total = np.zeros((len(table), len(PATTERNS)))
+    for run_dir in run_dirs:
+        model = load_trained(run_dir, device)
+        p = model.run_params
+        source = cache
+        if not p.train_encoder:  # the heads on cached features; the fold models share the frozen encoder
+            source = run_feature_cache(p, cache, model.encoder)
+            source.build(table["clip_id"], views=0, progress=False)
+        probabilities, *_ = predict_batches(model, eval_loader(p, source, table, Distributed(), device), device)
+        total += probabilities
+    return total / len(run_dirs)
+
+
+def pattern_rows(key: str, predictions: pd.DataFrame, validation: pd.DataFrame) -> list[dict]:
+    """One result row per pattern (see the module docstring)."""
+    from lusv.metrics import delong_ci, sensitivity_specificity, youden_threshold
+
+    rows = []
+    for pattern in PATTERNS:
+        y = predictions[pattern].to_numpy(float)
+        score = predictions[f"p_{pattern}"].to_numpy(float)
+        labelled = ~np.isnan(y)
+        n_pos, n_neg = int((y[labelled] == 1).sum()), int((y[labelled] == 0).sum())
+        row = {"model": key, "pattern": pattern, "n_labelled": int(labelled.sum()), "n_pos": n_pos, "n_neg": n_neg,
+               "auc": np.nan, "ci_low": np.nan, "ci_high": np.nan, "threshold": np.nan,
+               "sensitivity": np.nan, "specificity": np.nan, "note": ""}
+        row["threshold"] = youden_threshold(validation[pattern].to_numpy(float), validation[f"p_{pattern}"].to_numpy(float))
+        if not labelled.any():
+            row["note"] = "not labelled in this dataset"
+        elif n_pos == 0 or n_neg == 0:
+            row["note"] = f"one class only ({n_pos} positive, {n_neg} negative): no AUC"
+        else:
+            row["auc"], row["ci_low"], row["ci_high"] = delong_ci(y, score)
+        if labelled.any() and np.isfinite(row["threshold"]):
+            counts = sensitivity_specificity(y, score, row["threshold"])
+            row["sensitivity"], row["specificity"] = counts.sensitivity, counts.specificity
+        rows.append(row)
+    return rows
+
+
+def external_validation(
+    study_dir: str | Path, data: str = "folder", data_path: str | Path | None = None, keys: list[str] | None = None,
+    out_dir: str | Path | None = None, cache_root: str | Path | None = None, dayfirst: bool = False,
+) -> ExternalResults:
+    """Predict another labelled dataset with a study's fold models; see the module docstring."""
+    from lusv.cache import ClipCache
+    from lusv.paths import default_cache_root, in_repository
+    from lusv.study import Prepared, dataset_name, load_dataset
+
+    study_dir = in_repository(study_dir)
+    prepared = Prepared.load(study_dir)
+    available = fold_run_dirs(study_dir, prepared.num_folds)
+    keys = list(available) if keys is None else list(keys)
+    missing = [key for key in keys if key not in available]
+    if not keys or missing:
+        raise ConfigError(f"{study_dir}: no finished fold models for {missing or 'any model'} "
+                          f"(models with every fold: {', '.join(available) or 'none'}); train the study first")
+
+    name = dataset_name(data, data_path)
+    labels = load_dataset(data, data_path, dayfirst=dayfirst)
+    cache = ClipCache(Path(cache_root).resolve() if cache_root else default_cache_root(name),
+                      prepared.num_frames, prepared.image_size)
+    out_dir = Path(out_dir) if out_dir is not None else study_dir / "external" / name
+    report = cache.build(labels)  # IngestError (with the per-clip reasons) when no clip is usable
+    report.save(out_dir / "ingest_report.csv")
+    table = labels[labels["clip_id"].isin(set(report.usable_ids))].reset_index(drop=True)
+    if table[list(PATTERNS)].isna().all().all():
+        raise LusvError(f"{name}: none of its {len(table)} usable clip(s) labels any pattern: nothing to validate")
+
+    rows, predictions = [], {}
+    for key in keys:
+        probabilities = predict_with_folds(available[key], cache, table)
+        frame = table[["clip_id", "patient_id"]].copy()
+        for i, pattern in enumerate(PATTERNS):
+            frame[f"p_{pattern}"] = probabilities[:, i]
+        for pattern in PATTERNS:
+            frame[pattern] = table[pattern].to_numpy(float)
+        predictions[key] = frame
+        write_csv(out_dir / f"predictions_{key}.csv", frame)
+        rows += pattern_rows(key, frame, read_table(study_dir / "oof" / f"{key}.val.csv"))
+    results = pd.DataFrame(rows, columns=list(RESULT_COLUMNS))
+    write_csv(out_dir / "external_auc.csv", results)
+    (out_dir / "external.json").write_text(json.dumps(
+        {"study": str(study_dir), "data": data, "data_path": str(data_path), "dataset": name, "models": keys,
+         "clips": len(table), "fold_models": {key: [str(d) for d in available[key]] for key in keys}}, indent=2))
+    return ExternalResults(results, predictions, report.summary(), out_dir)

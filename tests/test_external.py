@@ -1,0 +1,125 @@
+"""``lusv external`` and the linear probe on the tiny study.
+
+A tiny study (the tiny data, three folds) trains LUV-Net on frozen features and USVN end to end,
+one epoch each; another dataset that labels only A-lines and B-lines is then predicted with the
+fold models. Expected values come from the fold models themselves run clip by clip (their mean)
+and a textbook Youden search written here.
+"""
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lusv import study
+from lusv.cli import main
+from lusv.patterns import PATTERNS
+
+RUN = {"epochs": 1, "batch_size": 4, "max_batches_per_epoch": 2, "num_workers": 0}
+
+
+@pytest.fixture(scope="module")
+def tiny_study(tiny_data, tmp_path_factory):
+    original = study.Prepared.load(tiny_data.root / "study")
+    prepared = dataclasses.replace(original, run_dir=tmp_path_factory.mktemp("external") / "study")
+    prepared.save()
+    study.train_configurations(prepared, {"luvnet": {"model": "luvnet", "train_encoder": False, "feature_views": 1},
+                                          "usvn": {"model": "usvn"}}, "quick", **RUN)
+    return prepared
+
+
+def _other_dataset(tiny_data, tmp_path):
+    """8 of the synthetic videos under new ids, A-lines and B-lines labelled, the rest empty; one missing file."""
+    labels = pd.read_csv(tiny_data.source_dir / "labels.csv").iloc[:8]
+    rows = pd.DataFrame({
+        "clip_id": [f"EXT-{i}" for i in range(8)] + ["EXT-missing"],
+        "path": [str(tiny_data.source_dir / p) for p in labels["path"]] + [str(tmp_path / "gone.mp4")],
+        "patient_id": [f"EXT-P{i // 2}" for i in range(8)] + ["EXT-P9"],
+        "a_lines": [0, 1, 0, 1, 0, 1, 1, 0, 1], "b_lines": [1, 0, 1, 0, 1, 0, 0, 1, 0],
+        "consolidation": [""] * 9, "pleural_effusion": [""] * 9,
+    })  # fmt: skip
+    csv = tmp_path / "other" / "labels.csv"
+    csv.parent.mkdir()
+    rows.to_csv(csv, index=False)
+    return csv
+
+
+def _textbook_youden(y, score):
+    """The highest threshold t (among the scores) maximising sensitivity + specificity - 1 of score >= t."""
+    keep = ~np.isnan(y)
+    y, score = y[keep].astype(bool), score[keep]
+    best_j, best_t = -np.inf, None
+    for t in sorted(set(score), reverse=True):
+        j = np.mean(score[y] >= t) + np.mean(score[~y] < t) - 1
+        if j > best_j + 1e-9:
+            best_j, best_t = j, t
+    return best_t
+
+
+def test_external_with_two_patterns_labelled(tiny_study, tiny_data, tmp_path, capsys):
+    csv = _other_dataset(tiny_data, tmp_path)
+    out = tmp_path / "ext"
+    code = main(["external", "--study", str(tiny_study.run_dir), "--data", "folder", "--data-path", str(csv),
+                 "--out", str(out), "--cache-dir", str(tmp_path / "cache")])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert "missing file" in printed  # the ingestion summary
+
+    table = pd.read_csv(out / "external_auc.csv").set_index(["model", "pattern"])
+    assert sorted(table.index.get_level_values("model").unique()) == ["luvnet", "usvn"]
+    for model in ("luvnet", "usvn"):
+        for pattern in ("consolidation", "pleural_effusion"):
+            row = table.loc[(model, pattern)]
+            assert np.isnan(row["auc"]) and row["n_labelled"] == 0 and row["note"] == "not labelled in this dataset"
+        for pattern in ("a_lines", "b_lines"):
+            row = table.loc[(model, pattern)]
+            assert row["n_labelled"] == 8 and row["n_pos"] == 4
+            assert 0 <= row["ci_low"] <= row["auc"] <= row["ci_high"] <= 1
+
+    # The probabilities are the mean of the fold models run on the clips themselves.
+    from lusv.cache import ClipCache
+    from lusv.inference import load_trained, predict
+
+    ids = [f"EXT-{i}" for i in range(8)]
+    clips, lengths = ClipCache(tmp_path / "cache", tiny_study.num_frames, tiny_study.image_size).load_many(ids)
+    for model in ("luvnet", "usvn"):
+        saved = pd.read_csv(out / f"predictions_{model}.csv", dtype={"clip_id": str}).set_index("clip_id").loc[ids]
+        folds = [predict(load_trained(tiny_study.run_dir / "runs" / f"{model}-fold{f}"), clips, lengths) for f in range(3)]
+        np.testing.assert_allclose(saved[[f"p_{p}" for p in PATTERNS]].to_numpy(), np.mean(folds, axis=0), atol=2e-3)
+        assert saved["consolidation"].isna().all() and (saved["a_lines"] == [0, 1, 0, 1, 0, 1, 1, 0]).all()
+
+        # Thresholds come from the study's pooled validation predictions, not from this dataset.
+        val = pd.read_csv(tiny_study.run_dir / "oof" / f"{model}.val.csv")
+        for pattern in PATTERNS:
+            expected = _textbook_youden(val[pattern].to_numpy(float), val[f"p_{pattern}"].to_numpy(float))
+            assert table.loc[(model, pattern), "threshold"] == pytest.approx(expected)
+        y, score, t = saved["a_lines"].to_numpy(), saved["p_a_lines"].to_numpy(), table.loc[(model, "a_lines"), "threshold"]
+        assert table.loc[(model, "a_lines"), "sensitivity"] == pytest.approx(np.mean(score[y == 1] >= t))
+
+
+def test_external_refuses_a_study_without_fold_models(tiny_data, tmp_path, capsys):
+    original = study.Prepared.load(tiny_data.root / "study")
+    dataclasses.replace(original, run_dir=tmp_path / "empty").save()
+    code = main(["external", "--study", str(tmp_path / "empty"), "--data-path", str(_other_dataset(tiny_data, tmp_path))])
+    assert code == 2
+    assert "no finished fold models" in capsys.readouterr().err
+
+
+def test_linear_probe_writes_out_of_fold_predictions_fit_on_the_training_folds(tiny_study):
+    from lusv.linear_probe import linear_probe
+
+    written = linear_probe(tiny_study, "quick")
+    test = pd.read_csv(written["test"], dtype={"clip_id": str})
+    folds = tiny_study.folds()
+    assert sorted(test["clip_id"]) == sorted(folds["clip_id"])  # every development clip once
+    assert (test["model_fold"] == test["fold"]).all()
+    val = pd.read_csv(written["val"])
+    assert (val["fold"] == (val["model_fold"] + 1) % 3).all()
+    probabilities = test[[f"p_{p}" for p in PATTERNS]].to_numpy()
+    assert np.isfinite(probabilities).all() and ((probabilities >= 0) & (probabilities <= 1)).all()
+    # One more model key for the result tables.
+    predictions = study.load_out_of_fold(tiny_study.run_dir, "test", ["luvnet", "linear_probe"])
+    from lusv.report import auc_summaries
+
+    assert set(auc_summaries(predictions)["model"]) >= {"luvnet", "linear_probe"}
