@@ -35,7 +35,8 @@ import torch
 from benchmarks.common import Row, bench_main, measure_interleaved, release_memory
 from lusv.cache import array_checksum
 from lusv.datasets import keep_freed_cpu_buffers, to_model_input
-from lusv.features import FeatureCache, FeatureDataset
+from lusv.datasets import FeatureDataset
+from lusv.features import FeatureCache
 from lusv.models import build_model
 from lusv.patterns import PATTERNS
 from lusv.inference import masked_bce

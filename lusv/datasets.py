@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -36,6 +36,9 @@ from torch.utils.data import Dataset
 
 from lusv.errors import LabelsError
 from lusv.patterns import IMAGENET_MEAN, IMAGENET_STD, PATTERNS
+
+if TYPE_CHECKING:  # annotation only: lusv.features builds on this module
+    from lusv.features import FeatureCache
 
 Batch = dict[str, Any]
 
@@ -84,12 +87,8 @@ class ClipDataset(Dataset):
     """
 
     def __init__(self, cache: Any, table: pd.DataFrame):
-        missing = [c for c in ("clip_id", *PATTERNS) if c not in table.columns]
-        if missing:
-            raise LabelsError(f"ClipDataset table lacks column(s) {missing} (needed: clip_id, {', '.join(PATTERNS)})")
         self.cache = cache
-        self.clip_ids: list[str] = table["clip_id"].astype(str).tolist()
-        self.labels = table[list(PATTERNS)].to_numpy(dtype=np.float32)
+        self.clip_ids, self.labels = _ids_and_labels(table, "ClipDataset")
 
     def __len__(self) -> int:
         return len(self.clip_ids)
@@ -116,16 +115,88 @@ class ClipDataset(Dataset):
         }
 
 
-def collate_clips(samples: Sequence[Batch] | Batch) -> Batch:
-    """Stack dataset items into a batch; a batch already made by ``__getitems__`` passes through."""
+def _ids_and_labels(table: pd.DataFrame, what: str) -> tuple[list[str], np.ndarray]:
+    """A split's clip ids (as strings) and labels float32 (N, 4), NaN = missing."""
+    missing = [c for c in ("clip_id", *PATTERNS) if c not in table.columns]
+    if missing:
+        raise LabelsError(f"{what} table lacks column(s) {missing} (needed: clip_id, {', '.join(PATTERNS)})")
+    return table["clip_id"].astype(str).tolist(), table[list(PATTERNS)].to_numpy(dtype=np.float32)
+
+
+def _stack(samples: Sequence[Batch] | Batch, item: str, batch: str) -> Batch:
+    """Stack dataset items into a batch (``item`` tensors -> ``batch``); a batch already made by
+    ``__getitems__`` passes through."""
     if isinstance(samples, Mapping):
         return dict(samples)
     return {
-        "clips": torch.stack([s["clip"] for s in samples]),
+        batch: torch.stack([s[item] for s in samples]),
         "lengths": torch.tensor([s["length"] for s in samples], dtype=torch.int64),
         "labels": torch.stack([s["labels"] for s in samples]),
         "clip_ids": [s["clip_id"] for s in samples],
     }
+
+
+def collate_clips(samples: Sequence[Batch] | Batch) -> Batch:
+    """``ClipDataset`` items -> a batch with ``clips`` uint8 (B, T, S, S, 1)."""
+    return _stack(samples, "clip", "clips")
+
+
+def collate_features(samples: Sequence[Batch] | Batch) -> Batch:
+    """``FeatureDataset`` items -> a batch with ``features`` float32 (B, T, F)."""
+    return _stack(samples, "features", "features")
+
+
+class FeatureDataset(Dataset):
+    """Cached features of the clips of one split, shaped like ``lusv.datasets.ClipDataset``.
+
+    An item is a dict: features float32 (T, F), length int, labels float32 (4,), clip_id str; a
+    batch (``__getitems__`` or ``collate_features``): features float32 (B, T, F), lengths int64
+    (B,), labels float32 (B, 4) with NaN for missing labels, clip_ids list of str.
+
+    With ``views = 0`` every item is the plain view. With ``views = N > 0`` (training with
+    augmentation) each clip shows one of its N augmented views per epoch, drawn uniformly from
+    a generator seeded by (``seed``, epoch): call ``set_epoch(epoch)`` before each epoch's pass
+    (a DataLoader copies the dataset to its workers when its iterator starts, so do not use
+    ``persistent_workers`` with views).
+    """
+
+    def __init__(self, cache: "FeatureCache", table: pd.DataFrame, views: int = 0, seed: int = 0):
+        self.cache = cache
+        self.clip_ids, self.labels = _ids_and_labels(table, "FeatureDataset")
+        # view_names(N) = the plain view, then the N augmented ones; training draws among those
+        self.view_names = cache.view_names(views)[1:] if views > 0 else cache.view_names(0)
+        self.seed = int(seed)
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw the view each clip shows in ``epoch`` (the same draws for the same seed and epoch)."""
+        rng = np.random.default_rng([self.seed, int(epoch)])
+        picks = rng.integers(0, len(self.view_names), size=len(self.clip_ids))
+        self.views = [self.view_names[i] for i in picks]
+
+    def __len__(self) -> int:
+        return len(self.clip_ids)
+
+    def __getitem__(self, index: int) -> Batch:
+        features, length = self.cache.load(self.clip_ids[index], self.views[index])
+        return {
+            "features": torch.from_numpy(features.astype(np.float32)),
+            "length": int(length),
+            "labels": torch.from_numpy(self.labels[index].copy()),
+            "clip_id": self.clip_ids[index],
+        }
+
+    def __getitems__(self, indices: Sequence[int]) -> Batch:
+        """A whole batch at once (DataLoader uses this when it exists)."""
+        indices = list(indices)
+        ids = [self.clip_ids[i] for i in indices]
+        features, lengths = self.cache.load_many(ids, [self.views[i] for i in indices])
+        return {
+            "features": torch.from_numpy(features.astype(np.float32)),
+            "lengths": torch.from_numpy(lengths),
+            "labels": torch.from_numpy(self.labels[indices].copy()),
+            "clip_ids": ids,
+        }
 
 
 def frame_mask(lengths: torch.Tensor, num_frames: int) -> torch.Tensor:

@@ -10,9 +10,9 @@ Use from a training loop::
 
     features = FeatureCache(clip_cache, model.encoder, encoder_name="efficientnet_lite0")
     features.build(table["clip_id"], views=4)              # computes only what is missing
-    train_set = FeatureDataset(features, train_table, views=4, seed=seed)
+    train_set = FeatureDataset(features, train_table, views=4, seed=seed)   # lusv.datasets
     train_set.set_epoch(epoch)                             # before each epoch's DataLoader pass
-    batch = train_set.__getitems__([0, 1])                 # or DataLoader(..., collate_fn=collate_features)
+    batch = train_set.__getitems__([0, 1])      # or DataLoader(..., collate_fn=lusv.datasets.collate_features)
     out = model.forward_features(batch["features"].to(device), batch["lengths"].to(device))
 
 Layout under ``root`` (default ``clip_cache.dir / "features"``), one folder per identity,
@@ -58,7 +58,6 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from lusv.cache import (
@@ -71,9 +70,9 @@ from lusv.cache import (
 )
 from lusv.console import bars_enabled
 from lusv.datasets import ClipAugment, to_model_input
-from lusv.errors import ConfigError, LabelsError
+from lusv.errors import ConfigError
 from lusv.io import save_npy, write_csv, write_json
-from lusv.patterns import PATTERNS
+
 
 log = logging.getLogger(__name__)
 
@@ -342,71 +341,3 @@ class FeatureCache:
 
 def _record(clip_id: str, path: str, status: str, reason: str, detail: str) -> dict:
     return {"clip_id": clip_id, "path": path, "status": status, "reason": reason, "detail": detail}
-
-
-class FeatureDataset(Dataset):
-    """Cached features of the clips of one split, shaped like ``lusv.datasets.ClipDataset``.
-
-    An item is a dict: features float32 (T, F), length int, labels float32 (4,), clip_id str; a
-    batch (``__getitems__`` or ``collate_features``): features float32 (B, T, F), lengths int64
-    (B,), labels float32 (B, 4) with NaN for missing labels, clip_ids list of str.
-
-    With ``views = 0`` every item is the plain view. With ``views = N > 0`` (training with
-    augmentation) each clip shows one of its N augmented views per epoch, drawn uniformly from
-    a generator seeded by (``seed``, epoch): call ``set_epoch(epoch)`` before each epoch's pass
-    (a DataLoader copies the dataset to its workers when its iterator starts, so do not use
-    ``persistent_workers`` with views).
-    """
-
-    def __init__(self, cache: FeatureCache, table: pd.DataFrame, views: int = 0, seed: int = 0):
-        missing = [c for c in ("clip_id", *PATTERNS) if c not in table.columns]
-        if missing:
-            raise LabelsError(f"FeatureDataset table lacks column(s) {missing} (needed: clip_id, {', '.join(PATTERNS)})")
-        self.cache = cache
-        self.clip_ids: list[str] = table["clip_id"].astype(str).tolist()
-        self.labels = table[list(PATTERNS)].to_numpy(dtype=np.float32)
-        self.view_names = cache.view_names(views)[1:] if views > 0 else [PLAIN]
-        self.seed = int(seed)
-        self.set_epoch(0)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Draw the view each clip shows in ``epoch`` (the same draws for the same seed and epoch)."""
-        rng = np.random.default_rng([self.seed, int(epoch)])
-        picks = rng.integers(0, len(self.view_names), size=len(self.clip_ids))
-        self.views = [self.view_names[i] for i in picks]
-
-    def __len__(self) -> int:
-        return len(self.clip_ids)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        features, length = self.cache.load(self.clip_ids[index], self.views[index])
-        return {
-            "features": torch.from_numpy(features.astype(np.float32)),
-            "length": int(length),
-            "labels": torch.from_numpy(self.labels[index].copy()),
-            "clip_id": self.clip_ids[index],
-        }
-
-    def __getitems__(self, indices: Sequence[int]) -> dict[str, Any]:
-        """A whole batch at once (DataLoader uses this when it exists)."""
-        indices = list(indices)
-        ids = [self.clip_ids[i] for i in indices]
-        features, lengths = self.cache.load_many(ids, [self.views[i] for i in indices])
-        return {
-            "features": torch.from_numpy(features.astype(np.float32)),
-            "lengths": torch.from_numpy(lengths),
-            "labels": torch.from_numpy(self.labels[indices].copy()),
-            "clip_ids": ids,
-        }
-
-
-def collate_features(samples: Sequence[dict[str, Any]] | dict[str, Any]) -> dict[str, Any]:
-    """Stack ``FeatureDataset`` items into a batch; a batch made by ``__getitems__`` passes through."""
-    if isinstance(samples, dict):
-        return dict(samples)
-    return {
-        "features": torch.stack([s["features"] for s in samples]),
-        "lengths": torch.tensor([s["length"] for s in samples], dtype=torch.int64),
-        "labels": torch.stack([s["labels"] for s in samples]),
-        "clip_ids": [s["clip_id"] for s in samples],
-    }

@@ -23,8 +23,8 @@ LAYERS = [
     {"datasets", "features"},
     {"models"},
     {"metrics", "explain", "saliency", "inference"},
-    {"report", "paper", "conclusions", "train", "executors"},
-    {"out_of_fold", "study", "notebook", "html_report"},
+    {"report", "paper", "conclusions", "train", "executors", "linear_probe"},
+    {"out_of_fold", "study", "notebook", "html_report", "external"},
     {"cli"},
 ]
 LAYER_OF = {room: index for index, rooms in enumerate(LAYERS) for room in rooms}

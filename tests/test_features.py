@@ -13,7 +13,8 @@ from videos import make_frames, write_test_video
 from lusv.cache import CacheError, ClipCache
 from lusv.datasets import ClipAugment, to_model_input
 from lusv.errors import ConfigError, LabelsError
-from lusv.features import FeatureCache, FeatureDataset, collate_features
+from lusv.datasets import FeatureDataset, collate_features
+from lusv.features import FeatureCache
 from lusv.models import build_model
 from lusv.patterns import PATTERNS
 

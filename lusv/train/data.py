@@ -26,7 +26,8 @@ from lusv.cache import ClipCache
 from lusv.config import RunParams
 from lusv.datasets import ClipDataset, collate_clips
 from lusv.devices import Distributed
-from lusv.features import FeatureCache, FeatureDataset, collate_features, run_feature_cache
+from lusv.datasets import FeatureDataset, collate_features
+from lusv.features import FeatureCache, run_feature_cache
 from lusv.errors import IngestError, LabelsError, LusvError, name_a_few
 from lusv.folds import FoldData
 from lusv.patterns import PATTERNS
