@@ -77,42 +77,69 @@ def _as_tensor(array: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(array))
 
 
-class ClipDataset(Dataset):
-    """Clips of one split, read from a clip cache.
+class _CachedSplit(Dataset):
+    """The clips of one split read from a cache: their ids and labels, and items and whole
+    batches shaped alike for clips and features (``item_key`` / ``batch_key`` name the data)."""
 
-    ``cache`` is a ``lusv.cache.ClipCache`` (anything with ``load(clip_id)`` and
-    ``load_many(clip_ids)``); ``table`` has a ``clip_id`` column and one column per pattern
-    (float 0/1, NaN = missing). An item is a dict: clip uint8 (T, S, S, 1), length int,
-    labels float32 (4,), clip_id str.
-    """
+    item_key, batch_key = "", ""
 
     def __init__(self, cache: Any, table: pd.DataFrame):
         self.cache = cache
-        self.clip_ids, self.labels = _ids_and_labels(table, "ClipDataset")
+        self.clip_ids, self.labels = _ids_and_labels(table, type(self).__name__)
 
     def __len__(self) -> int:
         return len(self.clip_ids)
 
+    def _read_one(self, index: int) -> tuple[np.ndarray, int]:
+        raise NotImplementedError
+
+    def _read_many(self, indices: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    def _tensor(self, array: np.ndarray) -> torch.Tensor:
+        raise NotImplementedError
+
     def __getitem__(self, index: int) -> Batch:
-        clip, length = self.cache.load(self.clip_ids[index])
+        data, length = self._read_one(index)
         return {
-            "clip": _as_tensor(clip),
+            self.item_key: self._tensor(data),
             "length": int(length),
             "labels": torch.from_numpy(self.labels[index].copy()),
             "clip_id": self.clip_ids[index],
         }
 
     def __getitems__(self, indices: Sequence[int]) -> Batch:
-        """A whole batch in one ``load_many`` call (DataLoader uses this when it exists)."""
+        """A whole batch in one read (DataLoader uses this when it exists)."""
         indices = list(indices)
-        ids = [self.clip_ids[i] for i in indices]
-        clips, lengths = self.cache.load_many(ids)
+        data, lengths = self._read_many(indices)
         return {
-            "clips": _as_tensor(np.asarray(clips)),
+            self.batch_key: self._tensor(np.asarray(data)),
             "lengths": torch.as_tensor(np.asarray(lengths), dtype=torch.int64),
             "labels": torch.from_numpy(self.labels[indices].copy()),
-            "clip_ids": ids,
+            "clip_ids": [self.clip_ids[i] for i in indices],
         }
+
+
+class ClipDataset(_CachedSplit):
+    """Clips of one split, read from a clip cache.
+
+    ``cache`` is a ``lusv.cache.ClipCache`` (anything with ``load(clip_id)`` and
+    ``load_many(clip_ids)``); ``table`` has a ``clip_id`` column and one column per pattern
+    (float 0/1, NaN = missing). An item is a dict: clip uint8 (T, S, S, 1), length int,
+    labels float32 (4,), clip_id str; a batch (one ``load_many`` call, which suits a
+    memory-mapped cache): clips, lengths, labels, clip_ids.
+    """
+
+    item_key, batch_key = "clip", "clips"
+
+    def _read_one(self, index: int) -> tuple[np.ndarray, int]:
+        return self.cache.load(self.clip_ids[index])
+
+    def _read_many(self, indices: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        return self.cache.load_many([self.clip_ids[i] for i in indices])
+
+    def _tensor(self, array: np.ndarray) -> torch.Tensor:
+        return _as_tensor(array)
 
 
 def _ids_and_labels(table: pd.DataFrame, what: str) -> tuple[list[str], np.ndarray]:
@@ -146,7 +173,7 @@ def collate_features(samples: Sequence[Batch] | Batch) -> Batch:
     return _stack(samples, "features", "features")
 
 
-class FeatureDataset(Dataset):
+class FeatureDataset(_CachedSplit):
     """Cached features of the clips of one split, shaped like ``lusv.datasets.ClipDataset``.
 
     An item is a dict: features float32 (T, F), length int, labels float32 (4,), clip_id str; a
@@ -161,8 +188,7 @@ class FeatureDataset(Dataset):
     """
 
     def __init__(self, cache: "FeatureCache", table: pd.DataFrame, views: int = 0, seed: int = 0):
-        self.cache = cache
-        self.clip_ids, self.labels = _ids_and_labels(table, "FeatureDataset")
+        super().__init__(cache, table)
         # view_names(N) = the plain view, then the N augmented ones; training draws among those
         self.view_names = cache.view_names(views)[1:] if views > 0 else cache.view_names(0)
         self.seed = int(seed)
@@ -174,29 +200,16 @@ class FeatureDataset(Dataset):
         picks = rng.integers(0, len(self.view_names), size=len(self.clip_ids))
         self.views = [self.view_names[i] for i in picks]
 
-    def __len__(self) -> int:
-        return len(self.clip_ids)
+    item_key = batch_key = "features"
 
-    def __getitem__(self, index: int) -> Batch:
-        features, length = self.cache.load(self.clip_ids[index], self.views[index])
-        return {
-            "features": torch.from_numpy(features.astype(np.float32)),
-            "length": int(length),
-            "labels": torch.from_numpy(self.labels[index].copy()),
-            "clip_id": self.clip_ids[index],
-        }
+    def _read_one(self, index: int) -> tuple[np.ndarray, int]:
+        return self.cache.load(self.clip_ids[index], self.views[index])
 
-    def __getitems__(self, indices: Sequence[int]) -> Batch:
-        """A whole batch at once (DataLoader uses this when it exists)."""
-        indices = list(indices)
-        ids = [self.clip_ids[i] for i in indices]
-        features, lengths = self.cache.load_many(ids, [self.views[i] for i in indices])
-        return {
-            "features": torch.from_numpy(features.astype(np.float32)),
-            "lengths": torch.from_numpy(lengths),
-            "labels": torch.from_numpy(self.labels[indices].copy()),
-            "clip_ids": ids,
-        }
+    def _read_many(self, indices: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        return self.cache.load_many([self.clip_ids[i] for i in indices], [self.views[i] for i in indices])
+
+    def _tensor(self, array: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(array.astype(np.float32))
 
 
 def frame_mask(lengths: torch.Tensor, num_frames: int) -> torch.Tensor:
