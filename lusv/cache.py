@@ -230,21 +230,11 @@ class ClipCache:
             return "source missing"  # decoding again reports the missing file as a skip
         if changed:
             return f"source changed: {path} has a different size or modification time than when cached"
-        array = self._read_entry(row)
-        if array is None:
-            return f"entry damaged: {row['entry']} is missing, truncated or has the wrong shape"
-        if array_checksum(array) != row["checksum"]:
-            return f"entry damaged: {row['entry']} no longer matches its checksum (edited?)"
-        return None
+        return entry_damage(self._read_entry(row), row)
 
     def _read_entry(self, row: dict) -> np.ndarray | None:
-        try:
-            array = np.load(self.dir / "clips" / row["entry"], allow_pickle=False)
-        except Exception:  # noqa: BLE001 - a damaged header fails anywhere in numpy's parser
-            # (tokenize.TokenError, SyntaxError, ValueError, MemoryError...): any failure = rebuild.
-            return None
-        expected = (self.num_frames, self.image_size, self.image_size, 1)
-        return array if array.shape == expected and array.dtype == np.uint8 else None
+        return read_entry(self.dir / "clips" / row["entry"], (self.num_frames, self.image_size, self.image_size, 1),
+                          np.uint8)
 
     # ---------------------------------------------------------------- manifest
     def _read_manifest(self) -> dict[str, dict]:
@@ -306,6 +296,29 @@ def _record(clip_id: str, path: str, status: str, reason: str, detail: str) -> d
 
 
 # ---------------------------------------------------------------- shared with lusv.features
+def read_entry(path: Path, shape: tuple[int, ...], dtype) -> np.ndarray | None:
+    """A cache entry's array, or None when it is missing, damaged or not of ``shape``/``dtype``.
+
+    A damaged .npy header fails anywhere in numpy's parser (tokenize.TokenError, SyntaxError,
+    ValueError, MemoryError...): any failure to read means "rebuild", never a crash.
+    """
+    try:
+        array = np.load(path, allow_pickle=False)
+    except Exception:  # noqa: BLE001 - see the docstring
+        return None
+    return array if array.shape == tuple(shape) and array.dtype == np.dtype(dtype) else None
+
+
+def entry_damage(array: np.ndarray | None, row: dict) -> str | None:
+    """Why a cache entry read with ``read_entry`` cannot be reused (None when it can): unreadable,
+    or no longer matching the checksum its manifest ``row`` recorded."""
+    if array is None:
+        return f"entry damaged: {row['entry']} is missing, truncated or has the wrong shape or dtype"
+    if array_checksum(array) != row["checksum"]:
+        return f"entry damaged: {row['entry']} no longer matches its checksum (edited?)"
+    return None
+
+
 def entry_file_name(key: str) -> str:
     """A safe, unique ``.npy`` file name for the cache entry ``key`` (a clip id, or more)."""
     # Clip ids may hold characters that are unsafe in file names ("/", spaces, "+"); the

@@ -65,7 +65,9 @@ from lusv.cache import (
     CacheError,
     IngestReport,
     array_checksum,
+    entry_damage,
     entry_file_name,
+    read_entry,
     read_manifest,
 )
 from lusv.console import bars_enabled
@@ -297,20 +299,10 @@ class FeatureCache:
             return "no entry"
         if row["source_checksum"] != source_checksum:
             return "clip changed: its clip cache entry is not the one these features were computed from"
-        array = self._read_entry(row)
-        if array is None:
-            return f"entry damaged: {row['entry']} is missing, truncated or has the wrong shape or dtype"
-        if array_checksum(array) != row["checksum"]:
-            return f"entry damaged: {row['entry']} no longer matches its checksum (edited?)"
-        return None
+        return entry_damage(self._read_entry(row), row)
 
     def _read_entry(self, row: dict) -> np.ndarray | None:
-        try:
-            array = np.load(self.dir / "features" / row["entry"], allow_pickle=False)
-        except (OSError, ValueError, EOFError):
-            return None
-        expected = (self.num_frames, self.feature_dim)
-        return array if array.shape == expected and array.dtype == self.dtype else None
+        return read_entry(self.dir / "features" / row["entry"], (self.num_frames, self.feature_dim), self.dtype)
 
     # ---------------------------------------------------------------- identity and manifest
     def _identity_matches(self) -> bool:

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from videos import make_frames, write_test_video
+from videos import make_frames, tiny_clip_table, write_test_video
 
 from lusv.cache import CacheError, ClipCache
 from lusv.datasets import ClipAugment, to_model_input
@@ -25,12 +25,7 @@ IDS = ["long", "other", "short"]
 @pytest.fixture()
 def clip_cache(tmp_path):
     """Three tiny clips in a clip cache; 'short' has 3 real frames of T = 4 (padding is covered)."""
-    paths = [
-        write_test_video(tmp_path / "videos" / "long.mp4", make_frames(10, seed=1)),
-        write_test_video(tmp_path / "videos" / "other.avi", make_frames(8, seed=2)),
-        write_test_video(tmp_path / "videos" / "short.avi", make_frames(3, seed=3)),
-    ]
-    labels = pd.DataFrame({"clip_id": IDS, "path": [str(p) for p in paths]})
+    labels = tiny_clip_table(tmp_path / "videos", {"long.mp4": 10, "other.avi": 8, "short.avi": 3})
     cache = ClipCache(tmp_path / "clips", T, S)
     cache.build(labels, progress=False)
     cache.labels = labels  # for the tests that change a source video
@@ -130,6 +125,10 @@ def _damage(path, how):
         path.write_bytes(path.read_bytes()[:-20])
     elif how == "bad header":
         path.write_bytes(b"not an npy file" + path.read_bytes()[15:])
+    elif how == "unbalanced header dict":  # numpy's header parser raises tokenize.TokenError here
+        data = path.read_bytes()
+        start = data.index(b"'descr'")
+        path.write_bytes(data[:start] + b"((((((((" + data[start + 8:])
     elif how == "edited":
         array = np.load(path)
         array[0, 0] += 1
@@ -140,7 +139,7 @@ def _damage(path, how):
         path.unlink()
 
 
-@pytest.mark.parametrize("how", ["truncated", "bad header", "edited", "wrong shape", "deleted"])
+@pytest.mark.parametrize("how", ["truncated", "bad header", "unbalanced header dict", "edited", "wrong shape", "deleted"])
 def test_a_damaged_entry_is_recomputed_never_a_crash(clip_cache, tmp_path, how, caplog):
     encoder = _model().encoder
     features = _features(clip_cache, encoder, tmp_path)
