@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pandas as pd
 import pytest
-from videos import make_frames, write_test_video
+from videos import make_frames, tiny_clip_table, write_test_video
 
 from lusv.cache import ClipCache
 from lusv.errors import CacheError, IngestError
@@ -18,12 +18,7 @@ T, S = 4, 16
 @pytest.fixture()
 def clips(tmp_path):
     """Three tiny clips (one shorter than T) and their labels table."""
-    paths = [
-        write_test_video(tmp_path / "videos" / "long.mp4", make_frames(10, seed=1)),
-        write_test_video(tmp_path / "videos" / "gif clip+1.gif", make_frames(8, seed=2)),
-        write_test_video(tmp_path / "videos" / "short.avi", make_frames(3, seed=3)),
-    ]
-    return pd.DataFrame({"clip_id": ["long", "gif clip+1", "short"], "path": [str(p) for p in paths]})
+    return tiny_clip_table(tmp_path / "videos", {"long.mp4": 10, "gif clip+1.gif": 8, "short.avi": 3})
 
 
 def test_build_decodes_stores_and_loads(tmp_path, clips):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import av
 import numpy as np
+import pandas as pd
 
 # container suffix -> (codec, pixel format stored in the file)
 CODECS = {
@@ -64,3 +65,11 @@ def make_frames(num_frames: int = 10, height: int = 32, width: int = 48, seed: i
         texture = rng.integers(-10, 11, size=(bottom - top, right - left, 1))
         frames[index, top:bottom, left:right] = np.clip(level + texture, 0, 255)
     return frames
+
+
+def tiny_clip_table(folder: Path, files: dict[str, int]) -> pd.DataFrame:
+    """Write one small test video per ``{file name: frame count}`` under ``folder`` (seeds 1, 2, ...)
+    and return their ``clip_id, path`` table, clip ids being the file names without extension."""
+    paths = [write_test_video(Path(folder) / name, make_frames(frames, seed=seed))
+             for seed, (name, frames) in enumerate(files.items(), start=1)]
+    return pd.DataFrame({"clip_id": [p.stem for p in paths], "path": [str(p) for p in paths]})
