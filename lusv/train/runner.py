@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 from lusv import io, runlock
 from lusv.cache import ClipCache
 from lusv.config import DEFAULT_PROFILE, RunParams, params_for
-from lusv.datasets import ClipAugment, keep_freed_cpu_buffers
+from lusv.datasets import ClipAugment, clip_augment, keep_freed_cpu_buffers
 from lusv.devices import Distributed, init_distributed, resolve_amp, resolve_device, unwrap
 from lusv.errors import ConfigError, LusvError
 from lusv.features import FeatureCache
@@ -113,7 +113,7 @@ def _set_up(p: RunParams, run_dir: Path, dist: Distributed) -> _Run:
     cache = ensure_cached(p, data, dist)
     if p.train_encoder:
         loader = train_loader(p, cache, data.train, dist, device)
-    augment = ClipAugment() if p.augment and p.train_encoder else None
+    augment = clip_augment(p.augmentations) if p.augment and p.train_encoder else None
 
     seed_everything(p.seed)
     model = build_run_model(p).to(device)
