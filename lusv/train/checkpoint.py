@@ -36,7 +36,8 @@ logger = logging.getLogger("lusv.train")
 
 CHECKPOINT_FORMAT = 1
 LOG_COLUMNS = ("epoch", "train_loss", "val_loss", "val_macro_auc", "lr", "seconds")
-RESULT_FILES = ("checkpoint.pt", "best.pt", "log.csv", "predictions_val.csv", "predictions_test.csv", "predictions_temporal_test.csv")
+RESULT_FILES = ("checkpoint.pt", "best.pt", "log.csv", "predictions_val.csv", "predictions_test.csv", "predictions_temporal_test.csv",
+                "predictions_held_out.csv")
 
 
 @dataclass
