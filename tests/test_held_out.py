@@ -88,3 +88,12 @@ def test_every_fold_model_predicts_the_held_out_set_and_results_report_it(held_o
     assert set(table.iloc[:, 0]) == {"luvnet", "usvn"}
     assert (prepared.run_dir / "tables" / "held_out_delong_p.csv").is_file()
     assert (prepared.run_dir / "figures" / "roc_held_out.png").is_file()
+
+
+def test_the_linear_probe_predicts_the_held_out_set_too(held_out_study):
+    from lusv.linear_probe import linear_probe
+
+    written = linear_probe(held_out_study, "quick")
+    held_ids = set(pd.read_csv(held_out_study.held_out_csv, dtype=str).query("split == 'held_out'")["clip_id"])
+    table = pd.read_csv(written["held_out"], dtype={"clip_id": str})
+    assert set(table["clip_id"]) == held_ids and len(table) == len(held_ids), "one row per clip: the fold models' mean"
