@@ -97,3 +97,17 @@ def test_the_linear_probe_predicts_the_held_out_set_too(held_out_study):
     held_ids = set(pd.read_csv(held_out_study.held_out_csv, dtype=str).query("split == 'held_out'")["clip_id"])
     table = pd.read_csv(written["held_out"], dtype={"clip_id": str})
     assert set(table["clip_id"]) == held_ids and len(table) == len(held_ids), "one row per clip: the fold models' mean"
+
+
+def test_a_run_finished_before_the_held_out_set_existed_is_not_reused(held_out_study, tiny_data, tmp_path):
+    from lusv.errors import ConfigError
+    from lusv.train import run
+
+    inputs = {**held_out_study.training_inputs(), "out_dir": str(tmp_path), "run_name": "usvn-fold0", "model": "usvn",
+              **TINY_TRAINING}
+    # trained on the shared tiny folds, made when the study had no held-out set
+    before = {**inputs, "splits": str(tiny_data.folds_csv), "held_out": None}
+    run(params_for("quick", **before))
+    assert not (tmp_path / "usvn-fold0" / "predictions_held_out.csv").exists()
+    with pytest.raises(ConfigError, match=r"finished before the study had its held_out test set"):
+        run(params_for("quick", **inputs, resume=True))
