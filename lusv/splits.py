@@ -289,28 +289,33 @@ def load_or_make_folds(
 # ----------------------------------------------------------------------------- held-out test set
 
 
+def held_out_groups(fraction: float) -> int:
+    """The number of patient groups the held-out set is one of: round(1 / fraction)."""
+    if not 0.0 < float(fraction) <= 0.5:
+        raise ConfigError(f"held_out_fraction={fraction} must be in (0, 0.5] (0 = no held-out set, the paper: 0.1)")
+    return round(1.0 / float(fraction))
+
+
 def held_out_split(labels_df: pd.DataFrame, fraction: float = 0.1, seed: int = 0) -> pd.DataFrame:
     """Set about ``fraction`` of the patients apart as a held-out test set (the paper: 10%).
 
     The clips are cut into n = round(1 / fraction) patient-level groups stratified like the
     folds (``make_folds`` with n folds and ``seed``) and the first group is the held-out set, so
     it is 1/n of the patients (fraction 0.1: one tenth) with about the label mix of the rest.
-    With fewer patients than n, each group is one patient and one patient is held out.
     Returns ``DataFrame(clip_id, patient_id, split)`` in row order, ``split`` in
-    (``development``, ``held_out``); ConfigError for a fraction outside (0, 0.5] or fewer than
-    2 patients.
+    (``development``, ``held_out``); ConfigError for a fraction outside (0, 0.5] or fewer
+    patients than groups (a held-out set would then be more than ``fraction`` of them).
     """
     _check_labels(labels_df, ("clip_id", "patient_id", *PATTERNS))
-    if not 0.0 < float(fraction) <= 0.5:
-        raise ConfigError(f"held_out_fraction={fraction} must be in (0, 0.5] (0 = no held-out set, the paper: 0.1)")
+    groups = held_out_groups(fraction)
     n_patients = labels_df["patient_id"].nunique()
-    if n_patients < 2:
-        raise ConfigError(f"a held-out test set needs at least 2 patients, got {n_patients}: add patients or set "
-                          "held_out_fraction=0")
-    groups = make_folds(labels_df, num_folds=min(round(1.0 / float(fraction)), n_patients), seed=seed)
+    if n_patients < groups:
+        raise ConfigError(f"held_out_fraction={fraction} needs at least {groups} patients (one group of {groups}), got "
+                          f"{n_patients}: add patients or set held_out_fraction=0")
+    grouped = make_folds(labels_df, num_folds=groups, seed=seed)
     split = pd.DataFrame({
-        "clip_id": groups["clip_id"], "patient_id": groups["patient_id"],
-        "split": np.where(groups["fold"] == 0, HELD_OUT, DEVELOPMENT),
+        "clip_id": grouped["clip_id"], "patient_id": grouped["patient_id"],
+        "split": np.where(grouped["fold"] == 0, HELD_OUT, DEVELOPMENT),
     })  # fmt: skip
     assert_no_patient_overlap(split[split["split"] == DEVELOPMENT], split[split["split"] == HELD_OUT],
                               names=(DEVELOPMENT, HELD_OUT))
@@ -322,12 +327,13 @@ def load_or_make_held_out(
 ) -> pd.DataFrame | None:
     """Like ``load_or_make_folds`` for ``held_out_split``. None, with the files of an earlier
     split removed so they cannot mislead a later step, for ``fraction`` 0 (no held-out set) and,
-    with a warning, when holding patients out would leave fewer than ``min_left`` patients (the
-    number of folds) for development: a small dataset keeps every patient for cross-validation."""
+    with a warning, for a dataset too small for one: fewer patients than round(1 / fraction)
+    (one patient would be more than ``fraction`` of them) or a held-out set that would leave
+    fewer than ``min_left`` patients (the number of folds) for development."""
     path = Path(path)
     n_patients = labels_df["patient_id"].nunique()
     split = None
-    if float(fraction) != 0.0 and n_patients >= 2:
+    if float(fraction) != 0.0 and n_patients >= held_out_groups(fraction):
         split = _load_or_make_held_out(labels_df, path, fraction, seed)
         left = split.loc[split["split"] == DEVELOPMENT, "patient_id"].nunique()
         if left < min_left:
@@ -336,7 +342,8 @@ def load_or_make_held_out(
                            n_patients - left, n_patients, fraction, min_left)
             split = None
     elif float(fraction) != 0.0:
-        logger.warning("no held-out test set: %d development patient(s)", n_patients)
+        logger.warning("no held-out test set: %d development patient(s) are too few for held_out_fraction=%s "
+                       "(it needs %d)", n_patients, fraction, held_out_groups(fraction))
     if split is None:
         for stale in (path, path.with_suffix(".json")):
             stale.unlink(missing_ok=True)

@@ -263,17 +263,18 @@ def test_held_out_set_is_a_tenth_of_the_patients_none_of_them_in_development(lab
     assert set(other_seed.loc[other_seed["split"] == HELD_OUT, "patient_id"]) != held
 
 
-def test_held_out_set_of_a_few_patients_is_one_patient_and_bad_fractions_are_refused(labels):
-    few = labels[labels["patient_id"].isin(sorted(labels["patient_id"].unique())[:6])]
-    split = held_out_split(few, fraction=0.1, seed=0)
-    assert split.loc[split["split"] == HELD_OUT, "patient_id"].nunique() == 1
+def test_held_out_set_needs_as_many_patients_as_groups_and_a_fraction_up_to_a_half(labels):
+    patients = sorted(labels["patient_id"].unique())
+    ten = labels[labels["patient_id"].isin(patients[:10])]
+    split = held_out_split(ten, fraction=0.1, seed=0)
+    assert split.loc[split["split"] == HELD_OUT, "patient_id"].nunique() == 1  # one of ten groups of one
+    with pytest.raises(ConfigError, match="held_out_fraction=0.1 needs at least 10 patients .* got 9"):
+        held_out_split(labels[labels["patient_id"].isin(patients[:9])], fraction=0.1)
     half = held_out_split(labels, fraction=0.5, seed=0)
     assert 0.35 < (half["split"] == HELD_OUT).mean() < 0.65
     for bad in (0.0, 0.6, -0.1):
         with pytest.raises(ConfigError, match=rf"held_out_fraction={bad} must be in \(0, 0.5\]"):
             held_out_split(labels, fraction=bad)
-    with pytest.raises(ConfigError, match="at least 2 patients"):
-        held_out_split(labels[labels["patient_id"] == labels["patient_id"].iloc[0]], fraction=0.1)
 
 
 def test_load_or_make_held_out_reuses_while_unchanged_and_removes_it_at_zero(tmp_path, labels, caplog):
@@ -300,11 +301,16 @@ def test_load_or_make_held_out_reuses_while_unchanged_and_removes_it_at_zero(tmp
     assert not path.exists() and not path.with_suffix(".json").exists()
 
 
-def test_a_held_out_set_that_would_starve_the_folds_is_skipped_with_a_warning(tmp_path, labels, caplog):
-    four = labels[labels["patient_id"].isin(sorted(labels["patient_id"].unique())[:4])]
+def test_a_held_out_set_too_big_for_the_data_is_skipped_with_a_warning(tmp_path, labels, caplog):
+    patients = sorted(labels["patient_id"].unique())
+    four = labels[labels["patient_id"].isin(patients[:4])]
     path = tmp_path / "held_out.csv"
-    assert load_or_make_held_out(four, path, fraction=0.1, min_left=3) is not None  # 1 held out, 3 left
+    assert load_or_make_held_out(four, path, fraction=0.25, min_left=3) is not None  # 1 held out, 3 left
     with caplog.at_level(logging.WARNING, logger="lusv.splits"):
-        assert load_or_make_held_out(four, path, fraction=0.1, min_left=4) is None
+        assert load_or_make_held_out(four, path, fraction=0.25, min_left=4) is None
     assert "would leave fewer than 4 for the folds" in caplog.text
     assert not path.exists(), "the earlier split's file is removed"
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="lusv.splits"):
+        assert load_or_make_held_out(four, path, fraction=0.1, min_left=3) is None  # 1 of 4 would be 25%, not 10%
+    assert "4 development patient(s) are too few for held_out_fraction=0.1 (it needs 10)" in caplog.text
