@@ -91,6 +91,7 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
             cache_root=_from_here(args.cache_dir),
             dayfirst=args.dayfirst,
             temporal_split=args.temporal_split,
+            held_out_fraction=args.held_out_fraction,
         )
     except IngestError as exc:
         # Nothing usable: show why clip by clip before the one-line error, so the user can fix the data.
@@ -196,6 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="acquired_on holds day-first dates (20.04.2020) instead of YYYY-MM-DD")
     prepare.add_argument("--no-temporal-split", dest="temporal_split", action="store_false",
                          help="no temporally separated test set even when the clips have dates: every clip goes into the folds")
+    prepare.add_argument("--held-out-fraction", type=float, default=None,
+                         help="share of the patients set apart as the held-out test set before the folds (the paper: "
+                              "0.1; 0 = none; default: the profile's, lusv.config.HELD_OUT_BY_PROFILE)")
     prepare.set_defaults(handler=_cmd_prepare)
 
     train = commands.add_parser("train", help="train one model on one fold (flags = lusv.config.RunParams)")

@@ -209,8 +209,11 @@ def results_conclusion(split_summaries: Mapping[str, pd.DataFrame], split_delong
                        fold_summary: pd.DataFrame | None = None, comparison: pd.DataFrame | None = None,
                        reference: str = "luvnet") -> str:
     """Notebook 06's closing paragraph: the cross-validated comparison (paper Table 1), the
-    temporal set (Table 2) when there is one, and the fold-wise figures beside the paper."""
+    held-out set and the temporal set (Table 2) when there are, and the fold-wise figures beside the paper."""
     parts = [comparison_conclusion(split_summaries["test"], split_delong.get("test"), reference, 1)]
+    if "held_out" in split_summaries:  # the paper publishes no table for its held-out set
+        parts.append(comparison_conclusion(split_summaries["held_out"], split_delong.get("held_out"), reference, None,
+                                           data="the held-out test set (fold ensemble)"))
     if "temporal_test" in split_summaries:
         parts.append(comparison_conclusion(split_summaries["temporal_test"], split_delong.get("temporal_test"),
                                            reference, 2, data="the temporally separated set (fold ensemble)"))

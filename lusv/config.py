@@ -20,10 +20,14 @@ Profiles (``PROFILES``):
 * ``"paper"`` — the published protocol of LUV-Net (Lee et al., MIDL 2025): DenseNet-161 with
   ImageNet weights, 30 frames of 256 x 256, batch 4, Adam with learning rate **1e-6** (the
   paper's value, confirmed by the authors' code), up to 150 epochs, early stopping with
-  patience 20, H = 8 heads, temporal kernel K = 13, mixed precision on GPU. Meant for a GPU.
+  patience **50** (the paper's; the authors' training script defaults to 20), H = 8 heads,
+  temporal kernel K = 13, the paper's augmentations only (horizontal flip and rotation up to
+  +-10 degrees, ``augmentations="paper"``), mixed precision on GPU. Meant for a GPU.
 * ``"quick"`` — the same pipeline shrunk to run in CPU minutes: a tiny random-init encoder,
   16 frames of 64 x 64, batch 8, 20 epochs, patience 5, and C3D / R(2+1)D at 1/8 of their
-  channels (full width takes seconds per batch on a CPU). Its learning rate is 1e-3, not 1e-6:
+  channels (full width takes seconds per batch on a CPU). It keeps the extended augmentations
+  (``augmentations="extended"``: flip and rotation plus brightness/contrast/gamma, blur and
+  noise, as the authors' code adds), the setting its published quick figures were made with. Its learning rate is 1e-3, not 1e-6:
   1e-6 only works for an ImageNet-pretrained encoder fine-tuned for ~100 epochs; a randomly
   initialised tiny network trained for 20 epochs would barely move at 1e-6, so the quick
   profile would show chance-level AUCs and demonstrate nothing.
@@ -52,6 +56,8 @@ from typing import Any, Mapping, Optional
 from lusv.errors import ConfigError
 
 AMP_MODES = ("auto", "bf16", "fp16", "off")
+# The augmentation sets of lusv.datasets.clip_augment: the paper's, and the authors' code's wider one.
+AUGMENTATION_SETS = ("paper", "extended")
 
 
 def _p(
@@ -107,6 +113,10 @@ class RunParams:
         None, "temporal split CSV (clip_id, patient_id, split); its temporal_test clips are predicted after training",
         path=True, may_change_on_resume=True,
     )
+    held_out: Optional[str] = _p(
+        None, "held-out split CSV (clip_id, patient_id, split); its held_out clips are predicted after training",
+        path=True, may_change_on_resume=True,
+    )
     cache_dir: str = _p(
         "data/cache", "clip cache root (entries in <cache_dir>/T<frames>_S<size>/)",
         path=True, may_change_on_resume=True,
@@ -116,7 +126,11 @@ class RunParams:
     split_seed: int = _p(0, "seed of the patient-level folds made when no splits file is given")
     num_frames: int = _p(30, "frames per clip T", model_option=True)
     image_size: int = _p(256, "frame side S in pixels", model_option=True)
-    augment: bool = _p(True, "augment training clips (flip, rotation, brightness/contrast/gamma, blur/noise)")
+    augment: bool = _p(True, "augment training clips (which augmentations: see augmentations)")
+    augmentations: str = _p(
+        "paper", "paper: horizontal flip and rotation up to +-10 degrees only (the paper); extended: also "
+        "brightness/contrast/gamma, blur and noise (as the authors' code; the quick and pretrained profiles)",
+    )
     train_encoder: bool = _p(
         True, "fine-tune the frame encoder end to end (the paper); false: train only the head of a 2-D model on "
         "per-frame features of the frozen encoder, computed once into a feature cache (lusv.features)",
@@ -131,7 +145,10 @@ class RunParams:
     lr: float = _p(1e-6, "Adam learning rate (paper: 1e-6)")
     weight_decay: float = _p(0.0, "Adam weight decay (L2)")
     epochs: int = _p(150, "maximum number of epochs")
-    patience: int = _p(20, "early stopping: epochs without a lower validation loss before stopping")
+    patience: int = _p(
+        50, "early stopping: epochs without a lower validation loss before stopping (paper: 50; the authors' "
+        "training script defaults to 20)",
+    )
     max_batches_per_epoch: Optional[int] = _p(None, "cap on training micro-batches per epoch (tests, smoke runs)")
     checkpoint_every: int = _p(
         1, "write checkpoint.pt (and best.pt, log.csv) every N epochs and at the last; a resume replays the "
@@ -184,6 +201,8 @@ class RunParams:
             problems.append(f"lr={self.lr} (must be > 0)")
         if self.num_workers < 0 or self.log_every < 0 or self.weight_decay < 0 or self.feature_views < 0:
             problems.append("num_workers, log_every, weight_decay and feature_views must be >= 0")
+        if self.augmentations not in AUGMENTATION_SETS:
+            problems.append(f"augmentations={self.augmentations!r} (choose one of {', '.join(AUGMENTATION_SETS)})")
         if problems:
             raise ConfigError("invalid run parameters: " + "; ".join(problems))
 
@@ -264,6 +283,7 @@ _QUICK = dataclasses.replace(
     lr=1e-3,
     epochs=20,
     patience=5,
+    augmentations="extended",
     kernel_size=5,
     width=0.125,
     num_workers=0,
@@ -283,6 +303,7 @@ _PRETRAINED = dataclasses.replace(
     weight_decay=1e-2,
     epochs=30,
     patience=5,
+    augmentations="extended",
     checkpoint_every=10,
     width=0.125,
     num_workers=0,
@@ -291,6 +312,10 @@ _PRETRAINED = dataclasses.replace(
 )
 
 PROFILES: Mapping[str, RunParams] = MappingProxyType({"paper": _PAPER, "quick": _QUICK, "pretrained": _PRETRAINED})
+
+# What a run recorded before a field existed did: a resumed run's config.json lacks the field, and
+# it is compared with this value rather than today's default (extended augmentation was the only set).
+BEFORE_FIELD_EXISTED: Mapping[str, Any] = MappingProxyType({"augmentations": "extended"})
 
 # Per-model defaults of a profile, applied by ``params_for`` under the caller's overrides. The
 # 3-D CNNs have no pretrained weights offline and no frame encoder to freeze: in the pretrained
@@ -332,3 +357,19 @@ def synthetic_options(profile: str) -> dict[str, int]:
     if profile not in SYNTHETIC_BY_PROFILE:
         raise ConfigError(f"unknown profile {profile!r}; choose one of {', '.join(SYNTHETIC_BY_PROFILE)}")
     return dict(SYNTHETIC_BY_PROFILE[profile])
+
+
+# The share of the development patients each profile's prepare step sets apart as the held-out
+# test set before the folds (``lusv.splits.held_out_split``). paper: the paper's 10%. quick: the
+# same; its 41 synthetic development patients give 4 held-out patients (15 clips, every pattern
+# with positives and negatives, so every AUC is defined, if with wide CIs) and leave 37 for 5
+# folds. pretrained: none; its real data (POCUS: 78 development clips of 36 patients) is too
+# small to spare ~8 clips, which would hold no positive of some patterns and shrink the folds.
+HELD_OUT_BY_PROFILE: Mapping[str, float] = MappingProxyType({"quick": 0.1, "paper": 0.1, "pretrained": 0.0})
+
+
+def held_out_fraction(profile: str) -> float:
+    """The held-out test set fraction of a profile's prepare step (see HELD_OUT_BY_PROFILE)."""
+    if profile not in HELD_OUT_BY_PROFILE:
+        raise ConfigError(f"unknown profile {profile!r}; choose one of {', '.join(HELD_OUT_BY_PROFILE)}")
+    return HELD_OUT_BY_PROFILE[profile]

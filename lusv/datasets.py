@@ -14,7 +14,9 @@ Augmentations (``ClipAugment``) are batched tensor ops on the device: every rand
 is drawn per clip from a seeded ``torch.Generator`` and applied identically to all frames of
 that clip, so motion (B-line movement, lung sliding) stays coherent. Horizontal flip and
 rotation (+-10 deg) are one ``affine_grid``/``grid_sample`` call for the whole batch;
-brightness/contrast/gamma, Gaussian blur and Gaussian noise follow the paper's list.
+brightness/contrast/gamma, Gaussian blur and Gaussian noise follow the authors' code.
+``clip_augment(name)`` gives the named sets of ``RunParams.augmentations``: ``"paper"`` = flip
+and rotation only (the paper's text), ``"extended"`` = all of them.
 
 Deviation from the paper: CLAHE is not applied. It is a per-image histogram operation with no
 batched tensor implementation in torch/torchvision, and running OpenCV per frame on the CPU
@@ -34,7 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from lusv.errors import LabelsError
+from lusv.config import AUGMENTATION_SETS
+from lusv.errors import ConfigError, LabelsError
 from lusv.patterns import IMAGENET_MEAN, IMAGENET_STD, PATTERNS
 
 if TYPE_CHECKING:  # annotation only: lusv.features builds on this module
@@ -298,8 +301,12 @@ class ClipAugment:
         noise_seed = int(torch.randint(0, 2**62, (1,), generator=generator))
         u = u.to(device=x.device, dtype=x.dtype)
 
+        given = x
         x = self._flip_rotate(x, flip=u[:, 0] < self.flip_p, turn=u[:, 1] * 2 - 1)
-        x = self._intensity(x, u[:, 2], u[:, 3], u[:, 4], lengths)
+        if self.brightness or self.contrast or self.gamma:  # the paper's set has no intensity jitter
+            x = self._intensity(x, u[:, 2], u[:, 3], u[:, 4], lengths)
+        if x is given:  # the steps below work in place: never on the caller's tensor
+            x = x.clone()
         x = self._blur(x, apply=u[:, 5] < self.blur_p, pick=u[:, 6])
         x = self._noise(x, apply=u[:, 7] < self.noise_p, pick=u[:, 8], seed=noise_seed)
         if lengths is not None:  # keep padding frames exactly zero
@@ -375,3 +382,13 @@ class ClipAugment:
         noisy = noise.mul_(std).add_(x[chosen]).clamp_(0.0, 1.0)  # = (x + noise * std).clamp(0, 1)
         # In place: ``__call__`` hands in a tensor of its own.
         return x.index_copy_(0, chosen, noisy)
+
+
+def clip_augment(augmentations: str) -> ClipAugment:
+    """The named augmentation set (``lusv.config.AUGMENTATION_SETS``): ``"paper"`` = horizontal
+    flip and rotation up to +-10 degrees, nothing else; ``"extended"`` = ``ClipAugment()``."""
+    if augmentations == "paper":
+        return ClipAugment(brightness=0.0, contrast=0.0, gamma=0.0, blur_p=0.0, noise_p=0.0)
+    if augmentations == "extended":
+        return ClipAugment()
+    raise ConfigError(f"unknown augmentations {augmentations!r}; choose one of {', '.join(AUGMENTATION_SETS)}")

@@ -71,7 +71,7 @@ from lusv.cache import (
     read_manifest,
 )
 from lusv.console import bars_enabled
-from lusv.datasets import ClipAugment, to_model_input
+from lusv.datasets import ClipAugment, clip_augment, to_model_input
 from lusv.errors import ConfigError
 from lusv.io import save_npy, write_csv, write_json
 
@@ -93,9 +93,10 @@ RUN_VIEW_SEED = 0
 def run_feature_cache(p: Any, clip_cache: Any, encoder: torch.nn.Module) -> "FeatureCache":
     """The feature cache of a ``train_encoder=False`` run with ``RunParams`` ``p`` (also what the
     linear probe and external validation read): under the clip cache's folder, float16, the
-    training augmentation (``ClipAugment()``) for the views. Same encoder weights, frames and
-    size give the same folder, so every model, fold and epoch reuses the same features."""
-    return FeatureCache(clip_cache, encoder, encoder_name=p.encoder, augment=ClipAugment(), seed=RUN_VIEW_SEED)
+    training augmentation of ``p.augmentations`` (``clip_augment``) for the views. Same encoder
+    weights, frames and size give the same folder, so every model, fold and epoch reuses the same
+    features (entries made with another augmentation set are keyed apart)."""
+    return FeatureCache(clip_cache, encoder, encoder_name=p.encoder, augment=clip_augment(p.augmentations), seed=RUN_VIEW_SEED)
 
 
 def encoder_fingerprint(encoder: torch.nn.Module) -> str:

@@ -9,14 +9,14 @@ the same encoder, weights, frames and size, so nothing is computed twice):
 - per pattern, an L2 logistic regression (scikit-learn's default strength, C = 1) on those raw
   features, fit on the training clips that label it (as the networks' weights see only them);
   a pattern whose training clips are all one class is predicted at that class's training rate;
-- the fold's model predicts its validation, test and temporal-test clips.
+- the fold's model predicts its validation, test, temporal-test and held-out clips.
 
 Measured on the 78 POCUS fold clips (EfficientNet-Lite0, 16 x 224 x 224): standardising the
 features first lowered the out-of-fold macro AUC (0.72 vs 0.78), and choosing C per pattern by
 the log loss on the 16-clip validation folds was noisier still (0.61), so neither is done.
 
 ``linear_probe(prepared)`` writes ``oof/<key>.test.csv``, ``oof/<key>.val.csv`` (and
-``oof/<key>.temporal_test.csv``, the mean of the fold models) in the predictions format of
+``oof/<key>.temporal_test.csv`` and ``.held_out.csv``, the mean of the fold models) in the predictions format of
 ``lusv.out_of_fold``, so the result tables treat it as one more model key.
 """
 
@@ -90,7 +90,7 @@ def linear_probe(prepared: Any, profile: str = "pretrained", key: str = KEY, **o
     seed_everything(base.seed)  # a random-init encoder is then the one the runs built (same seed)
     encoder = build_encoder(base.encoder, base.weights)
     features = None
-    parts: dict[str, list[pd.DataFrame]] = {"test": [], "val": [], "temporal_test": []}
+    parts: dict[str, list[pd.DataFrame]] = {"test": [], "val": [], "temporal_test": [], "held_out": []}
     for fold in range(prepared.num_folds):
         p = params_for(profile, **{**prepared.training_inputs(), **overrides, "fold": fold})
         roles = load_fold_data(p, prepared.run_dir / "runs").roles()
@@ -106,11 +106,13 @@ def linear_probe(prepared: Any, profile: str = "pretrained", key: str = KEY, **o
     oof = prepared.run_dir / "oof"
     for split in ("test", "val"):
         written[split] = write_csv(oof / f"{key}.{split}.csv", pd.concat(parts[split], ignore_index=True))
-    if parts["temporal_test"] and len(parts["temporal_test"][0]):
-        stacked = pd.concat(parts["temporal_test"], ignore_index=True).drop(columns=["fold", "model_fold"])
+    for split in ("temporal_test", "held_out"):  # predicted by every fold model: their mean
+        if not parts[split] or not len(parts[split][0]):
+            continue
+        stacked = pd.concat(parts[split], ignore_index=True).drop(columns=["fold", "model_fold"])
         columns = [f"p_{pattern}" for pattern in PATTERNS]
         firsts = stacked.groupby("clip_id", sort=False).first().drop(columns=columns)
         means = stacked.groupby("clip_id", sort=False)[columns].mean()
         ensemble = pd.concat([firsts, means], axis=1).reset_index()
-        written["temporal_test"] = write_csv(oof / f"{key}.temporal_test.csv", ensemble)
+        written[split] = write_csv(oof / f"{key}.{split}.csv", ensemble)
     return written

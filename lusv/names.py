@@ -2,7 +2,8 @@
 in ``oof/``, ``runs/`` and every table) to what a reader sees (``USVN``, ``LUV-Net K=13``).
 
 The paper's own row names are in ``lusv/paper_tables/table1.csv`` (``paper_model``); these are
-shorter and name lusv's variants too (sweep points, the 18-layer R(2+1)D).
+shorter and name lusv's variants too (sweep points, the 18-layer R(2+1)D). What each key trains
+is in ``lusv.roster``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ MODEL_NAMES: dict[str, str] = {
     "luvnet": "LUV-Net",
     "luvnet_no_temporal": "LUV-Net without temporal module",
     "luvnet_resnet50": "LUV-Net (ResNet-50)",
-    "luvnet_random_init": "LUV-Net, no pretraining",
+    "luvnet_random_init": "LUV-Net (DenseNet-161), no pretraining",
     "usvn": "USVN",
     "c3d": "C3D",
     "r2plus1d": "R(2+1)D-18",

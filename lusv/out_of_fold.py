@@ -9,6 +9,8 @@ keeps them under ``<run_dir>/oof/``::
                               (both: fold = the clip's fold, model_fold = the fold of the model
                               that predicted it)
     <key>.temporal_test.csv   fold-ensemble predictions on the temporally separated set
+    <key>.held_out.csv        fold-ensemble predictions on the held-out test set (patients set
+                              apart before the folds, lusv.splits.held_out_split)
 
 ``results`` turns them into the result tables and ROC figures (``lusv.report``);
 ``out_of_fold_attention`` reruns each fold's model on its test clips to keep the attention.
@@ -25,16 +27,24 @@ from lusv.errors import ConfigError, LusvError
 from lusv.io import read_table, write_csv
 from lusv.paths import in_repository
 
-SPLITS = ("test", "val", "temporal_test")
+SPLITS = ("test", "val", "temporal_test", "held_out")
+# The test sets every fold model predicts (set apart before the folds); results show each after
+# the cross-validated one, the held-out set first (the paper's order).
+ENSEMBLE_SPLITS = ("held_out", "temporal_test")
 
 
-def write_out_of_fold(study_dir: Path, key: str, run_dirs: list[Path], temporal_test: bool) -> None:
-    """Write ``oof/<key>.{test,val}.csv`` (and ``.temporal_test.csv``) of one model configuration."""
+def write_out_of_fold(study_dir: Path, key: str, run_dirs: list[Path], temporal_test: bool,
+                      held_out: bool = False) -> None:
+    """Write ``oof/<key>.{test,val}.csv`` (and ``.temporal_test.csv``, ``.held_out.csv``) of one
+    model configuration; a set-apart split the study does not have (any more) loses its file."""
     oof_dir = study_dir / "oof"
     write_csv(oof_dir / f"{key}.test.csv", out_of_fold(run_dirs, "test"))
     write_csv(oof_dir / f"{key}.val.csv", out_of_fold(run_dirs, "val"))
-    if temporal_test:
-        write_csv(oof_dir / f"{key}.temporal_test.csv", fold_ensemble(run_dirs, "temporal_test"))
+    for split, present in (("temporal_test", temporal_test), ("held_out", held_out)):
+        if present:
+            write_csv(oof_dir / f"{key}.{split}.csv", fold_ensemble(run_dirs, split))
+        else:
+            (oof_dir / f"{key}.{split}.csv").unlink(missing_ok=True)
 
 
 def out_of_fold(run_dirs: list[Path], split: str = "test") -> pd.DataFrame:
@@ -102,7 +112,8 @@ def results(
     """Result tables and ROC figures of the trained models of a study run, saved and returned.
 
     Writes tables/<split>_<table>.csv for the cross-validated ("test") and, where present, the
-    temporally separated ("temporal_test") predictions, and figures/roc_<split>.png.
+    held-out ("held_out") and temporally separated ("temporal_test") predictions, and
+    figures/roc_<split>.png.
     """
     from lusv.report import results_tables, roc_figure, save_figure, save_tables
 
@@ -110,13 +121,14 @@ def results(
     out = {}
     test = load_out_of_fold(run_dir, "test", keys)
     val = load_out_of_fold(run_dir, "val", list(test))
-    held_out = {"test": (test, val)}
-    temporal_keys = [key for key in test if (run_dir / "oof" / f"{key}.temporal_test.csv").is_file()]
-    if temporal_keys:
-        # The fold ensemble (mean of the fold models) is no single fold model: its thresholds are
-        # chosen on the validation predictions of all fold models pooled (see threshold_source).
-        held_out["temporal_test"] = (load_out_of_fold(run_dir, "temporal_test", temporal_keys), val)
-    for split, (predictions, val_predictions) in held_out.items():
+    splits = {"test": (test, val)}
+    for split in ENSEMBLE_SPLITS:
+        split_keys = [key for key in test if (run_dir / "oof" / f"{key}.{split}.csv").is_file()]
+        if split_keys:
+            # The fold ensemble (mean of the fold models) is no single fold model: its thresholds
+            # are chosen on the validation predictions of all fold models pooled (see threshold_source).
+            splits[split] = (load_out_of_fold(run_dir, split, split_keys), val)
+    for split, (predictions, val_predictions) in splits.items():
         tables = results_tables(predictions, reference=reference, val_predictions=val_predictions, n_boot=n_boot)
         paths = save_tables({f"{split}_{name}": table for name, table in tables.items()}, run_dir / "tables")
         figure = roc_figure(predictions)

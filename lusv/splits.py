@@ -5,7 +5,9 @@ lung in training would otherwise be tested on the same lung. Every function here
 builds splits that respect this or checks it and raises ``LeakageError`` naming the patient.
 
 Split tables follow the contract: ``clip_id, patient_id, fold`` for K folds and
-``clip_id, patient_id, split`` (``development`` / ``temporal_test``) for the temporal split
+``clip_id, patient_id, split`` for a test set set apart before the folds: ``development`` /
+``held_out`` for the held-out test set (about 10% of the patients, stratified like the folds;
+``held_out_split``) and ``development`` / ``temporal_test`` for the temporal split
 (``lusv.temporal_split``, which reuses this module's checks and saved-split mechanism).
 They are saved next to a JSON file of the parameters that made them, so that a rerun with
 the same labels and parameters reuses exactly the same split (``lusv.io.recorded_mismatch``).
@@ -31,6 +33,9 @@ from lusv.patterns import PATTERNS
 logger = logging.getLogger(__name__)
 
 RARE_CLASS = "rare"
+DEVELOPMENT = "development"
+HELD_OUT = "held_out"
+HELD_OUT_METHOD = "one-of-round(1/fraction)-stratified-patient-groups/v1"
 # Bumped whenever the fold algorithm changes, so saved splits made by an older one are remade.
 FOLD_METHOD = "StratifiedGroupKFold/label-powerset/v1"
 _MAX_NAMED = 10
@@ -279,3 +284,90 @@ def load_or_make_folds(
     write_csv(path, folds)
     write_record(path.with_suffix(".json"), params)
     return folds
+
+
+# ----------------------------------------------------------------------------- held-out test set
+
+
+def held_out_groups(fraction: float) -> int:
+    """The number of patient groups the held-out set is one of: round(1 / fraction)."""
+    if not 0.0 < float(fraction) <= 0.5:
+        raise ConfigError(f"held_out_fraction={fraction} must be in (0, 0.5] (0 = no held-out set, the paper: 0.1)")
+    return round(1.0 / float(fraction))
+
+
+def held_out_split(labels_df: pd.DataFrame, fraction: float = 0.1, seed: int = 0) -> pd.DataFrame:
+    """Set about ``fraction`` of the patients apart as a held-out test set (the paper: 10%).
+
+    The clips are cut into n = round(1 / fraction) patient-level groups stratified like the
+    folds (``make_folds`` with n folds and ``seed``) and the first group is the held-out set, so
+    it is 1/n of the patients (fraction 0.1: one tenth) with about the label mix of the rest.
+    Returns ``DataFrame(clip_id, patient_id, split)`` in row order, ``split`` in
+    (``development``, ``held_out``); ConfigError for a fraction outside (0, 0.5] or fewer
+    patients than groups (a held-out set would then be more than ``fraction`` of them).
+    """
+    _check_labels(labels_df, ("clip_id", "patient_id", *PATTERNS))
+    groups = held_out_groups(fraction)
+    n_patients = labels_df["patient_id"].nunique()
+    if n_patients < groups:
+        raise ConfigError(f"held_out_fraction={fraction} needs at least {groups} patients (one group of {groups}), got "
+                          f"{n_patients}: add patients or set held_out_fraction=0")
+    grouped = make_folds(labels_df, num_folds=groups, seed=seed)
+    split = pd.DataFrame({
+        "clip_id": grouped["clip_id"], "patient_id": grouped["patient_id"],
+        "split": np.where(grouped["fold"] == 0, HELD_OUT, DEVELOPMENT),
+    })  # fmt: skip
+    assert_no_patient_overlap(split[split["split"] == DEVELOPMENT], split[split["split"] == HELD_OUT],
+                              names=(DEVELOPMENT, HELD_OUT))
+    return split
+
+
+def load_or_make_held_out(
+    labels_df: pd.DataFrame, path: str | os.PathLike, fraction: float = 0.1, seed: int = 0, min_left: int = 3
+) -> pd.DataFrame | None:
+    """Like ``load_or_make_folds`` for ``held_out_split``. None, with the files of an earlier
+    split removed so they cannot mislead a later step, for ``fraction`` 0 (no held-out set) and,
+    with a warning, for a dataset too small for one: fewer patients than round(1 / fraction)
+    (one patient would be more than ``fraction`` of them) or a held-out set that would leave
+    fewer than ``min_left`` patients (the number of folds) for development."""
+    path = Path(path)
+    n_patients = labels_df["patient_id"].nunique()
+    split = None
+    if float(fraction) != 0.0 and n_patients >= held_out_groups(fraction):
+        split = _load_or_make_held_out(labels_df, path, fraction, seed)
+        left = split.loc[split["split"] == DEVELOPMENT, "patient_id"].nunique()
+        if left < min_left:
+            logger.warning("no held-out test set: holding out %d of the %d development patients "
+                           "(held_out_fraction=%s) would leave fewer than %d for the folds",
+                           n_patients - left, n_patients, fraction, min_left)
+            split = None
+    elif float(fraction) != 0.0:
+        logger.warning("no held-out test set: %d development patient(s) are too few for held_out_fraction=%s "
+                       "(it needs %d)", n_patients, fraction, held_out_groups(fraction))
+    if split is None:
+        for stale in (path, path.with_suffix(".json")):
+            stale.unlink(missing_ok=True)
+    return split
+
+
+def _load_or_make_held_out(labels_df: pd.DataFrame, path: Path, fraction: float, seed: int) -> pd.DataFrame:
+    params = {
+        "kind": "held_out",
+        "method": HELD_OUT_METHOD,
+        "fold_method": FOLD_METHOD,
+        "fraction": float(fraction),
+        "seed": int(seed),
+        "n_clips": int(len(labels_df)),
+        "clips_patients_sha1": _fingerprint(labels_df, ("clip_id", "patient_id")),
+    }
+    saved, reason = _saved_matches(path, params, labels_df)
+    if saved is not None:
+        assert_no_patient_overlap(saved[saved["split"] == DEVELOPMENT], saved[saved["split"] == HELD_OUT],
+                                  names=(DEVELOPMENT, HELD_OUT))
+        logger.info("reusing held-out split saved at %s", path)
+        return saved
+    logger.info("making held-out split at %s: %s", path, reason)
+    split = held_out_split(labels_df, fraction=fraction, seed=seed)
+    write_csv(path, split)
+    write_record(path.with_suffix(".json"), params)
+    return split

@@ -9,7 +9,8 @@ here with ``results``, ``load_out_of_fold`` and ``out_of_fold_attention``).
 A study run lives in one folder, ``results/<run>/`` (a relative folder is relative to the
 repository root, see ``lusv.paths``)::
 
-    prepare/    labels.csv, ingest_report.csv (+ _summary), temporal_split.csv, folds.csv, fold_balance.csv
+    prepare/    labels.csv, ingest_report.csv (+ _summary), temporal_split.csv, held_out.csv, folds.csv,
+                fold_balance.csv
     runs/       one folder per (model configuration, fold), written by lusv.train
     oof/        out-of-fold predictions per model configuration (see ``lusv.out_of_fold``)
     tables/, figures/   what the results notebook writes
@@ -17,7 +18,9 @@ repository root, see ``lusv.paths``)::
 The dataset comes from a registered source (``lusv.sources``): its location, cache name,
 reader and whether it has a per-frame truth come from there. When the dataset has acquisition
 dates, patients first seen on or after a cutoff date form the temporally separated test set
-(see ``lusv.temporal_split``) and folds are made on the rest.
+(see ``lusv.temporal_split``); of the rest, about ``held_out_fraction`` of the patients (the
+paper: 10%) form the held-out test set (``lusv.splits.held_out_split``), and the folds are made on
+what remains, the development set. Every fold model predicts both test sets.
 """
 
 from __future__ import annotations
@@ -71,6 +74,7 @@ class Prepared:
     dataset: str
     data: str = "synthetic"
     data_path: str | None = None  # synthetic root, POCUS folder or labels CSV actually read
+    held_out_csv: Path | None = None  # the held-out split (None: no held-out test set)
 
     @property
     def prepare_dir(self) -> Path:
@@ -95,6 +99,7 @@ class Prepared:
             "labels": str(self.labels_csv),
             "splits": str(self.folds_csv),
             "temporal_split": str(self.temporal_csv) if self.temporal_csv else None,
+            "held_out": str(self.held_out_csv) if self.held_out_csv else None,
             "cache_dir": str(self.cache_root),
             "num_frames": self.num_frames,
             "image_size": self.image_size,
@@ -113,7 +118,8 @@ class Prepared:
         record = json.loads(path.read_text())
         for key in ("run_dir", "labels_csv", "folds_csv", "cache_root"):
             record[key] = Path(record[key])
-        record["temporal_csv"] = Path(record["temporal_csv"]) if record["temporal_csv"] else None
+        for key in ("temporal_csv", "held_out_csv"):  # held_out_csv: absent from older records
+            record[key] = Path(record[key]) if record.get(key) else None
         return cls(**record)
 
 
@@ -148,6 +154,7 @@ def prepare(
     cache_root: str | Path | None = None,
     dayfirst: bool = False,
     temporal_split: bool = True,
+    held_out_fraction: float | None = None,
 ) -> Prepared:
     """Read a dataset, decode every clip once into the cache, and make the split files.
 
@@ -156,8 +163,9 @@ def prepare(
     used are skipped and counted in ``prepare/ingest_report.csv``; the study stops only when
     none is usable. When every clip has an acquisition date, about ``temporal_test_fraction``
     of the clips (whole patients, the latest first seen) form the temporally separated test
-    set and the folds are made on the rest (the development set). ``temporal_split=False`` (or
-    fraction 0) puts every clip into the folds, as do clips all first seen on one date (warned).
+    set (``temporal_split=False`` or fraction 0: none, as when all were first seen on one date).
+    Of the rest, about ``held_out_fraction`` of the patients (None: the profile's, see
+    ``lusv.config.HELD_OUT_BY_PROFILE``; 0 = none) form the held-out test set; the folds split the others.
     """
     from lusv.config import params_for, synthetic_options
     from lusv.splits import fold_balance, load_or_make_folds
@@ -178,8 +186,8 @@ def prepare(
     cache_root = Path(cache_root).resolve() if cache_root else default_cache_root(name)
     usable, report, report_path = _cache_clips(labels, cache_root, num_frames, image_size, prepare_dir, name)
     labels_csv = io.write_csv(prepare_dir / "labels.csv", _with_iso_dates(usable))
-    temporal_csv, development = _temporal_split(usable, prepare_dir, temporal_test_fraction if temporal_split else 0,
-                                                name, asked=temporal_split)
+    temporal_csv, held_out_csv, development = _set_apart_test_sets(
+        usable, prepare_dir, name, profile, temporal_split, temporal_test_fraction, held_out_fraction, seed, num_folds)
     _check_enough_patients(development, usable, labels, num_folds, report, report_path)
     folds = load_or_make_folds(development, prepare_dir / "folds.csv", num_folds=num_folds, seed=seed)
     io.write_csv(prepare_dir / "fold_balance.csv", fold_balance(folds, development))
@@ -187,7 +195,7 @@ def prepare(
     prepared = Prepared(
         run_dir=run_dir, labels_csv=labels_csv, folds_csv=prepare_dir / "folds.csv", temporal_csv=temporal_csv,
         cache_root=cache_root, num_frames=num_frames, image_size=image_size, num_folds=num_folds, dataset=name,
-        data=data, data_path=str(dataset_location(data, data_path, synthetic).resolve()),
+        data=data, data_path=str(dataset_location(data, data_path, synthetic).resolve()), held_out_csv=held_out_csv,
     )  # fmt: skip
     prepared.save()
     return prepared
@@ -210,25 +218,23 @@ def _cache_clips(labels: pd.DataFrame, cache_root: Path, num_frames: int, image_
     return labels[labels["clip_id"].isin(set(report.usable_ids))].reset_index(drop=True), report, report_path
 
 
-def _temporal_split(usable: pd.DataFrame, prepare_dir: Path, test_fraction: float, name: str, asked: bool = True
-                    ) -> tuple[Path | None, pd.DataFrame]:
-    """The temporal split file (None without one) and the development clips the folds are made on.
+def _set_apart_test_sets(usable: pd.DataFrame, prepare_dir: Path, name: str, profile: str, temporal: bool,
+                         temporal_fraction: float, held_out_fraction: float | None, seed: int, num_folds: int
+                         ) -> tuple[Path | None, Path | None, pd.DataFrame]:
+    """(The temporal split file, the held-out split file, either None when there is none; the
+    development clips left for the folds). ``held_out_fraction`` None = the profile's."""
+    from lusv.config import held_out_fraction as profile_fraction
+    from lusv.splits import load_or_make_held_out
+    from lusv.temporal_split import set_apart_temporal_test
 
-    Without one (not asked for, fraction 0, missing dates or a single date) the split files of
-    an earlier prepare are removed: they must not mislead a later step.
-    """
-    from lusv.temporal_split import load_or_make_temporal_split, temporal_split_unavailable
-
-    why_not = temporal_split_unavailable(usable) if test_fraction > 0 else "not asked for"
-    if why_not is None:
-        temporal = load_or_make_temporal_split(usable, prepare_dir / "temporal_split.csv", test_fraction=test_fraction)
-        development_ids = set(temporal.loc[temporal["split"] == "development", "clip_id"])
-        return prepare_dir / "temporal_split.csv", usable[usable["clip_id"].isin(development_ids)].reset_index(drop=True)
-    for stale in ("temporal_split.csv", "temporal_split.json"):
-        (prepare_dir / stale).unlink(missing_ok=True)
-    if asked and test_fraction > 0:
-        log.warning("%s: %s, so there is no temporally separated test set", name, why_not)
-    return None, usable
+    temporal_csv, development = set_apart_temporal_test(
+        usable, prepare_dir / "temporal_split.csv", temporal_fraction if temporal else 0, name, asked=temporal)
+    fraction = profile_fraction(profile) if held_out_fraction is None else held_out_fraction
+    held_out = load_or_make_held_out(development, prepare_dir / "held_out.csv", fraction, seed=seed, min_left=num_folds)
+    if held_out is None:
+        return temporal_csv, None, development
+    kept = held_out.loc[held_out["split"] == "development", "clip_id"]
+    return temporal_csv, prepare_dir / "held_out.csv", development[development["clip_id"].isin(kept)].reset_index(drop=True)
 
 
 def _check_enough_patients(development, usable, labels, num_folds, report, report_path) -> None:
@@ -239,13 +245,14 @@ def _check_enough_patients(development, usable, labels, num_folds, report, repor
     held_out = len(usable) - len(development)
     where = [f"{len(labels) - len(usable)} clip(s) skipped at ingest (see {report_path})"]
     if held_out:
-        where.append(f"{held_out} held out as the temporal test set")
+        where.append(f"{held_out} set apart as the temporal and held-out test sets")
     if patients >= 3:
         advice = f"lower num_folds to at most {patients} or add patients"
     else:
         advice = ("separate train, validation and test folds need at least 3 patients: add patients"
                   + (", fix the skipped clips" if len(labels) > len(usable) else "")
-                  + (" or prepare without the temporal test set (--no-temporal-split)" if held_out else ""))
+                  + (" or prepare without the temporal test set (--no-temporal-split) or the held-out set "
+                     "(held_out_fraction=0)" if held_out else ""))
     raise TooFewPatientsError(
         f"only {patients} patient(s) with {len(development)} clip(s) are left for {num_folds} patient-level "
         f"folds ({'; '.join(where)}): {advice}",
@@ -319,7 +326,8 @@ def train_configurations(
     for key, run_dir in zip(keys, run_grid(grid, executor, address=ray_address)):
         run_dirs[key].append(run_dir)
     for key, dirs in run_dirs.items():
-        write_out_of_fold(prepared.run_dir, key, dirs, temporal_test=prepared.temporal_csv is not None)
+        write_out_of_fold(prepared.run_dir, key, dirs, temporal_test=prepared.temporal_csv is not None,
+                          held_out=prepared.held_out_csv is not None)
     return run_dirs
 
 

@@ -19,11 +19,10 @@ import pandas as pd
 
 from lusv.errors import ConfigError, LabelsError, name_a_few
 from lusv.io import read_record, write_csv, write_record
-from lusv.splits import _check_labels, _fingerprint, _saved_matches, assert_no_patient_overlap
+from lusv.splits import DEVELOPMENT, _check_labels, _fingerprint, _saved_matches, assert_no_patient_overlap
 
 logger = logging.getLogger(__name__)
 
-DEVELOPMENT = "development"
 TEMPORAL_TEST = "temporal_test"
 TEMPORAL_METHOD = "first-acquisition-per-patient/v1"
 
@@ -168,3 +167,24 @@ def load_or_make_temporal_split(
     write_csv(path, split)
     write_record(path.with_suffix(".json"), {**params, "cutoff_used": split.attrs["cutoff"]})
     return split
+
+
+def set_apart_temporal_test(usable: pd.DataFrame, path: str | os.PathLike, test_fraction: float, name: str,
+                            asked: bool = True) -> tuple[Path | None, pd.DataFrame]:
+    """The prepare step's temporal split: (its file, or None without one; the clips left for
+    the development set).
+
+    Without one (not asked for, fraction 0, missing dates or a single date) the split files of
+    an earlier prepare are removed: they must not mislead a later step.
+    """
+    path = Path(path)
+    why_not = temporal_split_unavailable(usable) if test_fraction > 0 else "not asked for"
+    if why_not is None:
+        temporal = load_or_make_temporal_split(usable, path, test_fraction=test_fraction)
+        development_ids = set(temporal.loc[temporal["split"] == DEVELOPMENT, "clip_id"])
+        return path, usable[usable["clip_id"].isin(development_ids)].reset_index(drop=True)
+    for stale in (path, path.with_suffix(".json")):
+        stale.unlink(missing_ok=True)
+    if asked and test_fraction > 0:
+        logger.warning("%s: %s, so there is no temporally separated test set", name, why_not)
+    return None, usable

@@ -64,7 +64,7 @@ MUTATIONS: tuple[Mutation, ...] = (
              'moved = folds[folds["patient_id"] != folds["clip_id"].map(patient_of)]', "moved = folds.iloc[:0]",
              ("tests/test_train.py", "-k", "another_patient")),
     Mutation("temporal-test-clip-in-folds-check-off",
-             'in_both = temporal_ids & set(folds["clip_id"])', "in_both = set()",
+             'in_both = ids & set(folds["clip_id"])', "in_both = set()",
              ("tests/test_train.py", "-k", "temporal_test_clip_in_folds")),
     Mutation("flip-drawn-per-frame",
              "x = self._flip_rotate(x, flip=u[:, 0] < self.flip_p, turn=u[:, 1] * 2 - 1)",
@@ -72,6 +72,13 @@ MUTATIONS: tuple[Mutation, ...] = (
              "flip=torch.rand(b * t, generator=generator, dtype=torch.float64).to(x) < self.flip_p, "
              "turn=(u[:, 1] * 2 - 1).repeat_interleave(t)).reshape(b, t, 1, s, s)",
              ("tests/test_datasets.py", "-k", "flip_alone")),
+    Mutation("paper-augmentations-with-intensity-jitter",
+             "return ClipAugment(brightness=0.0, contrast=0.0, gamma=0.0, blur_p=0.0, noise_p=0.0)",
+             "return ClipAugment()",
+             ("tests/test_datasets.py", "-k", "paper_augmentations_only")),
+    Mutation("held-out-clips-left-in-the-folds",
+             'kept = held_out.loc[held_out["split"] == "development", "clip_id"]', 'kept = held_out["clip_id"]',
+             ("tests/test_held_out.py", "-k", "sets_the_held_out_patients_apart")),
 )
 
 

@@ -18,7 +18,7 @@ REASON = "long because"
 # The flow of the study, bottom up: sources/cache -> datasets -> models -> train -> study -> cli.
 LAYERS = [
     {"lusv", "patterns", "errors", "paths", "io", "runlock", "config", "labels", "video", "video_writer", "devices",
-     "bootstrap", "names", "console"},
+     "bootstrap", "names", "roster", "console"},
     {"sources", "cache", "splits", "temporal_split", "folds"},
     {"datasets", "features"},
     {"models"},

@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from lusv.datasets import ClipAugment, ClipDataset, collate_clips, frame_mask, normalize, to_model_input
-from lusv.errors import LabelsError
+from lusv.datasets import ClipAugment, ClipDataset, clip_augment, collate_clips, frame_mask, normalize, to_model_input
+from lusv.errors import ConfigError, LabelsError
 from lusv.patterns import IMAGENET_MEAN, IMAGENET_STD, PATTERNS
 
 T, S = 6, 16
@@ -173,6 +173,34 @@ def test_rotation_turns_content_by_at_most_ten_degrees():
     offsets = (centre - 31.5).abs()
     assert offsets.max() <= math.tan(math.radians(10)) * 30 + 1.5
     assert offsets.max() > 1.0  # some clip was actually rotated
+
+
+def test_paper_augmentations_only_flip_and_rotate():
+    # A clip of one constant gray: flip and rotation move no intensity, they only bring in black
+    # (zero padding) at the rotated corners and blend it at their edges. So every value is the
+    # gray or darker and the middle keeps the gray exactly; brightness/contrast/gamma, blur or
+    # noise would move the middle (the extended set does, with the same draws).
+    gray = 0.6
+    x = torch.full((16, T, 1, 32, 32), gray)
+    out = clip_augment("paper")(x, torch.Generator().manual_seed(0))
+    middle = out[..., 8:24, 8:24]
+    assert torch.allclose(middle, torch.full_like(middle, gray), atol=1e-6)
+    assert out.max() <= gray + 1e-6
+    corners_black = (out[..., 0, 0] < gray - 0.1).float().mean()
+    assert 0 < corners_black < 1, "some clips were rotated (black corners), not all (angles near 0)"
+    extended = clip_augment("extended")(x, torch.Generator().manual_seed(0))
+    assert not torch.allclose(extended[..., 8:24, 8:24], middle, atol=1e-3)
+    assert x.eq(gray).all(), "the caller's clip is left as it was"
+
+
+def test_paper_augmentations_equal_flip_and_rotation_alone_on_any_clip():
+    x = torch.rand(4, T, 1, S, S)
+    flip_rotate_only = ClipAugment(brightness=0, contrast=0, gamma=0, blur_p=0, noise_p=0)
+    paper = clip_augment("paper")
+    assert paper.max_rotation_deg == 10 and paper.flip_p == 0.5
+    assert torch.equal(paper(x, torch.Generator().manual_seed(5)), flip_rotate_only(x, torch.Generator().manual_seed(5)))
+    with pytest.raises(ConfigError, match="unknown augmentations 'clahe'"):
+        clip_augment("clahe")
 
 
 def test_augment_keeps_padding_frames_zero():

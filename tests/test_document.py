@@ -104,6 +104,10 @@ def test_results_conclusion_covers_the_temporal_set_and_the_fold_wise_figures(ta
     assert f"{luvnet['macro_mean'] - 0.894:+.3f}" in text
     assert "temporally separated set" in text and "Table 2" in text
     assert "3 of the paper's 10 Table 1 models were trained" in text
+    assert "held-out" not in text, "no held-out set, no held-out sentence"
+    with_held_out = results_conclusion({"test": summaries, "held_out": summaries}, {"test": delong}, folds, comparison)
+    sentence = next(part for part in with_held_out.split("Macro AUC on ") if part.startswith("the held-out test set"))
+    assert "The paper (Table" not in sentence, "the paper publishes no held-out table to quote"
 
 
 def test_region_scores_on_a_known_mask():

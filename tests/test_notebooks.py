@@ -84,6 +84,8 @@ def test_study_notebooks_run_in_order_on_tiny_synthetic_data(tmp_path):
     assert folds.groupby("patient_id")["fold"].nunique().max() == 1
     assert (run_dir / "prepare" / "ingest_report.csv").is_file()
     assert (run_dir / "prepare" / "temporal_split.csv").is_file()
+    held_out = pd.read_csv(run_dir / "prepare" / "held_out.csv")  # the quick profile holds 10% of the patients out
+    assert not set(held_out.loc[held_out["split"] == "held_out", "patient_id"]) & set(folds["patient_id"])
 
     check_readable(execute("02_train_folds", executed, **common, overrides=TINY_TRAINING), "02_train_folds")
     oof = pd.read_csv(run_dir / "oof" / "luvnet.test.csv")
@@ -92,7 +94,7 @@ def test_study_notebooks_run_in_order_on_tiny_synthetic_data(tmp_path):
 
     check_readable(execute("03_baselines", executed, **common, overrides={**TINY_TRAINING, "max_batches_per_epoch": 1}),
                    "03_baselines")
-    for model in ("usvn", "c3d", "r2plus1d", "cnn_lstm"):
+    for model in ("usvn", "c3d", "r2plus1d", "cnn_lstm", "frame_based"):  # the quick roster (lusv.roster)
         assert len(pd.read_csv(run_dir / "oof" / f"{model}.test.csv")) == len(oof)
 
     check_readable(execute("04_ablation_temporal", executed, **common, kernel_sizes=[3, 5], overrides=TINY_TRAINING),
@@ -127,6 +129,7 @@ def test_study_notebooks_run_in_order_on_tiny_synthetic_data(tmp_path):
     assert {"luvnet", "usvn", "c3d", "r2plus1d", "cnn_lstm", "luvnet_no_temporal", "luvnet_k3"} <= set(table.iloc[:, 0])
     assert (run_dir / "tables" / "test_delong_p.csv").is_file()
     assert (run_dir / "tables" / "temporal_test_auc_table.csv").is_file()
+    assert (run_dir / "tables" / "held_out_auc_table.csv").is_file()
     assert (run_dir / "figures" / "roc_test.png").stat().st_size > 10_000
     assert outputs_of(nb, "image/png")
 

@@ -5,6 +5,7 @@ multiply-accumulates beside the paper's Table 4, and trainable at the quick prof
 import pytest
 import torch
 
+from lusv.errors import ConfigError
 from lusv.models import build_model, list_models
 from lusv.models.cost import count_macs, model_cost
 from lusv.paper import published_table
@@ -25,12 +26,42 @@ ROSTER = {
     "usvn": ("usvn", {}, 26_483_044, 302.72),
     "luvnet_resnet50": ("luvnet", {"encoder": "resnet50"}, 121_046_596, 161.83),
     "luvnet": ("luvnet", {}, 136_222_884, 304.67),
+    "luvnet_random_init": ("luvnet", {"encoder": "densenet161"}, 136_222_884, 304.67),
     "luvnet_no_temporal": ("luvnet_no_temporal", {}, 62_677_188, 302.76),
 }
 
 
 def test_every_table_1_model_is_registered():
     assert {"frame_based", "mvit_b", "swin_b", "c3d", "r2plus1d_34", "cnn_lstm", "usvn", "luvnet"} <= set(list_models())
+
+
+def test_every_row_of_the_papers_table_1_is_a_named_configuration_of_the_right_model():
+    from lusv import roster
+
+    assert list(roster.TABLE_1) == published_table(1)["key"].tolist(), "the published rows, in their order"
+    for key in roster.TABLE_1:
+        name, options, *_ = ROSTER[key]
+        entry = roster.configuration(key)
+        assert entry.pop("model") == name, key
+        assert {k: v for k, v in entry.items() if k != "weights"} == options, key
+    assert roster.configuration("luvnet_resnet50")["weights"] == "imagenet"  # the paper's dagger
+    assert roster.configuration("luvnet_random_init")["weights"] == "random"  # "no pretraining"
+    with pytest.raises(ConfigError, match="unknown model configuration 'luvnet_resnet51'"):
+        roster.configuration("luvnet_resnet51")
+
+
+def test_paper_profile_trains_the_whole_table_1_and_quick_a_cpu_subset():
+    from lusv import roster
+    from lusv.names import model_name
+
+    assert set(roster.baselines("paper")) | {"luvnet"} == set(published_table(1)["key"])  # notebook 02 trains luvnet
+    quick = roster.baselines("quick")
+    assert {"usvn", "c3d", "r2plus1d", "cnn_lstm", "frame_based"} == set(quick)
+    assert not {"mvit_b", "swin_b"} & set(quick), "the video transformers are left to the paper profile"
+    for key in roster.CONFIGURATIONS:
+        assert model_name(key) != key, f"{key} has a reader's name in lusv.names"
+    with pytest.raises(ConfigError, match="no roster for profile 'fast'"):
+        roster.baselines("fast")
 
 
 @pytest.mark.parametrize("key", sorted(ROSTER))

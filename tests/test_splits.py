@@ -11,7 +11,10 @@ import pytest
 
 from lusv.errors import ConfigError, LabelsError, LeakageError
 from lusv.patterns import PATTERNS
-from lusv.splits import assert_no_patient_overlap, fold_balance, fold_roles, load_or_make_folds, make_folds
+from lusv.splits import (
+    HELD_OUT, assert_no_patient_overlap, fold_balance, fold_roles, held_out_split, load_or_make_folds,
+    load_or_make_held_out, make_folds,
+)
 from lusv.temporal_split import DEVELOPMENT, TEMPORAL_TEST, load_or_make_temporal_split, temporal_split
 
 
@@ -235,3 +238,79 @@ def test_load_or_make_temporal_split_reuses(tmp_path, labels):
     pd.testing.assert_frame_equal(again, first, check_dtype=False)
     load_or_make_temporal_split(labels, path, test_fraction=0.3)
     assert path.stat().st_mtime_ns != mtime
+
+
+# ----------------------------------------------------------------------------- held-out test set
+
+
+def test_held_out_set_is_a_tenth_of_the_patients_none_of_them_in_development(labels):
+    split = held_out_split(labels, fraction=0.1, seed=0)
+    assert list(split["clip_id"]) == list(labels["clip_id"]), "row order kept"
+    assert set(split["split"]) == {DEVELOPMENT, HELD_OUT}
+    held = set(split.loc[split["split"] == HELD_OUT, "patient_id"])
+    kept = set(split.loc[split["split"] == DEVELOPMENT, "patient_id"])
+    assert not held & kept, "no patient in both the held-out set and development"
+    assert held | kept == set(labels["patient_id"])
+    # 80 patients cut into 10 stratified groups of 8 (StratifiedGroupKFold may move a patient)
+    assert 6 <= len(held) <= 10
+    share = (split["split"] == HELD_OUT).mean()
+    assert 0.05 <= share <= 0.15, share
+    # about the label mix of the whole table (the clips are stratified like the folds)
+    prevalence = labels[list(PATTERNS)].mean()
+    held_prevalence = labels.loc[split["split"] == HELD_OUT, list(PATTERNS)].mean()
+    assert (held_prevalence - prevalence).abs().max() < 0.15
+    other_seed = held_out_split(labels, fraction=0.1, seed=1)
+    assert set(other_seed.loc[other_seed["split"] == HELD_OUT, "patient_id"]) != held
+
+
+def test_held_out_set_needs_as_many_patients_as_groups_and_a_fraction_up_to_a_half(labels):
+    patients = sorted(labels["patient_id"].unique())
+    ten = labels[labels["patient_id"].isin(patients[:10])]
+    split = held_out_split(ten, fraction=0.1, seed=0)
+    assert split.loc[split["split"] == HELD_OUT, "patient_id"].nunique() == 1  # one of ten groups of one
+    with pytest.raises(ConfigError, match="held_out_fraction=0.1 needs at least 10 patients .* got 9"):
+        held_out_split(labels[labels["patient_id"].isin(patients[:9])], fraction=0.1)
+    half = held_out_split(labels, fraction=0.5, seed=0)
+    assert 0.35 < (half["split"] == HELD_OUT).mean() < 0.65
+    for bad in (0.0, 0.6, -0.1):
+        with pytest.raises(ConfigError, match=rf"held_out_fraction={bad} must be in \(0, 0.5\]"):
+            held_out_split(labels, fraction=bad)
+
+
+def test_load_or_make_held_out_reuses_while_unchanged_and_removes_it_at_zero(tmp_path, labels, caplog):
+    path = tmp_path / "held_out.csv"
+    first = load_or_make_held_out(labels, path, fraction=0.1, seed=0)
+    mtime = path.stat().st_mtime_ns
+    with caplog.at_level(logging.INFO, logger="lusv.splits"):
+        again = load_or_make_held_out(labels.sample(frac=1.0, random_state=2), path, fraction=0.1, seed=0)
+    assert "reusing held-out split" in caplog.text and path.stat().st_mtime_ns == mtime
+    assert again.set_index("clip_id")["split"].to_dict() == first.set_index("clip_id")["split"].to_dict()
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="lusv.splits"):
+        load_or_make_held_out(labels, path, fraction=0.2, seed=0)
+    assert "parameters changed: ['fraction']" in caplog.text and path.stat().st_mtime_ns != mtime
+    # a saved split edited so that a patient sits on both sides is refused, not reused
+    saved = pd.read_csv(path)
+    held = saved[saved["split"] == HELD_OUT]
+    held_patient = held["patient_id"].value_counts().index[0]  # one with several clips
+    saved.loc[saved.index[saved["patient_id"] == held_patient][0], "split"] = DEVELOPMENT
+    saved.to_csv(path, index=False)
+    with pytest.raises(LeakageError, match=f"'{held_patient}' appear in both development and held_out"):
+        load_or_make_held_out(labels, path, fraction=0.2, seed=0)
+    assert load_or_make_held_out(labels, path, fraction=0.0) is None
+    assert not path.exists() and not path.with_suffix(".json").exists()
+
+
+def test_a_held_out_set_too_big_for_the_data_is_skipped_with_a_warning(tmp_path, labels, caplog):
+    patients = sorted(labels["patient_id"].unique())
+    four = labels[labels["patient_id"].isin(patients[:4])]
+    path = tmp_path / "held_out.csv"
+    assert load_or_make_held_out(four, path, fraction=0.25, min_left=3) is not None  # 1 held out, 3 left
+    with caplog.at_level(logging.WARNING, logger="lusv.splits"):
+        assert load_or_make_held_out(four, path, fraction=0.25, min_left=4) is None
+    assert "would leave fewer than 4 for the folds" in caplog.text
+    assert not path.exists(), "the earlier split's file is removed"
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="lusv.splits"):
+        assert load_or_make_held_out(four, path, fraction=0.1, min_left=3) is None  # 1 of 4 would be 25%, not 10%
+    assert "4 development patient(s) are too few for held_out_fraction=0.1 (it needs 10)" in caplog.text

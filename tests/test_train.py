@@ -29,8 +29,10 @@ PREDICTION_COLUMNS = ["clip_id", "patient_id", "fold", "model_fold", *(f"p_{p}" 
 def test_paper_profile_is_the_published_protocol():
     p = PROFILES["paper"]
     assert (p.model, p.encoder, p.weights) == ("luvnet", "densenet161", "imagenet")
-    assert (p.num_frames, p.image_size, p.batch_size, p.lr, p.epochs, p.patience) == (30, 256, 4, 1e-6, 150, 20)
+    # patience 50 is the paper's text; the authors' training script defaults to 20
+    assert (p.num_frames, p.image_size, p.batch_size, p.lr, p.epochs, p.patience) == (30, 256, 4, 1e-6, 150, 50)
     assert (p.num_heads, p.kernel_size, p.amp) == (8, 13, "auto")
+    assert (p.augment, p.augmentations) == (True, "paper"), "the paper: horizontal flip and rotation only"
 
 
 def test_quick_profile_is_small_and_trains_faster():
@@ -38,6 +40,18 @@ def test_quick_profile_is_small_and_trains_faster():
     assert q.encoder == "tiny" and q.weights == "random"
     assert q.num_frames <= 16 and q.image_size <= 64 and q.epochs <= 25 and q.patience == 5
     assert q.lr > PROFILES["paper"].lr
+    assert q.augmentations == "extended", "quick keeps the augmentations its published figures were made with"
+
+
+def test_a_run_recorded_before_the_augmentations_field_resumes_as_extended(tmp_path):
+    from lusv.errors import ConfigError
+    from lusv.train.checkpoint import check_same_run
+
+    quick = PROFILES["quick"]
+    before = {k: v for k, v in quick.to_dict().items() if k != "augmentations"}  # an older config.json
+    check_same_run(quick, before, tmp_path)  # extended then and now: resumes
+    with pytest.raises(ConfigError, match="augmentations"):
+        check_same_run(dataclasses.replace(quick, augmentations="paper"), before, tmp_path)
 
 
 def test_every_field_has_simple_type_and_help():

@@ -77,6 +77,7 @@ def build_tiny_data(root: Path) -> TinyData:
         num_folds=NUM_FOLDS,
         seed=0,
         temporal_test_fraction=0.25,
+        held_out_fraction=0.0,  # the shared folds stay as they were; tests/test_held_out.py prepares one
         cache_root=root / "cache",
     )
     assert prepared.temporal_csv is not None, "synthetic clips have acquisition dates: expected a temporal split"

@@ -12,10 +12,11 @@
                                      fold = the clip's fold, model_fold = this run's fold
       predictions_test.csv
       predictions_temporal_test.csv  only with a temporal split file
+      predictions_held_out.csv       only with a held-out split file
 
 Fold roles: test = fold f, validation = fold (f + 1) % K, training = the other folds; a patient
 on two sides refuses to train (``LeakageError`` naming the patient, see ``lusv.folds``). Clips
-of the temporal test set must not be in the folds file at all.
+of the temporal and held-out test sets must not be in the folds file at all.
 
 Reproducibility and resume: everything random is seeded from ``seed`` (``randomness``). A run
 killed at any point and restarted with ``resume=True`` continues from the last finished epoch

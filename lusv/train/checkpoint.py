@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from lusv import io
-from lusv.config import RunParams, resume_may_change
+from lusv.config import BEFORE_FIELD_EXISTED, RunParams, resume_may_change
 from lusv.devices import unwrap
 from lusv.errors import CheckpointError, ConfigError
 from lusv.train.randomness import rng_state, set_rng_state
@@ -36,7 +36,8 @@ logger = logging.getLogger("lusv.train")
 
 CHECKPOINT_FORMAT = 1
 LOG_COLUMNS = ("epoch", "train_loss", "val_loss", "val_macro_auc", "lr", "seconds")
-RESULT_FILES = ("checkpoint.pt", "best.pt", "log.csv", "predictions_val.csv", "predictions_test.csv", "predictions_temporal_test.csv")
+RESULT_FILES = ("checkpoint.pt", "best.pt", "log.csv", "predictions_val.csv", "predictions_test.csv", "predictions_temporal_test.csv",
+                "predictions_held_out.csv")
 
 
 @dataclass
@@ -117,8 +118,9 @@ def read_config(run_dir: Path) -> Optional[dict[str, Any]]:
 def check_same_run(p: RunParams, saved: Mapping[str, Any], run_dir: Path) -> None:
     """ConfigError unless ``p`` equals the saved parameters in every field that may not change on resume."""
     # A field added to RunParams after the run was made is missing from its record; the run was
-    # made with that field's default behaviour, so the default is what it is compared with.
-    recorded = {**RunParams().to_dict(), **saved}
+    # made with that field's default behaviour (or, where the default changed the behaviour, what
+    # the code did before: BEFORE_FIELD_EXISTED), so that is what it is compared with.
+    recorded = {**RunParams().to_dict(), **BEFORE_FIELD_EXISTED, **saved}
     changed = io.recorded_mismatch(recorded, p.to_dict(), ignore=resume_may_change())
     if changed:
         details = ", ".join(map(str, changed))

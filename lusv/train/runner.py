@@ -26,11 +26,11 @@ from torch.utils.data import DataLoader
 from lusv import io, runlock
 from lusv.cache import ClipCache
 from lusv.config import DEFAULT_PROFILE, RunParams, params_for
-from lusv.datasets import ClipAugment, keep_freed_cpu_buffers
+from lusv.datasets import ClipAugment, clip_augment, keep_freed_cpu_buffers
 from lusv.devices import Distributed, init_distributed, resolve_amp, resolve_device, unwrap
 from lusv.errors import ConfigError, LusvError
 from lusv.features import FeatureCache
-from lusv.folds import FoldData, load_fold_data
+from lusv.folds import SET_APART, FoldData, load_fold_data
 from lusv.inference import build_run_model
 from lusv.metrics import macro_auc
 from lusv.patterns import PATTERNS
@@ -113,7 +113,7 @@ def _set_up(p: RunParams, run_dir: Path, dist: Distributed) -> _Run:
     cache = ensure_cached(p, data, dist)
     if p.train_encoder:
         loader = train_loader(p, cache, data.train, dist, device)
-    augment = ClipAugment() if p.augment and p.train_encoder else None
+    augment = clip_augment(p.augmentations) if p.augment and p.train_encoder else None
 
     seed_everything(p.seed)
     model = build_run_model(p).to(device)
@@ -218,6 +218,7 @@ def run(params: RunParams | Mapping[str, Any] | None = None, /, **overrides: Any
         if saved is not None:
             checkpoint.check_same_run(p, saved.get("params", {}), run_dir)
             if saved.get("status") == "finished":
+                _check_it_predicted_every_test_set(p, run_dir)
                 logger.info("%s already finished: reusing it (resume=True)", run_dir)
                 return run_dir
         if dist.is_main:
@@ -228,6 +229,19 @@ def run(params: RunParams | Mapping[str, Any] | None = None, /, **overrides: Any
         dist.barrier()
         _train(p, run_dir, dist, saved)
     return run_dir
+
+
+def _check_it_predicted_every_test_set(p: RunParams, run_dir: Path) -> None:
+    """Refuse to reuse a finished run that lacks the predictions of a test set the data now sets
+    apart (a held-out set added since): its folds were made before that set and may hold its clips."""
+    missing = [role for role, field_name in SET_APART.items()
+               if getattr(p, field_name) and not (run_dir / f"predictions_{role}.csv").is_file()]
+    if missing:
+        raise ConfigError(
+            f"{run_dir} finished before the study had its {' and '.join(missing)} test set (no "
+            f"predictions_{missing[0]}.csv), so its folds may hold those clips: train it afresh (resume=False) or "
+            "delete the run folder"
+        )
 
 
 def _train(p: RunParams, run_dir: Path, dist: Distributed, saved: Optional[dict]) -> None:
