@@ -9,7 +9,10 @@ here with ``results``, ``load_out_of_fold`` and ``out_of_fold_attention``).
 A study run lives in one folder, ``results/<run>/`` (a relative folder is relative to the
 repository root, see ``lusv.paths``)::
 
-    prepare/    labels.csv, ingest_report.csv (+ _summary), temporal_split.csv, folds.csv, fold_balance.csv
+    prepare/    labels.csv, ingest_report.csv (+ _summary), temporal_split.csv, folds.csv, fold_balance.csv;
+                under clip_policy="windows" also windows.csv (one row per window: clip_id = window id,
+                video_id, patient_id, start, length, the pattern columns) and, for a dataset with a
+                per-frame truth, frame_labels.csv (clip_id, first_frame, last_frame, pattern)
     runs/       one folder per (model configuration, fold), written by lusv.train
     oof/        out-of-fold predictions per model configuration (see ``lusv.out_of_fold``)
     tables/, figures/   what the results notebook writes
@@ -30,6 +33,7 @@ from pathlib import Path
 import pandas as pd
 
 from lusv import io
+from lusv.cache import ClipCache
 from lusv.errors import ConfigError, IngestError, TooFewPatientsError
 from lusv.out_of_fold import (  # noqa: F401 - the study steps the notebooks call
     SPLITS,
@@ -47,6 +51,8 @@ from lusv.out_of_fold import (  # noqa: F401 - the study steps the notebooks cal
 )
 from lusv.paths import default_cache_root, in_repository
 from lusv.sources import get_source
+from lusv.windows import write_windows
+from lusv.truth import example_frames_figure, frame_truth, region_truth  # noqa: F401 - study steps too
 
 log = logging.getLogger(__name__)
 
@@ -71,15 +77,27 @@ class Prepared:
     dataset: str
     data: str = "synthetic"
     data_path: str | None = None  # synthetic root, POCUS folder or labels CSV actually read
+    # the clip policy (lusv.windows); a study prepared before it existed made one clip per video
+    clip_policy: str = "whole"
+    window_overlap: int = 0
+    target_fps: float | None = None
+    windows_csv: Path | None = None
+    frame_labels_csv: Path | None = None
 
     @property
     def prepare_dir(self) -> Path:
         return self.run_dir / "prepare"
 
     def cache(self):
+        """The clip cache, or under the windows policy its windows (``lusv.windows.WindowedClips``,
+        read like a clip cache by window id)."""
         from lusv.cache import ClipCache
+        from lusv.windows import WindowedClips
 
-        return ClipCache(self.cache_root, self.num_frames, self.image_size)
+        if self.clip_policy != "windows":
+            return ClipCache(self.cache_root, self.num_frames, self.image_size)
+        videos = ClipCache(self.cache_root, None, self.image_size, target_fps=self.target_fps)
+        return WindowedClips(videos, io.read_table(self.windows_csv), self.num_frames)
 
     def labels(self) -> pd.DataFrame:
         from lusv.labels import read_labels
@@ -99,6 +117,10 @@ class Prepared:
             "num_frames": self.num_frames,
             "image_size": self.image_size,
             "num_folds": self.num_folds,
+            "clip_policy": self.clip_policy,
+            "window_overlap": self.window_overlap,
+            "target_fps": self.target_fps,
+            "frame_labels": str(self.frame_labels_csv) if self.frame_labels_csv else None,
         }
 
     def save(self) -> None:
@@ -113,7 +135,8 @@ class Prepared:
         record = json.loads(path.read_text())
         for key in ("run_dir", "labels_csv", "folds_csv", "cache_root"):
             record[key] = Path(record[key])
-        record["temporal_csv"] = Path(record["temporal_csv"]) if record["temporal_csv"] else None
+        for key in ("temporal_csv", "windows_csv", "frame_labels_csv"):
+            record[key] = Path(record[key]) if record.get(key) else None
         return cls(**record)
 
 
@@ -148,6 +171,9 @@ def prepare(
     cache_root: str | Path | None = None,
     dayfirst: bool = False,
     temporal_split: bool = True,
+    clip_policy: str | None = None,
+    window_overlap: int | None = None,
+    target_fps: float | None = None,
 ) -> Prepared:
     """Read a dataset, decode every clip once into the cache, and make the split files.
 
@@ -158,6 +184,9 @@ def prepare(
     of the clips (whole patients, the latest first seen) form the temporally separated test
     set and the folds are made on the rest (the development set). ``temporal_split=False`` (or
     fraction 0) puts every clip into the folds, as do clips all first seen on one date (warned).
+    ``clip_policy``, ``window_overlap`` and ``target_fps`` default to the profile's; under
+    ``"windows"`` every video is cached whole and cut into windows (``prepare/windows.csv``,
+    ``lusv.windows``); folds stay per patient, so a video's windows share its fold.
     """
     from lusv.config import params_for, synthetic_options
     from lusv.splits import fold_balance, load_or_make_folds
@@ -167,6 +196,10 @@ def prepare(
         raise ConfigError(f"num_folds={num_folds}: separate train, validation and test folds need at least 3 folds")
     num_frames = num_frames or defaults.num_frames
     image_size = image_size or defaults.image_size
+    policy = params_for(profile, clip_policy=clip_policy or defaults.clip_policy, num_frames=num_frames,
+                        window_overlap=defaults.window_overlap if window_overlap is None else window_overlap,
+                        target_fps=target_fps)  # checks the combination before the (long) decoding
+    windows = policy.clip_policy == "windows"
     run_dir = in_repository(run_dir)
     prepare_dir = run_dir / "prepare"
     if get_source(data).generated and synthetic is None:
@@ -176,29 +209,33 @@ def prepare(
 
     # Absolute: prepared.json must lead later steps to the same cache from any working directory.
     cache_root = Path(cache_root).resolve() if cache_root else default_cache_root(name)
-    usable, report, report_path = _cache_clips(labels, cache_root, num_frames, image_size, prepare_dir, name)
+    cache = ClipCache(cache_root, None, image_size, target_fps) if windows else ClipCache(cache_root, num_frames, image_size)
+    usable, report, report_path = _cache_clips(labels, cache, prepare_dir, name)
     labels_csv = io.write_csv(prepare_dir / "labels.csv", _with_iso_dates(usable))
     temporal_csv, development = _temporal_split(usable, prepare_dir, temporal_test_fraction if temporal_split else 0,
                                                 name, asked=temporal_split)
     _check_enough_patients(development, usable, labels, num_folds, report, report_path)
     folds = load_or_make_folds(development, prepare_dir / "folds.csv", num_folds=num_folds, seed=seed)
     io.write_csv(prepare_dir / "fold_balance.csv", fold_balance(folds, development))
+    windows_csv = frame_labels_csv = None
+    if windows:
+        frame_labels = get_source(data).frame_labels(dataset_location(data, data_path, synthetic))
+        windows_csv, frame_labels_csv = write_windows(prepare_dir, cache, usable, num_frames, policy.window_overlap,
+                                                      frame_labels)
 
     prepared = Prepared(
         run_dir=run_dir, labels_csv=labels_csv, folds_csv=prepare_dir / "folds.csv", temporal_csv=temporal_csv,
         cache_root=cache_root, num_frames=num_frames, image_size=image_size, num_folds=num_folds, dataset=name,
         data=data, data_path=str(dataset_location(data, data_path, synthetic).resolve()),
+        clip_policy=policy.clip_policy, window_overlap=policy.window_overlap if windows else 0,
+        target_fps=policy.target_fps, windows_csv=windows_csv, frame_labels_csv=frame_labels_csv,
     )  # fmt: skip
     prepared.save()
     return prepared
 
 
-def _cache_clips(labels: pd.DataFrame, cache_root: Path, num_frames: int, image_size: int,
-                 prepare_dir: Path, name: str):
+def _cache_clips(labels: pd.DataFrame, cache: ClipCache, prepare_dir: Path, name: str):
     """Decode every clip once into the cache; (usable clips' labels, ingest report, its path)."""
-    from lusv.cache import ClipCache
-
-    cache = ClipCache(cache_root, num_frames, image_size)
     report_path = prepare_dir / "ingest_report.csv"
     try:
         report = cache.build(labels)
@@ -353,40 +390,3 @@ def temporal_ablation(
     configurations["luvnet_no_temporal"] = {"model": "luvnet_no_temporal"}
     train_configurations(prepared, configurations, profile, executor=executor, ray_address=ray_address, **overrides)
     return sorted(configurations, key=lambda k: k != "luvnet")
-
-
-def frame_truth(prepared: Prepared, clip_ids: list[str]):
-    """Per-frame pattern presence (N, T, P) aligned with the cache, or None for data without it."""
-    source = get_source(prepared.data)
-    if not source.has_frame_truth:
-        return None
-    return source.module.frame_truth(prepared.data_path, clip_ids, prepared.num_frames)
-
-
-def region_truth(prepared: Prepared):
-    """``clip_ids -> (N, T, 4, S, S)`` masks of where each pattern is drawn, in the cache's
-    geometry (``lusv.sources.synthetic.regions``), or None for data without such a truth."""
-    from functools import partial
-
-    region_masks = getattr(get_source(prepared.data).module, "region_masks", None)
-    if region_masks is None:
-        return None
-    return partial(region_masks, prepared.data_path, num_frames=prepared.num_frames, image_size=prepared.image_size)
-
-
-def example_frames_figure(prepared: Prepared):
-    """Example frames per pattern: for a source with per-frame truth, its own video frames with
-    the frames where each pattern is present marked; otherwise prepared frames from the cache."""
-    from lusv.report import example_frames_figure as figure
-
-    source = get_source(prepared.data)
-    if source.has_frame_truth:
-        labels, load_frames, truth = source.module.example_frames(prepared.data_path)
-        return figure(labels, load_frames, truth, title=source.module.EXAMPLE_FRAMES_TITLE)
-    cache = prepared.cache()
-
-    def load_frames(clip_id: str):
-        clip, length = cache.load(clip_id)
-        return clip[..., 0], length
-
-    return figure(prepared.labels(), load_frames)

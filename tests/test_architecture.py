@@ -19,7 +19,7 @@ REASON = "long because"
 LAYERS = [
     {"lusv", "patterns", "errors", "paths", "io", "runlock", "config", "labels", "video", "video_writer", "devices",
      "bootstrap", "names", "console"},
-    {"sources", "cache", "splits", "temporal_split", "folds"},
+    {"sources", "cache", "splits", "temporal_split", "folds", "windows"},
     {"datasets", "features"},
     {"models"},
     {"metrics", "explain", "saliency", "inference"},

@@ -3,7 +3,8 @@
 A source turns a dataset into the labels table (see ``lusv.labels``). Its registration says
 where its reader is, what ``data_path`` means for it and where it lies when none is given,
 how its clip-cache folder is named, which options its reader takes and whether it has a
-per-frame truth (then its module also offers ``frame_truth`` and ``example_frames``).
+per-frame truth (then its module also offers ``frame_truth`` and ``example_frames``); a module
+that offers ``frame_labels(location)`` gives the windows of its videos their own labels.
 ``lusv.study``, the ``lusv prepare --data`` choices and ``run_all.sh`` (through
 ``python -m lusv.sources``) read the names from here. Adding a dataset = one module under
 ``lusv/sources/`` plus one ``Source`` in ``SOURCES``.
@@ -74,6 +75,12 @@ class Source:
         if self.default_location is None:
             raise ConfigError(f"data={self.name!r} needs data_path: {self.data_path_hint}")
         return self.default_location(dict(options or {}))
+
+    def frame_labels(self, location: str | Path):
+        """The dataset's frame-level label table (clip_id, first_frame, last_frame, pattern;
+        ``lusv.windows``) when its module offers one (``frame_labels(location)``), else None."""
+        reader = getattr(self.module, "frame_labels", None)
+        return None if reader is None else reader(Path(location))
 
     def load(self, location: str | Path, options: Mapping[str, Any] | None = None, dayfirst: bool = False):
         """The labels table of the dataset at ``location`` (generation options / dayfirst as it takes them)."""

@@ -119,6 +119,8 @@ def check_same_run(p: RunParams, saved: Mapping[str, Any], run_dir: Path) -> Non
     # A field added to RunParams after the run was made is missing from its record; the run was
     # made with that field's default behaviour, so the default is what it is compared with.
     recorded = {**RunParams().to_dict(), **saved}
+    if "clip_policy" not in saved:  # recorded before clip policies existed: one clip per video
+        recorded["clip_policy"] = "whole"
     changed = io.recorded_mismatch(recorded, p.to_dict(), ignore=resume_may_change())
     if changed:
         details = ", ".join(map(str, changed))
