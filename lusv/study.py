@@ -33,8 +33,9 @@ from pathlib import Path
 import pandas as pd
 
 from lusv import io
+from lusv.config import params_for, synthetic_options
 from lusv.cache import ClipCache
-from lusv.errors import ConfigError, IngestError, TooFewPatientsError
+from lusv.errors import ConfigError, IngestError
 from lusv.out_of_fold import (  # noqa: F401 - the study steps the notebooks call
     SPLITS,
     FoldAttention,
@@ -51,7 +52,7 @@ from lusv.out_of_fold import (  # noqa: F401 - the study steps the notebooks cal
 )
 from lusv.paths import default_cache_root, in_repository
 from lusv.sources import get_source
-from lusv.windows import write_windows
+from lusv.windows import WindowedClips, clip_cache_for, write_windows
 from lusv.truth import example_frames_figure, frame_truth, region_truth  # noqa: F401 - study steps too
 
 log = logging.getLogger(__name__)
@@ -91,13 +92,10 @@ class Prepared:
     def cache(self):
         """The clip cache, or under the windows policy its windows (``lusv.windows.WindowedClips``,
         read like a clip cache by window id)."""
-        from lusv.cache import ClipCache
-        from lusv.windows import WindowedClips
-
+        cache = clip_cache_for(self, self.cache_root)
         if self.clip_policy != "windows":
-            return ClipCache(self.cache_root, self.num_frames, self.image_size)
-        videos = ClipCache(self.cache_root, None, self.image_size, target_fps=self.target_fps)
-        return WindowedClips(videos, io.read_table(self.windows_csv), self.num_frames)
+            return cache
+        return WindowedClips(cache, io.read_table(self.windows_csv), self.num_frames)
 
     def labels(self) -> pd.DataFrame:
         from lusv.labels import read_labels
@@ -188,18 +186,9 @@ def prepare(
     ``"windows"`` every video is cached whole and cut into windows (``prepare/windows.csv``,
     ``lusv.windows``); folds stay per patient, so a video's windows share its fold.
     """
-    from lusv.config import params_for, synthetic_options
-    from lusv.splits import fold_balance, load_or_make_folds
+    from lusv.splits import check_enough_patients, fold_balance, load_or_make_folds
 
-    defaults = params_for(profile)
-    if num_folds < 3:  # checked before the (long) decoding, not when training refuses the folds
-        raise ConfigError(f"num_folds={num_folds}: separate train, validation and test folds need at least 3 folds")
-    num_frames = num_frames or defaults.num_frames
-    image_size = image_size or defaults.image_size
-    policy = params_for(profile, clip_policy=clip_policy or defaults.clip_policy, num_frames=num_frames,
-                        window_overlap=defaults.window_overlap if window_overlap is None else window_overlap,
-                        target_fps=target_fps)  # checks the combination before the (long) decoding
-    windows = policy.clip_policy == "windows"
+    policy = _checked_settings(profile, num_folds, num_frames, image_size, clip_policy, window_overlap, target_fps)
     run_dir = in_repository(run_dir)
     prepare_dir = run_dir / "prepare"
     if get_source(data).generated and synthetic is None:
@@ -209,29 +198,49 @@ def prepare(
 
     # Absolute: prepared.json must lead later steps to the same cache from any working directory.
     cache_root = Path(cache_root).resolve() if cache_root else default_cache_root(name)
-    cache = ClipCache(cache_root, None, image_size, target_fps) if windows else ClipCache(cache_root, num_frames, image_size)
+    cache = clip_cache_for(policy, cache_root)
     usable, report, report_path = _cache_clips(labels, cache, prepare_dir, name)
     labels_csv = io.write_csv(prepare_dir / "labels.csv", _with_iso_dates(usable))
     temporal_csv, development = _temporal_split(usable, prepare_dir, temporal_test_fraction if temporal_split else 0,
                                                 name, asked=temporal_split)
-    _check_enough_patients(development, usable, labels, num_folds, report, report_path)
+    check_enough_patients(development, usable, labels, num_folds, report, report_path)
     folds = load_or_make_folds(development, prepare_dir / "folds.csv", num_folds=num_folds, seed=seed)
     io.write_csv(prepare_dir / "fold_balance.csv", fold_balance(folds, development))
-    windows_csv = frame_labels_csv = None
-    if windows:
-        frame_labels = get_source(data).frame_labels(dataset_location(data, data_path, synthetic))
-        windows_csv, frame_labels_csv = write_windows(prepare_dir, cache, usable, num_frames, policy.window_overlap,
-                                                      frame_labels)
-
+    location = dataset_location(data, data_path, synthetic)
     prepared = Prepared(
         run_dir=run_dir, labels_csv=labels_csv, folds_csv=prepare_dir / "folds.csv", temporal_csv=temporal_csv,
-        cache_root=cache_root, num_frames=num_frames, image_size=image_size, num_folds=num_folds, dataset=name,
-        data=data, data_path=str(dataset_location(data, data_path, synthetic).resolve()),
-        clip_policy=policy.clip_policy, window_overlap=policy.window_overlap if windows else 0,
-        target_fps=policy.target_fps, windows_csv=windows_csv, frame_labels_csv=frame_labels_csv,
+        cache_root=cache_root, num_frames=policy.num_frames, image_size=policy.image_size, num_folds=num_folds, dataset=name,
+        data=data, data_path=str(location.resolve()),
+        **_windows_files(policy, prepare_dir, cache, usable, get_source(data), location),
     )  # fmt: skip
     prepared.save()
     return prepared
+
+
+def _checked_settings(profile: str, num_folds: int, num_frames: int | None, image_size: int | None,
+                      clip_policy: str | None, window_overlap: int | None, target_fps: float | None):
+    """The profile's RunParams with the frames, size and clip policy asked for (None: the
+    profile's), checked (``ConfigError``) before the long decoding, as is ``num_folds`` (not
+    only when training refuses the folds)."""
+    if num_folds < 3:
+        raise ConfigError(f"num_folds={num_folds}: separate train, validation and test folds need at least 3 folds")
+    defaults = params_for(profile)
+    return params_for(
+        profile, num_frames=num_frames or defaults.num_frames, image_size=image_size or defaults.image_size,
+        clip_policy=clip_policy or defaults.clip_policy, target_fps=target_fps,
+        window_overlap=defaults.window_overlap if window_overlap is None else window_overlap,
+    )
+
+
+def _windows_files(policy, prepare_dir: Path, cache: ClipCache, usable: pd.DataFrame, source, location: Path) -> dict:
+    """The clip-policy fields of ``Prepared``; under windows, after writing windows.csv (and the
+    dataset's frame_labels.csv when it has one)."""
+    if policy.clip_policy != "windows":
+        return {"clip_policy": policy.clip_policy}
+    windows_csv, frame_labels_csv = write_windows(prepare_dir, cache, usable, policy.num_frames, policy.window_overlap,
+                                                  source.frame_labels(location))
+    return {"clip_policy": "windows", "window_overlap": policy.window_overlap, "target_fps": policy.target_fps,
+            "windows_csv": windows_csv, "frame_labels_csv": frame_labels_csv}
 
 
 def _cache_clips(labels: pd.DataFrame, cache: ClipCache, prepare_dir: Path, name: str):
@@ -266,28 +275,6 @@ def _temporal_split(usable: pd.DataFrame, prepare_dir: Path, test_fraction: floa
     if asked and test_fraction > 0:
         log.warning("%s: %s, so there is no temporally separated test set", name, why_not)
     return None, usable
-
-
-def _check_enough_patients(development, usable, labels, num_folds, report, report_path) -> None:
-    """Refuse, with the numbers and the ingest table, when the folds cannot be made."""
-    patients = development["patient_id"].nunique()
-    if patients >= num_folds:
-        return
-    held_out = len(usable) - len(development)
-    where = [f"{len(labels) - len(usable)} clip(s) skipped at ingest (see {report_path})"]
-    if held_out:
-        where.append(f"{held_out} held out as the temporal test set")
-    if patients >= 3:
-        advice = f"lower num_folds to at most {patients} or add patients"
-    else:
-        advice = ("separate train, validation and test folds need at least 3 patients: add patients"
-                  + (", fix the skipped clips" if len(labels) > len(usable) else "")
-                  + (" or prepare without the temporal test set (--no-temporal-split)" if held_out else ""))
-    raise TooFewPatientsError(
-        f"only {patients} patient(s) with {len(development)} clip(s) are left for {num_folds} patient-level "
-        f"folds ({'; '.join(where)}): {advice}",
-        report, report_path,  # lusv prepare prints the skip table
-    )
 
 
 def _with_iso_dates(labels: pd.DataFrame) -> pd.DataFrame:
@@ -336,7 +323,6 @@ def train_configurations(
     include ``model``; ``overrides`` apply to all. One grid lets the Ray executor run every
     (configuration, fold) side by side instead of one configuration at a time.
     """
-    from lusv.config import params_for
     from lusv.executors import run_grid
 
     folds = list(range(prepared.num_folds)) if folds is None else list(folds)
@@ -380,8 +366,6 @@ def temporal_ablation(
     The run at the profile's own kernel size is the main LUV-Net of notebook 02 (key "luvnet")
     and is reused rather than trained twice. Returns the keys to compare, LUV-Net first.
     """
-    from lusv.config import params_for
-
     main_kernel = params_for(profile).kernel_size
     configurations = {
         ("luvnet" if kernel_size == main_kernel else f"luvnet_k{kernel_size}"): {"model": "luvnet", "kernel_size": kernel_size}

@@ -42,6 +42,16 @@ WINDOW_COLUMNS = ("clip_id", "video_id", "patient_id", "start", "length", *PATTE
 FRAME_LABEL_COLUMNS = ("clip_id", "first_frame", "last_frame", "pattern")
 
 
+def clip_cache_for(p: Any, root: str | Path) -> Any:
+    """The clip cache under ``root`` for ``RunParams`` ``p``: clips of T frames (``whole``), or whole
+    videos, resampled to ``p.target_fps`` when set (``windows``)."""
+    from lusv.cache import ClipCache
+
+    if p.clip_policy == "windows":
+        return ClipCache(root, None, p.image_size, target_fps=p.target_fps)
+    return ClipCache(root, p.num_frames, p.image_size)
+
+
 def window_id(video_id: str, index: int) -> str:
     """The clip id of window ``index`` (from 0) of ``video_id``."""
     return f"{video_id}_w{index:03d}"

@@ -24,7 +24,7 @@ LAYERS = [
     {"models"},
     {"metrics", "explain", "saliency", "inference"},
     {"report", "paper", "conclusions", "train", "executors", "linear_probe"},
-    {"out_of_fold", "study", "notebook", "html_report", "external"},
+    {"out_of_fold", "study", "truth", "notebook", "html_report", "external"},
     {"cli"},
 ]
 LAYER_OF = {room: index for index, rooms in enumerate(LAYERS) for room in rooms}

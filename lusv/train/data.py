@@ -30,7 +30,7 @@ from lusv.datasets import FeatureDataset, collate_features
 from lusv.features import FeatureCache, run_feature_cache
 from lusv.errors import IngestError, LabelsError, LusvError, name_a_few
 from lusv.folds import FoldData, read_split_table
-from lusv.windows import FRAME_LABEL_COLUMNS, WindowedClips, WindowedFeatures, expand_to_windows, windows_of_cache
+from lusv.windows import FRAME_LABEL_COLUMNS, WindowedClips, clip_cache_for, WindowedFeatures, expand_to_windows, windows_of_cache
 from lusv.patterns import PATTERNS
 from lusv.train.progress import progress_is_live
 from lusv.train.randomness import loader_generator
@@ -38,18 +38,11 @@ from lusv.train.randomness import loader_generator
 logger = logging.getLogger("lusv.train")
 
 
-def open_clip_cache(p: RunParams) -> ClipCache:
-    """The run's clip cache: clips of T frames, or whole videos under ``clip_policy="windows"``."""
-    if p.clip_policy == "windows":
-        return ClipCache(p.cache_dir, None, p.image_size, target_fps=p.target_fps)
-    return ClipCache(p.cache_dir, p.num_frames, p.image_size)
-
-
 def ensure_cached(p: RunParams, data: FoldData, dist: Distributed) -> ClipCache | WindowedClips:
     """Open the clip cache, check every entry and decode missing or stale clips (rank 0), drop
     unusable ones with a warning. Under ``clip_policy="windows"`` every role's videos are then
     replaced by their windows (``cut_into_windows``) and the windows are what the loaders read."""
-    cache = open_clip_cache(p)
+    cache = clip_cache_for(p, p.cache_dir)
     everything = pd.concat(list(data.roles().values()), ignore_index=True)
     if dist.is_main:
         # Every entry is checked against its source and checksum before training, not only in the
@@ -61,7 +54,7 @@ def ensure_cached(p: RunParams, data: FoldData, dist: Distributed) -> ClipCache 
         except IngestError as exc:
             logger.warning("none of the %d clip(s) of this fold could be cached: %s", len(everything), exc.report)
     dist.barrier()
-    cache = open_clip_cache(p)  # re-read the manifest (other ranks)
+    cache = clip_cache_for(p, p.cache_dir)  # re-read the manifest (other ranks)
     for role, table in data.roles().items():
         absent = [cid for cid in table["clip_id"] if cid not in cache]
         if absent:
