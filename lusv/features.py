@@ -30,6 +30,11 @@ the storage dtype. Inside:
 - ``manifest.csv``: one row per entry: clip_id, view, entry, source_checksum (the SHA-256 the clip
   cache records for the clip), length, and the SHA-256 of the stored features.
 
+Over a whole-video clip cache (``num_frames=None``, the windows clip policy) an entry holds the
+(length, F) features of every frame of one video, computed once (the encoder sees at most
+``frames_per_call`` frames at a time; an augmented view augments the whole video alike), and
+``lusv.windows.WindowedFeatures`` slices a window's rows from it (``run_feature_cache`` does this).
+
 Views: ``"plain"`` is the clip as the model sees it at evaluation (``to_model_input`` without
 augmentation). ``build(..., views=N)`` adds N augmented views ``"aug<key>-1"`` ... ``"aug<key>-N"``
 made by ``ClipAugment`` (key: its settings and ``seed``); view k of a clip draws from a generator
