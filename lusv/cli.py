@@ -179,8 +179,20 @@ def _cmd_external(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_clip_policy_arguments(prepare: argparse.ArgumentParser) -> None:
+    from lusv.config import CLIP_POLICIES
+
+    prepare.add_argument("--clip-policy", default=None, choices=CLIP_POLICIES,
+                         help="windows (the paper: every video cut into windows of T frames) or whole (one clip of T "
+                         "frames per video); default: the profile's")
+    prepare.add_argument("--window-overlap", type=int, default=None, help="frames shared by consecutive windows "
+                         "(default: the profile's; paper 6)")
+    prepare.add_argument("--target-fps", type=float, default=None,
+                         help="windows: resample every video to this frame rate first (default: its own frames)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from lusv.config import CLIP_POLICIES, DEFAULT_PROFILE, PROFILES
+    from lusv.config import DEFAULT_PROFILE, PROFILES
     from lusv.sources import source_names
 
     parser = argparse.ArgumentParser(prog="lusv", description="LUV-Net lung ultrasound video study")
@@ -199,13 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="acquired_on holds day-first dates (20.04.2020) instead of YYYY-MM-DD")
     prepare.add_argument("--no-temporal-split", dest="temporal_split", action="store_false",
                          help="no temporally separated test set even when the clips have dates: every clip goes into the folds")
-    prepare.add_argument("--clip-policy", default=None, choices=CLIP_POLICIES,
-                         help="windows (the paper: every video cut into windows of T frames) or whole (one clip of T "
-                         "frames per video); default: the profile's")
-    prepare.add_argument("--window-overlap", type=int, default=None, help="frames shared by consecutive windows "
-                         "(default: the profile's; paper 6)")
-    prepare.add_argument("--target-fps", type=float, default=None,
-                         help="windows: resample every video to this frame rate first (default: its own frames)")
+    _add_clip_policy_arguments(prepare)
     prepare.set_defaults(handler=_cmd_prepare)
 
     train = commands.add_parser("train", help="train one model on one fold (flags = lusv.config.RunParams)")
