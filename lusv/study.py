@@ -182,13 +182,13 @@ def prepare(
     of the clips (whole patients, the latest first seen) form the temporally separated test
     set and the folds are made on the rest (the development set). ``temporal_split=False`` (or
     fraction 0) puts every clip into the folds, as do clips all first seen on one date (warned).
-    ``clip_policy``, ``window_overlap`` and ``target_fps`` default to the profile's; under
-    ``"windows"`` every video is cached whole and cut into windows (``prepare/windows.csv``,
-    ``lusv.windows``); folds stay per patient, so a video's windows share its fold.
+    ``clip_policy`` defaults to the source's (POCUS: whole), else the profile's; under "windows"
+    every video is cached whole and cut into windows (``prepare/windows.csv``, ``lusv.windows``).
     """
     from lusv.splits import check_enough_patients, fold_balance, load_or_make_folds
 
-    policy = _checked_settings(profile, num_folds, num_frames, image_size, clip_policy, window_overlap, target_fps)
+    policy = _checked_settings(profile, num_folds, num_frames, image_size, clip_policy or get_source(data).clip_policy,
+                               window_overlap, target_fps)
     run_dir = in_repository(run_dir)
     prepare_dir = run_dir / "prepare"
     if get_source(data).generated and synthetic is None:

@@ -51,7 +51,9 @@ class Source:
     ``generated``: the ``synthetic=`` options of ``lusv.study.prepare`` are its generation
     parameters (passed to the reader; they also name its default folder); ``reads_dayfirst``:
     its reader takes ``dayfirst``; ``default_location(options)`` gives the location when the
-    caller names none (None: the caller must; ``data_path_hint`` says what to pass).
+    caller names none (None: the caller must; ``data_path_hint`` says what to pass);
+    ``clip_policy``: the clip policy (``lusv.windows``) this dataset is prepared with unless the
+    caller names one (None: the profile's).
     """
 
     name: str
@@ -62,6 +64,7 @@ class Source:
     generated: bool = False
     reads_dayfirst: bool = False
     has_frame_truth: bool = False
+    clip_policy: str | None = None
 
     @property
     def module(self):
@@ -96,7 +99,10 @@ SOURCES: dict[str, Source] = {
         Source("synthetic", "lusv.sources.synthetic:load_synthetic", "a folder to generate the dataset in",
                default_location=_synthetic_folder, generated=True, has_frame_truth=True),
         Source("pocus", "lusv.sources.pocus:load_pocus", "the POCUS folder (dataset_metadata.csv, pocus_videos/)",
-               default_location=lambda options: SHARED_DATA_ROOT / "pocus"),
+               default_location=lambda options: SHARED_DATA_ROOT / "pocus",
+               # short clips at 10-60 fps (median ~90 frames): one clip per video; windows would give
+               # ~10x the clips at no common duration (issue 12 keeps whole)
+               clip_policy="whole"),
         Source("folder", "lusv.sources.folder:load_folder", "the labels CSV of your videos",
                cache_name=_name_after_csv, reads_dayfirst=True),
     )
