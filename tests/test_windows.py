@@ -216,3 +216,61 @@ def test_frozen_features_are_computed_once_per_video_and_sliced_per_window(windo
 
         direct = model.encoder.encode_clips(to_model_input(torch.from_numpy(np.array(clip))[None], "cpu"))[0]
     np.testing.assert_allclose(second.astype(np.float32), direct.numpy(), rtol=2e-3, atol=2e-3)
+
+
+# ------------------------------------------------------------------ whole videos in the caches
+def test_whole_video_cache_keeps_every_frame_or_resamples_them(tmp_path):
+    from lusv.cache import ClipCache
+    from videos import tiny_clip_table
+
+    table = tiny_clip_table(tmp_path / "src", {"long.mp4": 20, "short.mp4": 5})  # written at 10 fps
+    videos = ClipCache(tmp_path / "cache", None, 16)
+    videos.build(table, progress=False)
+    assert videos.dir.name == "all_S16"
+    long, length = videos.load("long")
+    assert long.shape == (20, 16, 16, 1) and length == 20 and not long.flags.writeable  # memory-mapped
+    assert videos.manifest.set_index("clip_id").loc["long", "fps"] == 10.0
+    # brightness encodes the frame index (tests/videos.py): the frames keep their order
+    means = long.reshape(20, -1).mean(axis=1)
+    assert (np.diff(means) > 0).all()
+    halved = ClipCache(tmp_path / "cache", None, 16, target_fps=5)
+    halved.build(table, progress=False)
+    resampled, length = halved.load("long")  # 20 frames at 10 fps -> 10 at 5 fps: source frames 0, 2, ..., 18
+    assert halved.dir.name == "fps5_S16" and length == 10
+    np.testing.assert_allclose(resampled.reshape(10, -1).mean(axis=1), means[::2], atol=1.0)
+    with pytest.raises(ConfigError, match="target_fps"):
+        ClipCache(tmp_path / "cache", 8, 16, target_fps=5)
+
+
+def test_windowed_features_equal_the_encoder_on_each_window_padding_included(tmp_path):
+    import torch
+
+    from lusv.cache import ClipCache
+    from lusv.datasets import to_model_input
+    from lusv.features import FeatureCache
+    from lusv.models.encoders import build_encoder
+    from lusv.windows import WindowedFeatures, windows_of_cache
+    from videos import tiny_clip_table
+
+    table = tiny_clip_table(tmp_path / "src", {"long.mp4": 20, "short.mp4": 5})
+    videos = ClipCache(tmp_path / "cache", None, 16)
+    videos.build(table, progress=False)
+    labelled = table.assign(patient_id=["P1", "P2"], **{pattern: 0.0 for pattern in PATTERNS})
+    windows = windows_of_cache(videos, labelled, 8, 2)  # long: 0..7, 6..13, 12..19 (stride 6); short: 0..4, padded
+    assert windows["clip_id"].tolist() == ["long_w000", "long_w001", "long_w002", "short_w000"]
+    assert windows["start"].tolist() == [0, 6, 12, 0] and windows["length"].tolist() == [8, 8, 8, 5]
+    clips = WindowedClips(videos, windows, 8)
+    torch.manual_seed(0)
+    encoder = build_encoder("tiny", "random").eval()
+    # frames_per_call=4: the 20-frame video is encoded in 5 pieces along time
+    features = WindowedFeatures(FeatureCache(videos, encoder, dtype="float32", frames_per_call=4,
+                                             root=tmp_path / "features"), clips)
+    report = features.build(windows["clip_id"], progress=False)
+    assert sorted(report.table["clip_id"]) == ["long", "short"]  # once per video, not per window
+    for window in windows["clip_id"]:
+        rows, length = features.load(window)
+        clip, clip_length = clips.load(window)
+        with torch.no_grad():
+            direct = encoder.encode_clips(to_model_input(torch.from_numpy(np.array(clip))[None], "cpu"))[0]
+        assert length == clip_length and rows.shape == (8, encoder.feature_dim)
+        np.testing.assert_allclose(rows, direct.numpy(), rtol=1e-5, atol=1e-5, err_msg=window)
