@@ -31,6 +31,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+import logging
+
 import numpy as np
 import pandas as pd
 
@@ -38,6 +40,7 @@ from lusv.config import CLIP_POLICIES  # noqa: F401 - the policies, named where 
 from lusv.errors import CacheError, ConfigError, LabelsError
 from lusv.patterns import PATTERNS
 
+log = logging.getLogger(__name__)
 WINDOW_COLUMNS = ("clip_id", "video_id", "patient_id", "start", "length", *PATTERNS)
 FRAME_LABEL_COLUMNS = ("clip_id", "first_frame", "last_frame", "pattern")
 
@@ -116,6 +119,7 @@ def window_table(videos: pd.DataFrame, video_frames: dict[str, int], window: int
     """
     source_index = source_index or {}
     spans = _frame_spans(frame_labels)
+    _warn_on_disagreement(videos, spans)
     rows = []
     extra = [c for c in videos.columns if c not in WINDOW_COLUMNS]
     for video in videos.to_dict("records"):
@@ -144,6 +148,21 @@ def _frame_spans(frame_labels: pd.DataFrame | None) -> dict[str, list[tuple[int,
     return spans
 
 
+def _warn_on_disagreement(videos: pd.DataFrame, spans: dict[str, list[tuple[int, int, str]]]) -> None:
+    """Log videos whose label and frame-level labels disagree on a pattern (labelled present with no
+    frame carrying it, or absent with frames carrying it): their windows follow the frame labels."""
+    disagree = []
+    for video in videos.to_dict("records"):
+        if str(video["clip_id"]) not in spans:
+            continue
+        carried = {pattern for _, _, pattern in spans[str(video["clip_id"])]}
+        disagree += [f"{video['clip_id']}/{p}" for p in PATTERNS
+                     if not pd.isna(video[p]) and bool(video[p]) != (p in carried)]
+    if disagree:
+        log.warning("%d video label(s) disagree with the frame-level labels (windows follow the frame labels): %s",
+                    len(disagree), ", ".join(disagree[:5]) + (" ..." if len(disagree) > 5 else ""))
+
+
 def _window_labels(video: dict, spans: list[tuple[int, int, str]] | None, start: int, last: int) -> dict:
     """The rule of the module docstring: any frame of ``start..last`` carrying a pattern marks it."""
     if spans is None:
@@ -166,6 +185,18 @@ def windows_of_cache(videos_cache: Any, videos: pd.DataFrame, window: int, overl
             fps = None if pd.isna(row.fps) else float(row.fps)
             source_index[str(row.clip_id)] = resample_indices(int(row.source_frames), fps, videos_cache.target_fps)
     return window_table(videos, frames, window, overlap, frame_labels, source_index)
+
+
+def window_summary(windows: pd.DataFrame, videos: pd.DataFrame) -> pd.DataFrame:
+    """Videos vs their windows: how many, how many patients, windows per video and each
+    pattern's share of positives (labelled rows only), one row each."""
+    rows = []
+    for unit, table in (("videos", videos), ("windows", windows)):
+        row = {"unit": unit, "count": len(table), "patients": table["patient_id"].nunique(),
+               "per_video": len(table) / max(len(videos), 1)}
+        row.update({pattern: float(table[pattern].mean()) for pattern in PATTERNS})
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def expand_to_windows(table: pd.DataFrame, windows: pd.DataFrame) -> pd.DataFrame:

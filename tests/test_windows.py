@@ -89,7 +89,7 @@ def test_frame_labels_from_per_frame_truth():
     pd.testing.assert_frame_equal(frame_labels_from_truth(truth), expected)
 
 
-def test_window_labels_hand_worked():
+def test_window_labels_hand_worked(caplog):
     # V: 30 frames -> windows 0..15, 12..27, 14..29 (T 16, overlap 4). A-lines on frames 0..3 (first
     # window only), B-lines on 28..29 (last only), consolidation on frame 13 (first two windows),
     # effusion unlabelled for the video (stays NaN). W has no frame labels: its video labels.
@@ -101,6 +101,7 @@ def test_window_labels_hand_worked():
     expected = np.array([[1, 0, 1, NAN], [0, 0, 1, NAN], [0, 1, 0, NAN], [1, 0, NAN, 0]])
     np.testing.assert_array_equal(table[list(PATTERNS)].to_numpy(dtype=float), expected)
     assert table["video_id"].tolist() == ["V", "V", "V", "W"] and table["patient_id"].tolist() == ["PV"] * 3 + ["PW"]
+    assert "disagree" not in caplog.text  # V's labels agree with its frame labels
 
 
 def test_window_labels_after_resampling_name_source_frames():
@@ -274,3 +275,19 @@ def test_windowed_features_equal_the_encoder_on_each_window_padding_included(tmp
             direct = encoder.encode_clips(to_model_input(torch.from_numpy(np.array(clip))[None], "cpu"))[0]
         assert length == clip_length and rows.shape == (8, encoder.feature_dim)
         np.testing.assert_allclose(rows, direct.numpy(), rtol=1e-5, atol=1e-5, err_msg=window)
+
+
+def test_window_summary_counts_videos_and_windows(caplog):
+    from lusv.windows import window_summary
+
+    videos = _label_rows(("V", [1, 1, 1, NAN]), ("W", [1, 0, NAN, 0]))
+    windows = window_table(videos, {"V": 30, "W": 10}, 16, 4, pd.DataFrame(
+        [("V", 0, 3, "a_lines")], columns=["clip_id", "first_frame", "last_frame", "pattern"]))
+    summary = window_summary(windows, videos).set_index("unit")
+    # windows: V_w000 (A-lines), V_w001, V_w002 (none), W_w000 (its video's labels: A-lines)
+    assert summary.loc["windows", "count"] == 4 and summary.loc["videos", "count"] == 2
+    assert summary.loc["windows", "per_video"] == 2.0 and summary.loc["windows", "patients"] == 2
+    assert summary.loc["windows", "a_lines"] == 0.5 and summary.loc["videos", "a_lines"] == 1.0
+    assert summary.loc["windows", "consolidation"] == 0.0  # V's 3 windows only: W leaves it unlabelled
+    # V is labelled with B-lines and consolidation, but its frame labels carry A-lines only
+    assert "2 video label(s) disagree" in caplog.text and "V/b_lines, V/consolidation" in caplog.text
