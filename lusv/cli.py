@@ -150,6 +150,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     result = inference.predict_clip(args.clip, args.checkpoint, plot_path=args.plot)
     for pattern, probability in result.probabilities.items():
         print(f"{pattern:18s} {probability:.3f}")
+    if result.window_probabilities is not None:
+        print(f"(the mean over the video's {len(result.window_probabilities)} windows; "
+              f"the plot shows window {result.plotted_window})")
     if result.plot_error:
         print(f"lusv predict: error: {result.plot_error}", file=sys.stderr)
         return 1

@@ -185,13 +185,25 @@ def test_tiny_training_run_predicts_windows_with_their_video_id(windowed_study, 
 
     p = params_for("quick", **windowed_study.training_inputs(), out_dir=str(tmp_path), epochs=1, batch_size=4,
                    max_batches_per_epoch=1, num_workers=0, fold=0)
-    predictions = pd.read_csv(run(p) / "predictions_test.csv", dtype={"clip_id": str, "video_id": str})
+    run_dir = run(p)
+    predictions = pd.read_csv(run_dir / "predictions_test.csv", dtype={"clip_id": str, "video_id": str})
     assert list(predictions.columns[:5]) == ["clip_id", "video_id", "patient_id", "fold", "model_fold"]
     folds = pd.read_csv(windowed_study.folds_csv, dtype={"clip_id": str})
     test_videos = sorted(folds.loc[folds["fold"] == 0, "clip_id"])
     assert predictions["clip_id"].tolist() == [f"{v}_w{i:03d}" for v in test_videos for i in (0, 1)]
     assert predictions["video_id"].tolist() == [v for v in test_videos for _ in (0, 1)]
     assert predictions[[f"p_{pattern}" for pattern in PATTERNS]].notna().all().all()
+
+    # lusv predict on a test video's file cuts the same windows and gives the same probabilities
+    from lusv.inference import predict_clip
+
+    labels = pd.read_csv(windowed_study.labels_csv, dtype={"clip_id": str}).set_index("clip_id")
+    video = test_videos[0]
+    result = predict_clip(labels.loc[video, "path"], run_dir, plot_path=tmp_path / "plot.png")
+    expected = predictions.loc[predictions["video_id"] == video, [f"p_{pattern}" for pattern in PATTERNS]].to_numpy()
+    np.testing.assert_allclose(result.window_probabilities, expected, atol=1e-5)
+    np.testing.assert_allclose(list(result.probabilities.values()), expected.mean(axis=0), atol=1e-5)
+    assert result.length == T and (tmp_path / "plot.png").is_file()
 
 
 def test_frozen_features_are_computed_once_per_video_and_sliced_per_window(windowed_study, tmp_path):
