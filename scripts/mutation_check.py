@@ -72,6 +72,14 @@ MUTATIONS: tuple[Mutation, ...] = (
              "flip=torch.rand(b * t, generator=generator, dtype=torch.float64).to(x) < self.flip_p, "
              "turn=(u[:, 1] * 2 - 1).repeat_interleave(t)).reshape(b, t, 1, s, s)",
              ("tests/test_datasets.py", "-k", "flip_alone")),
+    Mutation("window-tail-dropped",
+             "    if starts[-1] + window < video_frames:  # the tail: one more window aligned to the end",
+             "    if False:",
+             ("tests/test_windows.py", "-k", "starts or labels_hand_worked")),
+    Mutation("window-label-from-its-first-frame-only",
+             "present = {pattern for first, final, pattern in spans if first <= last and final >= start}",
+             "present = {pattern for first, final, pattern in spans if first <= start <= final}",
+             ("tests/test_windows.py", "-k", "labels")),
 )
 
 
