@@ -303,3 +303,28 @@ def test_window_summary_counts_videos_and_windows(caplog):
     assert summary.loc["windows", "consolidation"] == 0.0  # V's 3 windows only: W leaves it unlabelled
     # V is labelled with B-lines and consolidation, but its frame labels carry A-lines only
     assert "2 video label(s) disagree" in caplog.text and "V/b_lines, V/consolidation" in caplog.text
+
+
+def test_study_truth_of_windows_is_the_slice_of_their_video(windowed_study):
+    from lusv.io import read_table
+    from lusv.study import frame_truth, region_truth
+
+    windows = read_table(windowed_study.windows_csv)
+    effusion = windows.loc[windows["pleural_effusion"] == 1, "video_id"].iloc[0]
+    videos = [effusion, *[v for v in windows["video_id"].unique() if v != effusion][:2]]
+    windows = windows[windows["video_id"].isin(videos)]  # three videos, two windows each, one with effusion
+    ids = windows["clip_id"].tolist()
+    truth = frame_truth(windowed_study, ids)
+    assert truth.shape == (6, T, 4)
+    generated = pd.read_csv(windowed_study.data_path + "/frame_truth.csv", dtype={"clip_id": str})
+    for i, row in enumerate(windows.itertuples(index=False)):
+        frames = generated[generated.clip_id == row.video_id].sort_values("frame")[list(PATTERNS)].to_numpy()
+        np.testing.assert_array_equal(truth[i], frames[row.start:row.start + T], err_msg=row.clip_id)
+    masks = region_truth(windowed_study)(ids)
+    assert masks.shape == (6, T, 4, 32, 32)
+    # a region is drawn exactly in the window's frames where the truth says the pattern is present
+    np.testing.assert_array_equal(masks.any(axis=(3, 4)), truth > 0)
+    # and where the window's cached pixels show it: effusion is anechoic (dark)
+    clips, _ = windowed_study.cache().load_many(ids)
+    inside = masks[:, :, PATTERNS.index("pleural_effusion")]
+    assert inside.any() and clips[..., 0][inside].mean() < clips[..., 0][~inside].mean()
