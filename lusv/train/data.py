@@ -11,6 +11,11 @@ With ``train_encoder=False`` the loaders serve cached frozen-encoder features in
 features of every clip, plus ``feature_views`` augmented views of the training clips), and the
 same two loaders, given that cache, yield ``FeatureDataset`` batches. They load in the main
 process (features are small, and a worker would have to be sent the encoder).
+
+Under ``clip_policy="windows"`` the cache holds whole videos and, once the fold's videos are
+checked (the leakage checks of ``lusv.folds`` are per video and patient), every role's videos
+are replaced by their windows (``cut_into_windows``, ``lusv.windows``): the loaders then serve
+windows, and predictions carry each window's ``video_id``.
 """
 
 from __future__ import annotations
@@ -30,7 +35,14 @@ from lusv.datasets import FeatureDataset, collate_features
 from lusv.features import FeatureCache, run_feature_cache
 from lusv.errors import IngestError, LabelsError, LusvError, name_a_few
 from lusv.folds import FoldData, read_split_table
-from lusv.windows import FRAME_LABEL_COLUMNS, WindowedClips, clip_cache_for, WindowedFeatures, expand_to_windows, windows_of_cache
+from lusv.windows import (
+    FRAME_LABEL_COLUMNS,
+    WindowedClips,
+    WindowedFeatures,
+    clip_cache_for,
+    expand_to_windows,
+    windows_of_cache,
+)
 from lusv.patterns import PATTERNS
 from lusv.train.progress import progress_is_live
 from lusv.train.randomness import loader_generator
