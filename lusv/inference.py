@@ -176,6 +176,8 @@ class ClipPrediction:
     plot_path: Path | None
     plot_note: str = ""  # why there is no plot, for a model without attention
     plot_error: str = ""  # why the plot could not be written (the probabilities still stand)
+    window_probabilities: object | None = None  # clip_policy=windows: (W, 4) numpy array, one row per window
+    plotted_window: int = 0  # the window the attention plot shows (the one with the highest summed probability)
 
 
 def predict_clip(
@@ -190,33 +192,36 @@ def predict_clip(
     ``checkpoint`` is a run's ``best.pt`` or the run folder. Raises ``VideoError`` for a clip that
     cannot be read and ``CheckpointError`` for a missing or unsafe checkpoint. A plot that cannot
     be written does not raise: the result carries ``plot_error`` beside the probabilities.
+
+    A model trained on windows (``lusv.windows``) predicts every window of the video: the result
+    is their mean (``window_probabilities``: each), the plot the window of highest summed probability.
     """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    import numpy as np
-
-    from lusv.errors import CheckpointError, ConfigError
+    from lusv.errors import ConfigError
     from lusv.explain import plot_appendix_b
     from lusv.saliency import top_frame_maps
     from lusv.io import atomic_path
-    from lusv.video import prepare_clip, read_clip
 
     model = load_trained(checkpoint)  # checked first: a wrong checkpoint should not cost a decode
     params = model.run_params
-    decoded = read_clip(clip_path, num_frames=params.num_frames)
-    clip, length = prepare_clip(decoded.frames, params.num_frames, params.image_size, source=clip_path)
-    probabilities, attention = predict(model, clip[None], [length], return_attention=True)
-    if not np.isfinite(probabilities).all():  # a NaN must never be printed as a probability
+    clips, lengths = _model_inputs(clip_path, params)
+    every, attention = predict(model, clips, lengths, return_attention=True)
+    if not np.isfinite(every).all():  # a NaN must never be printed as a probability
         raise CheckpointError(f"checkpoint {checkpoint} gives non-finite probabilities for {clip_path}: "
                               "its weights are damaged or training diverged; use another run")
-    named = {pattern: float(p) for pattern, p in zip(PATTERNS, probabilities[0])}
+    named = {pattern: float(p) for pattern, p in zip(PATTERNS, every.mean(axis=0))}
+    shown = int(np.argmax(every.sum(axis=1)))
+    clip, length = clips[shown], int(lengths[shown])
+    per_window = {"window_probabilities": every, "plotted_window": shown} if params.clip_policy == "windows" else {}
 
     if attention is None:
         note = f"no attention plot: model '{params.model}' has no attention over frames"
-        return ClipPrediction(named, None, length, None, note)
+        return ClipPrediction(named, None, length, None, note, **per_window)
+    attention = attention[shown:shown + 1]
     # The current folder, not the clip's: a dataset folder is often read-only or shared.
     written = Path(plot_path) if plot_path else Path.cwd() / f"{Path(clip_path).name}.attention.png"
     try:
@@ -230,8 +235,26 @@ def predict_clip(
         with atomic_path(written) as tmp:
             figure.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
     except OSError as exc:  # e.g. a read-only folder beside the clip: the probabilities still stand
-        return ClipPrediction(named, attention[0], length, None,
+        return ClipPrediction(named, attention[0], length, None, **per_window,
                               plot_error=f"attention plot {written} not written: {exc}; choose another path with --plot")
     finally:
         plt.close(figure)
-    return ClipPrediction(named, attention[0], length, written)
+    return ClipPrediction(named, attention[0], length, written, **per_window)
+
+
+def _model_inputs(clip_path: str | os.PathLike, params) -> tuple["np.ndarray", "np.ndarray"]:
+    """uint8 clips (N, T, S, S, 1) and lengths (N,) of one video file as the model was trained on
+    them: one clip of T frames spread over it (``whole``), or every window (``windows``)."""
+    from lusv.video import prepare_clip, read_clip, resample_indices
+    from lusv.windows import pad_window, window_starts
+
+    if getattr(params, "clip_policy", "whole") != "windows":
+        decoded = read_clip(clip_path, num_frames=params.num_frames)
+        clip, length = prepare_clip(decoded.frames, params.num_frames, params.image_size, source=clip_path)
+        return clip[None], np.array([length])
+    decoded = read_clip(clip_path)
+    frames = decoded.frames[resample_indices(len(decoded.frames), decoded.fps, params.target_fps)]
+    video, _ = prepare_clip(frames, len(frames), params.image_size, source=clip_path)
+    starts = window_starts(len(video), params.num_frames, params.window_overlap)
+    clips = np.stack([pad_window(video[start:start + params.num_frames], params.num_frames) for start in starts])
+    return clips, np.array([min(params.num_frames, len(video) - start) for start in starts])

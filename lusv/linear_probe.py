@@ -83,6 +83,7 @@ def linear_probe(prepared: Any, profile: str = "pretrained", key: str = KEY, **o
     from lusv.features import run_feature_cache
     from lusv.folds import load_fold_data
     from lusv.models.encoders import build_encoder
+    from lusv.train.data import cut_into_windows
     from lusv.train.randomness import seed_everything
     from lusv.train.record import predictions_table
 
@@ -93,7 +94,10 @@ def linear_probe(prepared: Any, profile: str = "pretrained", key: str = KEY, **o
     parts: dict[str, list[pd.DataFrame]] = {"test": [], "val": [], "temporal_test": [], "held_out": []}
     for fold in range(prepared.num_folds):
         p = params_for(profile, **{**prepared.training_inputs(), **overrides, "fold": fold})
-        roles = load_fold_data(p, prepared.run_dir / "runs").roles()
+        data = load_fold_data(p, prepared.run_dir / "runs")
+        if p.clip_policy == "windows":  # each role's videos -> their windows, as training sees them
+            cut_into_windows(p, prepared.cache().videos, data)
+        roles = data.roles()
         everyone = pd.concat(list(roles.values()), ignore_index=True)["clip_id"].tolist()
         if features is None:
             features = run_feature_cache(p, prepared.cache(), encoder)

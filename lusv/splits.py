@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
-from lusv.errors import ConfigError, LabelsError, LeakageError, name_a_few
+from lusv.errors import ConfigError, LabelsError, LeakageError, TooFewPatientsError, name_a_few
 from lusv.io import read_record, read_table, recorded_mismatch, write_csv, write_record
 from lusv.patterns import PATTERNS
 
@@ -371,3 +371,28 @@ def _load_or_make_held_out(labels_df: pd.DataFrame, path: Path, fraction: float,
     write_csv(path, split)
     write_record(path.with_suffix(".json"), params)
     return split
+
+
+def check_enough_patients(development: pd.DataFrame, usable: pd.DataFrame, labels: pd.DataFrame, num_folds: int,
+                          report: Any, report_path: Path) -> None:
+    """Refuse (``TooFewPatientsError`` carrying the ingest report) when ``num_folds`` patient-level folds
+    cannot be made of the development clips, saying where the other clips went and what to do."""
+    patients = development["patient_id"].nunique()
+    if patients >= num_folds:
+        return
+    held_out = len(usable) - len(development)
+    where = [f"{len(labels) - len(usable)} clip(s) skipped at ingest (see {report_path})"]
+    if held_out:
+        where.append(f"{held_out} set apart as the temporal and held-out test sets")
+    if patients >= 3:
+        advice = f"lower num_folds to at most {patients} or add patients"
+    else:
+        advice = ("separate train, validation and test folds need at least 3 patients: add patients"
+                  + (", fix the skipped clips" if len(labels) > len(usable) else "")
+                  + (" or prepare without the temporal test set (--no-temporal-split) or the held-out set "
+                     "(held_out_fraction=0)" if held_out else ""))
+    raise TooFewPatientsError(
+        f"only {patients} patient(s) with {len(development)} clip(s) are left for {num_folds} patient-level "
+        f"folds ({'; '.join(where)}): {advice}",
+        report, report_path,  # lusv prepare prints the skip table
+    )

@@ -10,7 +10,9 @@ A study run lives in one folder, ``results/<run>/`` (a relative folder is relati
 repository root, see ``lusv.paths``)::
 
     prepare/    labels.csv, ingest_report.csv (+ _summary), temporal_split.csv, held_out.csv, folds.csv,
-                fold_balance.csv
+                fold_balance.csv; under clip_policy="windows" also windows.csv (one row per window:
+                clip_id = window id, video_id, patient_id, start, length, the pattern columns) and,
+                for a dataset with a per-frame truth, frame_labels.csv (clip_id, first_frame, last_frame, pattern)
     runs/       one folder per (model configuration, fold), written by lusv.train
     oof/        out-of-fold predictions per model configuration (see ``lusv.out_of_fold``)
     tables/, figures/   what the results notebook writes
@@ -33,7 +35,9 @@ from pathlib import Path
 import pandas as pd
 
 from lusv import io
-from lusv.errors import ConfigError, IngestError, TooFewPatientsError
+from lusv.config import params_for, synthetic_options
+from lusv.cache import ClipCache
+from lusv.errors import ConfigError, IngestError
 from lusv.out_of_fold import (  # noqa: F401 - the study steps the notebooks call
     SPLITS,
     FoldAttention,
@@ -50,6 +54,8 @@ from lusv.out_of_fold import (  # noqa: F401 - the study steps the notebooks cal
 )
 from lusv.paths import default_cache_root, in_repository
 from lusv.sources import get_source
+from lusv.windows import WindowedClips, clip_cache_for, write_windows
+from lusv.truth import example_frames_figure, frame_truth, region_truth  # noqa: F401 - study steps too
 
 log = logging.getLogger(__name__)
 
@@ -75,15 +81,24 @@ class Prepared:
     data: str = "synthetic"
     data_path: str | None = None  # synthetic root, POCUS folder or labels CSV actually read
     held_out_csv: Path | None = None  # the held-out split (None: no held-out test set)
+    # the clip policy (lusv.windows); a study prepared before it existed made one clip per video
+    clip_policy: str = "whole"
+    window_overlap: int = 0
+    target_fps: float | None = None
+    windows_csv: Path | None = None
+    frame_labels_csv: Path | None = None
 
     @property
     def prepare_dir(self) -> Path:
         return self.run_dir / "prepare"
 
     def cache(self):
-        from lusv.cache import ClipCache
-
-        return ClipCache(self.cache_root, self.num_frames, self.image_size)
+        """The clip cache, or under the windows policy its windows (``lusv.windows.WindowedClips``,
+        read like a clip cache by window id)."""
+        cache = clip_cache_for(self, self.cache_root)
+        if self.clip_policy != "windows":
+            return cache
+        return WindowedClips(cache, io.read_table(self.windows_csv), self.num_frames)
 
     def labels(self) -> pd.DataFrame:
         from lusv.labels import read_labels
@@ -104,6 +119,10 @@ class Prepared:
             "num_frames": self.num_frames,
             "image_size": self.image_size,
             "num_folds": self.num_folds,
+            "clip_policy": self.clip_policy,
+            "window_overlap": self.window_overlap,
+            "target_fps": self.target_fps,
+            "frame_labels": str(self.frame_labels_csv) if self.frame_labels_csv else None,
         }
 
     def save(self) -> None:
@@ -118,7 +137,7 @@ class Prepared:
         record = json.loads(path.read_text())
         for key in ("run_dir", "labels_csv", "folds_csv", "cache_root"):
             record[key] = Path(record[key])
-        for key in ("temporal_csv", "held_out_csv"):  # held_out_csv: absent from older records
+        for key in ("temporal_csv", "held_out_csv", "windows_csv", "frame_labels_csv"):  # absent from older records
             record[key] = Path(record[key]) if record.get(key) else None
         return cls(**record)
 
@@ -155,10 +174,13 @@ def prepare(
     dayfirst: bool = False,
     temporal_split: bool = True,
     held_out_fraction: float | None = None,
+    clip_policy: str | None = None,
+    window_overlap: int | None = None,
+    target_fps: float | None = None,
 ) -> Prepared:
     """Read a dataset, decode every clip once into the cache, and make the split files.
 
-    Frames and size default to the profile's (``lusv.config.PROFILES``). ``dayfirst`` reads a
+    Long because its keywords are the ``lusv prepare`` flags, one line each. Frames and size default to the profile's (``lusv.config.PROFILES``). ``dayfirst`` reads a
     folder dataset's ``acquired_on`` as day-first dates (20.04.2020). Clips that cannot be
     used are skipped and counted in ``prepare/ingest_report.csv``; the study stops only when
     none is usable. When every clip has an acquisition date, about ``temporal_test_fraction``
@@ -166,15 +188,13 @@ def prepare(
     set (``temporal_split=False`` or fraction 0: none, as when all were first seen on one date).
     Of the rest, about ``held_out_fraction`` of the patients (None: the profile's, see
     ``lusv.config.HELD_OUT_BY_PROFILE``; 0 = none) form the held-out test set; the folds split the others.
+    ``clip_policy`` defaults to the source's (POCUS: whole), else the profile's; under "windows"
+    every video is cached whole and cut into windows (``prepare/windows.csv``, ``lusv.windows``).
     """
-    from lusv.config import params_for, synthetic_options
-    from lusv.splits import fold_balance, load_or_make_folds
+    from lusv.splits import check_enough_patients, fold_balance, load_or_make_folds
 
-    defaults = params_for(profile)
-    if num_folds < 3:  # checked before the (long) decoding, not when training refuses the folds
-        raise ConfigError(f"num_folds={num_folds}: separate train, validation and test folds need at least 3 folds")
-    num_frames = num_frames or defaults.num_frames
-    image_size = image_size or defaults.image_size
+    policy = _checked_settings(profile, num_folds, num_frames, image_size, clip_policy or get_source(data).clip_policy,
+                               window_overlap, target_fps)
     run_dir = in_repository(run_dir)
     prepare_dir = run_dir / "prepare"
     if get_source(data).generated and synthetic is None:
@@ -184,29 +204,53 @@ def prepare(
 
     # Absolute: prepared.json must lead later steps to the same cache from any working directory.
     cache_root = Path(cache_root).resolve() if cache_root else default_cache_root(name)
-    usable, report, report_path = _cache_clips(labels, cache_root, num_frames, image_size, prepare_dir, name)
+    cache = clip_cache_for(policy, cache_root)
+    usable, report, report_path = _cache_clips(labels, cache, prepare_dir, name)
     labels_csv = io.write_csv(prepare_dir / "labels.csv", _with_iso_dates(usable))
     temporal_csv, held_out_csv, development = _set_apart_test_sets(
         usable, prepare_dir, name, profile, temporal_split, temporal_test_fraction, held_out_fraction, seed, num_folds)
-    _check_enough_patients(development, usable, labels, num_folds, report, report_path)
+    check_enough_patients(development, usable, labels, num_folds, report, report_path)
     folds = load_or_make_folds(development, prepare_dir / "folds.csv", num_folds=num_folds, seed=seed)
     io.write_csv(prepare_dir / "fold_balance.csv", fold_balance(folds, development))
-
+    location = dataset_location(data, data_path, synthetic)
     prepared = Prepared(
         run_dir=run_dir, labels_csv=labels_csv, folds_csv=prepare_dir / "folds.csv", temporal_csv=temporal_csv,
-        cache_root=cache_root, num_frames=num_frames, image_size=image_size, num_folds=num_folds, dataset=name,
-        data=data, data_path=str(dataset_location(data, data_path, synthetic).resolve()), held_out_csv=held_out_csv,
+        cache_root=cache_root, num_frames=policy.num_frames, image_size=policy.image_size, num_folds=num_folds, dataset=name,
+        data=data, data_path=str(location.resolve()), held_out_csv=held_out_csv,
+        **_windows_files(policy, prepare_dir, cache, usable, get_source(data), location),
     )  # fmt: skip
     prepared.save()
     return prepared
 
 
-def _cache_clips(labels: pd.DataFrame, cache_root: Path, num_frames: int, image_size: int,
-                 prepare_dir: Path, name: str):
-    """Decode every clip once into the cache; (usable clips' labels, ingest report, its path)."""
-    from lusv.cache import ClipCache
+def _checked_settings(profile: str, num_folds: int, num_frames: int | None, image_size: int | None,
+                      clip_policy: str | None, window_overlap: int | None, target_fps: float | None):
+    """The profile's RunParams with the frames, size and clip policy asked for (None: the
+    profile's), checked (``ConfigError``) before the long decoding, as is ``num_folds`` (not
+    only when training refuses the folds)."""
+    if num_folds < 3:
+        raise ConfigError(f"num_folds={num_folds}: separate train, validation and test folds need at least 3 folds")
+    defaults = params_for(profile)
+    return params_for(
+        profile, num_frames=num_frames or defaults.num_frames, image_size=image_size or defaults.image_size,
+        clip_policy=clip_policy or defaults.clip_policy, target_fps=target_fps,
+        window_overlap=defaults.window_overlap if window_overlap is None else window_overlap,
+    )
 
-    cache = ClipCache(cache_root, num_frames, image_size)
+
+def _windows_files(policy, prepare_dir: Path, cache: ClipCache, usable: pd.DataFrame, source, location: Path) -> dict:
+    """The clip-policy fields of ``Prepared``; under windows, after writing windows.csv (and the
+    dataset's frame_labels.csv when it has one)."""
+    if policy.clip_policy != "windows":
+        return {"clip_policy": policy.clip_policy}
+    windows_csv, frame_labels_csv = write_windows(prepare_dir, cache, usable, policy.num_frames, policy.window_overlap,
+                                                  source.frame_labels(location))
+    return {"clip_policy": "windows", "window_overlap": policy.window_overlap, "target_fps": policy.target_fps,
+            "windows_csv": windows_csv, "frame_labels_csv": frame_labels_csv}
+
+
+def _cache_clips(labels: pd.DataFrame, cache: ClipCache, prepare_dir: Path, name: str):
+    """Decode every clip once into the cache; (usable clips' labels, ingest report, its path)."""
     report_path = prepare_dir / "ingest_report.csv"
     try:
         report = cache.build(labels)
@@ -235,29 +279,6 @@ def _set_apart_test_sets(usable: pd.DataFrame, prepare_dir: Path, name: str, pro
         return temporal_csv, None, development
     kept = held_out.loc[held_out["split"] == "development", "clip_id"]
     return temporal_csv, prepare_dir / "held_out.csv", development[development["clip_id"].isin(kept)].reset_index(drop=True)
-
-
-def _check_enough_patients(development, usable, labels, num_folds, report, report_path) -> None:
-    """Refuse, with the numbers and the ingest table, when the folds cannot be made."""
-    patients = development["patient_id"].nunique()
-    if patients >= num_folds:
-        return
-    held_out = len(usable) - len(development)
-    where = [f"{len(labels) - len(usable)} clip(s) skipped at ingest (see {report_path})"]
-    if held_out:
-        where.append(f"{held_out} set apart as the temporal and held-out test sets")
-    if patients >= 3:
-        advice = f"lower num_folds to at most {patients} or add patients"
-    else:
-        advice = ("separate train, validation and test folds need at least 3 patients: add patients"
-                  + (", fix the skipped clips" if len(labels) > len(usable) else "")
-                  + (" or prepare without the temporal test set (--no-temporal-split) or the held-out set "
-                     "(held_out_fraction=0)" if held_out else ""))
-    raise TooFewPatientsError(
-        f"only {patients} patient(s) with {len(development)} clip(s) are left for {num_folds} patient-level "
-        f"folds ({'; '.join(where)}): {advice}",
-        report, report_path,  # lusv prepare prints the skip table
-    )
 
 
 def _with_iso_dates(labels: pd.DataFrame) -> pd.DataFrame:
@@ -306,7 +327,6 @@ def train_configurations(
     include ``model``; ``overrides`` apply to all. One grid lets the Ray executor run every
     (configuration, fold) side by side instead of one configuration at a time.
     """
-    from lusv.config import params_for
     from lusv.executors import run_grid
 
     folds = list(range(prepared.num_folds)) if folds is None else list(folds)
@@ -351,8 +371,6 @@ def temporal_ablation(
     The run at the profile's own kernel size is the main LUV-Net of notebook 02 (key "luvnet")
     and is reused rather than trained twice. Returns the keys to compare, LUV-Net first.
     """
-    from lusv.config import params_for
-
     main_kernel = params_for(profile).kernel_size
     configurations = {
         ("luvnet" if kernel_size == main_kernel else f"luvnet_k{kernel_size}"): {"model": "luvnet", "kernel_size": kernel_size}
@@ -361,40 +379,3 @@ def temporal_ablation(
     configurations["luvnet_no_temporal"] = {"model": "luvnet_no_temporal"}
     train_configurations(prepared, configurations, profile, executor=executor, ray_address=ray_address, **overrides)
     return sorted(configurations, key=lambda k: k != "luvnet")
-
-
-def frame_truth(prepared: Prepared, clip_ids: list[str]):
-    """Per-frame pattern presence (N, T, P) aligned with the cache, or None for data without it."""
-    source = get_source(prepared.data)
-    if not source.has_frame_truth:
-        return None
-    return source.module.frame_truth(prepared.data_path, clip_ids, prepared.num_frames)
-
-
-def region_truth(prepared: Prepared):
-    """``clip_ids -> (N, T, 4, S, S)`` masks of where each pattern is drawn, in the cache's
-    geometry (``lusv.sources.synthetic.regions``), or None for data without such a truth."""
-    from functools import partial
-
-    region_masks = getattr(get_source(prepared.data).module, "region_masks", None)
-    if region_masks is None:
-        return None
-    return partial(region_masks, prepared.data_path, num_frames=prepared.num_frames, image_size=prepared.image_size)
-
-
-def example_frames_figure(prepared: Prepared):
-    """Example frames per pattern: for a source with per-frame truth, its own video frames with
-    the frames where each pattern is present marked; otherwise prepared frames from the cache."""
-    from lusv.report import example_frames_figure as figure
-
-    source = get_source(prepared.data)
-    if source.has_frame_truth:
-        labels, load_frames, truth = source.module.example_frames(prepared.data_path)
-        return figure(labels, load_frames, truth, title=source.module.EXAMPLE_FRAMES_TITLE)
-    cache = prepared.cache()
-
-    def load_frames(clip_id: str):
-        clip, length = cache.load(clip_id)
-        return clip[..., 0], length
-
-    return figure(prepared.labels(), load_frames)

@@ -80,6 +80,17 @@ def sample_indices(num_source_frames: int, num_frames: int) -> np.ndarray:
     return np.arange(num_source_frames, dtype=np.int64)
 
 
+def resample_indices(num_source_frames: int, fps: float | None, target_fps: float | None) -> np.ndarray:
+    """Source frames kept when a video of ``fps`` is resampled to ``target_fps``: for output frame
+    k (at time k / target_fps) the last source frame shown at that time, floor(k * fps / target_fps).
+    Every frame when either rate is unknown (None) or the rates are equal."""
+    if not fps or not target_fps or abs(fps - target_fps) < 1e-9:
+        return np.arange(num_source_frames, dtype=np.int64)
+    count = max(1, int(np.floor(num_source_frames * target_fps / fps + 1e-9)))
+    picks = np.floor(np.arange(count) * (fps / target_fps) + 1e-9).astype(np.int64)
+    return np.minimum(picks, num_source_frames - 1)
+
+
 def read_frames(path: str | os.PathLike, min_frames: int = MIN_FRAMES) -> np.ndarray:
     """Decode every frame of a clip to uint8 RGB ``(N, H, W, 3)``.
 

@@ -79,6 +79,14 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation("held-out-clips-left-in-the-folds",
              'kept = held_out.loc[held_out["split"] == "development", "clip_id"]', 'kept = held_out["clip_id"]',
              ("tests/test_held_out.py", "-k", "sets_the_held_out_patients_apart")),
+    Mutation("window-tail-dropped",
+             "    if starts[-1] + window < video_frames:  # the tail: one more window aligned to the end",
+             "    if False:",
+             ("tests/test_windows.py", "-k", "starts or labels_hand_worked")),
+    Mutation("window-label-from-its-first-frame-only",
+             "present = {pattern for first, final, pattern in spans if first <= last and final >= start}",
+             "present = {pattern for first, final, pattern in spans if first <= start <= final}",
+             ("tests/test_windows.py", "-k", "labels")),
 )
 
 

@@ -19,12 +19,12 @@ REASON = "long because"
 LAYERS = [
     {"lusv", "patterns", "errors", "paths", "io", "runlock", "config", "labels", "video", "video_writer", "devices",
      "bootstrap", "names", "roster", "console"},
-    {"sources", "cache", "splits", "temporal_split", "folds"},
+    {"sources", "cache", "splits", "temporal_split", "folds", "windows"},
     {"datasets", "features"},
     {"models"},
     {"metrics", "explain", "saliency", "inference"},
     {"report", "paper", "conclusions", "train", "executors", "linear_probe"},
-    {"out_of_fold", "study", "notebook", "html_report", "external"},
+    {"out_of_fold", "study", "truth", "notebook", "html_report", "external"},
     {"cli"},
 ]
 LAYER_OF = {room: index for index, rooms in enumerate(LAYERS) for room in rooms}

@@ -26,7 +26,7 @@ def held_out_study(tiny_data, tmp_path_factory):
         tmp_path_factory.mktemp("held_out") / "study", profile="quick", data="synthetic",
         data_path=tiny_data.source_dir, synthetic={**SYNTHETIC, "progress": False}, num_frames=NUM_FRAMES,
         image_size=IMAGE_SIZE, num_folds=NUM_FOLDS, seed=0, temporal_test_fraction=0.25, cache_root=tiny_data.cache_dir,
-        held_out_fraction=0.25,
+        held_out_fraction=0.25, clip_policy="whole",
     )  # fmt: skip
 
 
@@ -53,7 +53,7 @@ def test_preparing_again_reuses_the_held_out_split(held_out_study, tiny_data):
     again = study.prepare(
         held_out_study.run_dir, profile="quick", data="synthetic", data_path=tiny_data.source_dir,
         synthetic={**SYNTHETIC, "progress": False}, num_frames=NUM_FRAMES, image_size=IMAGE_SIZE, num_folds=NUM_FOLDS,
-        seed=0, temporal_test_fraction=0.25, cache_root=tiny_data.cache_dir, held_out_fraction=0.25,
+        seed=0, temporal_test_fraction=0.25, cache_root=tiny_data.cache_dir, held_out_fraction=0.25, clip_policy="whole",
     )  # fmt: skip
     assert again.held_out_csv.stat().st_mtime_ns == mtime
 

@@ -20,7 +20,7 @@ from lusv.devices import resolve_amp, resolve_device
 from lusv.inference import load_trained, masked_bce, predict
 from lusv.train import rng_state, run, set_rng_state
 
-PREDICTION_COLUMNS = ["clip_id", "patient_id", "fold", "model_fold", *(f"p_{p}" for p in PATTERNS), *PATTERNS]
+PREDICTION_COLUMNS = ["clip_id", "video_id", "patient_id", "fold", "model_fold", *(f"p_{p}" for p in PATTERNS), *PATTERNS]
 
 
 # ----------------------------------------------------------------------------- config
@@ -163,6 +163,7 @@ def test_predictions_follow_contract_and_roles(finished_run, tiny_data):
             table[list(PATTERNS)].to_numpy(), labels.loc[table["clip_id"], list(PATTERNS)].to_numpy()
         )
         assert (table["patient_id"].to_numpy() == labels.loc[table["clip_id"], "patient_id"].to_numpy()).all()
+        assert table["video_id"].astype(str).tolist() == table["clip_id"].tolist()  # clip_policy=whole: one clip per video
         assert set(table["fold"]) == {2 if role == "val" else 1}  # the clips' own fold
         assert set(table["model_fold"]) == {1}  # the fold of the model that predicted them: this run's
 

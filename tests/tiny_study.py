@@ -1,6 +1,7 @@
 """The tiny study the training tests share, prepared through the real ``lusv.study.prepare``.
 
-24 synthetic clips of 12 patients, 8 frames of 32 x 32, decoded once into a clip cache, with a
+24 synthetic clips of 12 patients, 8 frames of 32 x 32 (one clip per video, ``clip_policy="whole"``),
+decoded once into a clip cache, with a
 temporal split (the latest quarter of the clips, by patient, held out) and 3 patient-level folds
 of the development clips. The ``tiny_data`` fixture in ``conftest.py`` builds it once per test
 session; test modules import only the constants from here.
@@ -17,6 +18,9 @@ import pandas as pd
 NUM_FRAMES = 8
 IMAGE_SIZE = 32
 NUM_FOLDS = 3
+# One clip per video: the shared tiny study tests the whole-clip path (clip ids = video ids);
+# tests/test_windows.py prepares its own study under the windows policy.
+CLIP_POLICY = "whole"
 SYNTHETIC = {"n_clips": 24, "n_patients": 12, "num_frames": NUM_FRAMES, "frame_size": IMAGE_SIZE, "seed": 0}
 
 
@@ -53,6 +57,7 @@ class TinyData:
             "num_frames": NUM_FRAMES,
             "image_size": IMAGE_SIZE,
             "num_folds": NUM_FOLDS,
+            "clip_policy": CLIP_POLICY,
             "epochs": 2,
             "batch_size": 4,
             "max_batches_per_epoch": 2,
@@ -79,6 +84,7 @@ def build_tiny_data(root: Path) -> TinyData:
         temporal_test_fraction=0.25,
         held_out_fraction=0.0,  # the shared folds stay as they were; tests/test_held_out.py prepares one
         cache_root=root / "cache",
+        clip_policy=CLIP_POLICY,
     )
     assert prepared.temporal_csv is not None, "synthetic clips have acquisition dates: expected a temporal split"
     return TinyData(

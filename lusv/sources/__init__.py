@@ -3,7 +3,8 @@
 A source turns a dataset into the labels table (see ``lusv.labels``). Its registration says
 where its reader is, what ``data_path`` means for it and where it lies when none is given,
 how its clip-cache folder is named, which options its reader takes and whether it has a
-per-frame truth (then its module also offers ``frame_truth`` and ``example_frames``).
+per-frame truth (then its module also offers ``frame_truth`` and ``example_frames``); a module
+that offers ``frame_labels(location)`` gives the windows of its videos their own labels.
 ``lusv.study``, the ``lusv prepare --data`` choices and ``run_all.sh`` (through
 ``python -m lusv.sources``) read the names from here. Adding a dataset = one module under
 ``lusv/sources/`` plus one ``Source`` in ``SOURCES``.
@@ -50,7 +51,9 @@ class Source:
     ``generated``: the ``synthetic=`` options of ``lusv.study.prepare`` are its generation
     parameters (passed to the reader; they also name its default folder); ``reads_dayfirst``:
     its reader takes ``dayfirst``; ``default_location(options)`` gives the location when the
-    caller names none (None: the caller must; ``data_path_hint`` says what to pass).
+    caller names none (None: the caller must; ``data_path_hint`` says what to pass);
+    ``clip_policy``: the clip policy (``lusv.windows``) this dataset is prepared with unless the
+    caller names one (None: the profile's).
     """
 
     name: str
@@ -61,6 +64,7 @@ class Source:
     generated: bool = False
     reads_dayfirst: bool = False
     has_frame_truth: bool = False
+    clip_policy: str | None = None
 
     @property
     def module(self):
@@ -74,6 +78,12 @@ class Source:
         if self.default_location is None:
             raise ConfigError(f"data={self.name!r} needs data_path: {self.data_path_hint}")
         return self.default_location(dict(options or {}))
+
+    def frame_labels(self, location: str | Path):
+        """The dataset's frame-level label table (clip_id, first_frame, last_frame, pattern;
+        ``lusv.windows``) when its module offers one (``frame_labels(location)``), else None."""
+        reader = getattr(self.module, "frame_labels", None)
+        return None if reader is None else reader(Path(location))
 
     def load(self, location: str | Path, options: Mapping[str, Any] | None = None, dayfirst: bool = False):
         """The labels table of the dataset at ``location`` (generation options / dayfirst as it takes them)."""
@@ -89,7 +99,10 @@ SOURCES: dict[str, Source] = {
         Source("synthetic", "lusv.sources.synthetic:load_synthetic", "a folder to generate the dataset in",
                default_location=_synthetic_folder, generated=True, has_frame_truth=True),
         Source("pocus", "lusv.sources.pocus:load_pocus", "the POCUS folder (dataset_metadata.csv, pocus_videos/)",
-               default_location=lambda options: SHARED_DATA_ROOT / "pocus"),
+               default_location=lambda options: SHARED_DATA_ROOT / "pocus",
+               # short clips at 10-60 fps (median ~90 frames): one clip per video; windows would give
+               # ~10x the clips at no common duration (issue 12 keeps whole)
+               clip_policy="whole"),
         Source("folder", "lusv.sources.folder:load_folder", "the labels CSV of your videos",
                cache_name=_name_after_csv, reads_dayfirst=True),
     )

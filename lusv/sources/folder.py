@@ -1,4 +1,8 @@
-"""A user's own dataset: a labels CSV (the contract of ``lusv.labels``) next to the clips."""
+"""A user's own dataset: a labels CSV (the contract of ``lusv.labels``) next to the clips.
+
+An optional ``frame_labels.csv`` beside the labels CSV (clip_id, first_frame, last_frame, pattern;
+frames of the video files, from 0, inclusive) gives each window its own labels under the windows
+clip policy (``lusv.windows``)."""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from lusv.labels import read_labels
 log = logging.getLogger(__name__)
 
 DEFAULT_CSV_NAME = "labels.csv"
+FRAME_LABELS_NAME = "frame_labels.csv"
 
 
 def load_folder(csv_path: str | os.PathLike, *, dayfirst: bool = False) -> pd.DataFrame:
@@ -30,3 +35,13 @@ def load_folder(csv_path: str | os.PathLike, *, dayfirst: bool = False) -> pd.Da
         log.warning("%s: %d of %d clip file(s) do not exist (e.g. %s); they will be skipped",
                     csv_path, len(missing), len(labels), missing[0])
     return labels
+
+
+def frame_labels(csv_path: str | os.PathLike) -> pd.DataFrame | None:
+    """The frame-level label table beside the labels CSV (``FRAME_LABELS_NAME``), or None."""
+    from lusv.io import read_table
+    from lusv.windows import check_frame_labels
+
+    csv_path = Path(csv_path)
+    path = (csv_path if csv_path.is_dir() else csv_path.parent) / FRAME_LABELS_NAME
+    return check_frame_labels(read_table(path), where=str(path)) if path.is_file() else None

@@ -11,6 +11,11 @@ With ``train_encoder=False`` the loaders serve cached frozen-encoder features in
 features of every clip, plus ``feature_views`` augmented views of the training clips), and the
 same two loaders, given that cache, yield ``FeatureDataset`` batches. They load in the main
 process (features are small, and a worker would have to be sent the encoder).
+
+Under ``clip_policy="windows"`` the cache holds whole videos and, once the fold's videos are
+checked (the leakage checks of ``lusv.folds`` are per video and patient), every role's videos
+are replaced by their windows (``cut_into_windows``, ``lusv.windows``): the loaders then serve
+windows, and predictions carry each window's ``video_id``.
 """
 
 from __future__ import annotations
@@ -29,7 +34,15 @@ from lusv.devices import Distributed
 from lusv.datasets import FeatureDataset, collate_features
 from lusv.features import FeatureCache, run_feature_cache
 from lusv.errors import IngestError, LabelsError, LusvError, name_a_few
-from lusv.folds import FoldData
+from lusv.folds import FoldData, read_split_table
+from lusv.windows import (
+    FRAME_LABEL_COLUMNS,
+    WindowedClips,
+    WindowedFeatures,
+    clip_cache_for,
+    expand_to_windows,
+    windows_of_cache,
+)
 from lusv.patterns import PATTERNS
 from lusv.train.progress import progress_is_live
 from lusv.train.randomness import loader_generator
@@ -37,10 +50,11 @@ from lusv.train.randomness import loader_generator
 logger = logging.getLogger("lusv.train")
 
 
-def ensure_cached(p: RunParams, data: FoldData, dist: Distributed) -> ClipCache:
+def ensure_cached(p: RunParams, data: FoldData, dist: Distributed) -> ClipCache | WindowedClips:
     """Open the clip cache, check every entry and decode missing or stale clips (rank 0), drop
-    unusable ones with a warning."""
-    cache = ClipCache(p.cache_dir, p.num_frames, p.image_size)
+    unusable ones with a warning. Under ``clip_policy="windows"`` every role's videos are then
+    replaced by their windows (``cut_into_windows``) and the windows are what the loaders read."""
+    cache = clip_cache_for(p, p.cache_dir)
     everything = pd.concat(list(data.roles().values()), ignore_index=True)
     if dist.is_main:
         # Every entry is checked against its source and checksum before training, not only in the
@@ -52,7 +66,7 @@ def ensure_cached(p: RunParams, data: FoldData, dist: Distributed) -> ClipCache:
         except IngestError as exc:
             logger.warning("none of the %d clip(s) of this fold could be cached: %s", len(everything), exc.report)
     dist.barrier()
-    cache = ClipCache(p.cache_dir, p.num_frames, p.image_size)  # re-read the manifest (other ranks)
+    cache = clip_cache_for(p, p.cache_dir)  # re-read the manifest (other ranks)
     for role, table in data.roles().items():
         absent = [cid for cid in table["clip_id"] if cid not in cache]
         if absent:
@@ -61,6 +75,8 @@ def ensure_cached(p: RunParams, data: FoldData, dist: Distributed) -> ClipCache:
             )
             data.skipped.update({cid: role for cid in absent})
             setattr(data, role, table[~table["clip_id"].isin(absent)].reset_index(drop=True))
+    if p.clip_policy == "windows":
+        cache = cut_into_windows(p, cache, data)
     for role in ("train", "val", "test"):
         if getattr(data, role).empty:
             raise LusvError(f"fold {p.fold}: no usable {role} clips left (see the cache's ingest report)")
@@ -69,7 +85,19 @@ def ensure_cached(p: RunParams, data: FoldData, dist: Distributed) -> ClipCache:
     return cache
 
 
-def ensure_features(p: RunParams, cache: ClipCache, data: FoldData, encoder: torch.nn.Module) -> tuple[FeatureCache, dict]:
+def cut_into_windows(p: RunParams, videos: ClipCache, data: FoldData) -> WindowedClips:
+    """Replace each role's videos by their windows (``lusv.windows``; each window keeps its
+    video's fold and patient) and return the windows of the whole-video cache."""
+    frame_labels = read_split_table(p.frame_labels, FRAME_LABEL_COLUMNS, "frame labels") if p.frame_labels else None
+    every_video = pd.concat(list(data.roles().values()), ignore_index=True).drop_duplicates("clip_id")
+    windows = windows_of_cache(videos, every_video.drop(columns=["fold"]), p.num_frames, p.window_overlap, frame_labels)
+    for role, table in data.roles().items():
+        setattr(data, role, expand_to_windows(table, windows))
+    return WindowedClips(videos, windows, p.num_frames)
+
+
+def ensure_features(p: RunParams, cache: ClipCache | WindowedClips, data: FoldData, encoder: torch.nn.Module
+                    ) -> tuple[FeatureCache | WindowedFeatures, dict]:
     """The run's feature cache with every clip of the fold in it, and what building it did
     (``{"dir": ..., "views": ..., "clips": {status: count}}`` for config.json). Computes only
     what no earlier run (another model, fold or seed) left there."""
@@ -85,7 +113,7 @@ def ensure_features(p: RunParams, cache: ClipCache, data: FoldData, encoder: tor
 
 def _dataset(source: ClipCache | FeatureCache, table: pd.DataFrame, p: RunParams, train: bool):
     """(dataset, collate function, worker count) of clips or of cached features."""
-    if isinstance(source, FeatureCache):
+    if isinstance(source, (FeatureCache, WindowedFeatures)):
         views = p.feature_views if train else 0
         return FeatureDataset(source, table, views=views, seed=p.seed), collate_features, 0
     return ClipDataset(source, table), collate_clips, p.num_workers

@@ -83,8 +83,12 @@ def config_record(
 
 def predictions_table(rows: pd.DataFrame, probabilities: np.ndarray, model_fold: int) -> pd.DataFrame:
     """Predictions CSV rows: ``fold`` is each clip's own fold, ``model_fold`` the fold of the
-    model that predicted it (this run's fold; a validation clip's ``fold`` is (model_fold + 1) % K)."""
+    model that predicted it (this run's fold; a validation clip's ``fold`` is (model_fold + 1) % K).
+    ``clip_id`` is what was predicted (a window under ``clip_policy="windows"``), ``video_id`` the
+    video it comes from (the clip itself under ``whole``)."""
     table = rows[["clip_id", "patient_id", "fold"]].reset_index(drop=True).copy()
+    video_ids = rows["video_id"] if "video_id" in rows else rows["clip_id"]
+    table.insert(1, "video_id", video_ids.astype(str).to_numpy())
     table["model_fold"] = int(model_fold)
     for i, pattern in enumerate(PATTERNS):
         table[f"p_{pattern}"] = probabilities[:, i].astype(np.float64)

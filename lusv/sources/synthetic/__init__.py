@@ -57,6 +57,14 @@ def frame_truth(root: str | os.PathLike, clip_ids: Sequence[str], num_frames: in
     return truth
 
 
+def frame_labels(root: str | os.PathLike) -> pd.DataFrame:
+    """The per-frame truth as a frame-level label table (clip_id, first_frame, last_frame,
+    pattern), what the windows clip policy labels each window from (``lusv.windows``)."""
+    from lusv.windows import frame_labels_from_truth
+
+    return frame_labels_from_truth(read_frame_truth(root))
+
+
 def example_frames(root: str | os.PathLike
                    ) -> tuple[pd.DataFrame, Callable[[str], tuple[np.ndarray, int]], pd.DataFrame | None]:
     """What ``lusv.report.example_frames_figure`` shows of the dataset under ``root``: its labels,
@@ -78,7 +86,7 @@ def example_frames(root: str | os.PathLike
 
 __all__ = [
     "EXAMPLE_FRAMES_TITLE", "FRAME_TRUTH_FILE", "GENERATOR_VERSION", "LABELS_FILE", "PARAMS_FILE", "PHENOTYPES",
-    "PROBES", "VIDEO_DIR", "ClipPlan", "PatientLook", "SyntheticClip", "example_frames", "frame_truth",
+    "PROBES", "VIDEO_DIR", "ClipPlan", "PatientLook", "SyntheticClip", "example_frames", "frame_labels", "frame_truth",
     "frame_truth_array", "frame_truth_table", "generate_dataset", "load_synthetic", "plan_dataset",
     "read_frame_truth", "region_masks", "render_clip", "sample_patient_look", "sample_presence", "synthesize_clip",
 ]
