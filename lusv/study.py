@@ -42,6 +42,8 @@ from lusv.out_of_fold import (  # noqa: F401 - the study steps the notebooks cal
     out_of_fold_attention,
     paper_results,
     results,
+    sweep_results,
+    video_level_results,
     write_out_of_fold,
     write_report,
 )
