@@ -72,6 +72,13 @@ MUTATIONS: tuple[Mutation, ...] = (
              "flip=torch.rand(b * t, generator=generator, dtype=torch.float64).to(x) < self.flip_p, "
              "turn=(u[:, 1] * 2 - 1).repeat_interleave(t)).reshape(b, t, 1, s, s)",
              ("tests/test_datasets.py", "-k", "flip_alone")),
+    Mutation("video-label-needs-every-window-positive",
+             "out[pattern] = grouped[pattern].max()", "out[pattern] = grouped[pattern].min()",
+             ("tests/test_video_level.py", "-k", "any_positive")),
+    Mutation("video-level-ci-resamples-windows",
+             'summary = summarize_predictions(table, ci="bootstrap"',
+             'summary = summarize_predictions(table.assign(patient_id=table["clip_id"]), ci="bootstrap"',
+             ("tests/test_video_level.py", "-k", "patient_resampled")),
 )
 
 
