@@ -157,7 +157,10 @@ def sweep_conclusion(sweeps: Mapping[str, pd.DataFrame]) -> str:
         text = (f"{KNOB_NAMES[knob][0].upper()}{KNOB_NAMES[knob][1:]}, each value trained on all "
                 f"{int(table['n_folds'].max())} folds (pooled out-of-fold macro AUC, 95% CI): {listing}")
         best = best_value(table, knob)
-        if best is not None:
+        tied = table[table["macro_pooled"] >= table["macro_pooled"].max() - 5e-4][knob].tolist()
+        if len(tied) > 1:  # equal as the cells show them: naming one "highest" would be arbitrary
+            text += f"; highest here, tied to three decimals: {', '.join(f'{symbol} = {int(v)}' for v in tied)}"
+        elif best is not None:
             row = table[table[knob] == best].iloc[0]
             text += (f"; highest here {symbol} = {best} (mean ± sd over the fold models "
                      f"{row.macro_mean:.3f} ± {row.macro_sd:.3f})")

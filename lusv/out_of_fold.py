@@ -200,15 +200,16 @@ def paper_results(run_dir: str | Path, pooled: pd.DataFrame, reference: str = "l
     """The paper's way of reporting for a study run (``lusv.paper.paper_way``): per-fold AUCs
     with DeLong CIs and p-values, mean ± sd over folds beside the pooled AUCs (``pooled``:
     ``lusv.report.auc_summaries`` of the test split), paper | lusv | difference for Tables 1,
-    3 and, with a temporally separated set, 2. Saved as ``tables/paper_<name>.csv``."""
-    from lusv.paper import paper_way
+    3 and, with a temporally separated set, 2, and Table 4 (size and cost of lusv's roster,
+    ``lusv.paper.table4_beside_paper``). Saved as ``tables/paper_<name>.csv``."""
+    from lusv.paper import paper_way, table4_beside_paper
     from lusv.report import save_tables
 
     run_dir = in_repository(run_dir)
     test = load_out_of_fold(run_dir, "test", keys)
     test = {key: test[key] for key in sorted(test, key=lambda key: key != reference)}  # the reference first
     temporal = fold_model_predictions(run_dir, "temporal_test", list(test))
-    tables = paper_way(test, pooled, temporal, reference)
+    tables = {**paper_way(test, pooled, temporal, reference), "table4": table4_beside_paper()}
     save_tables({f"paper_{name}": table for name, table in tables.items()}, run_dir / "tables")
     return tables
 

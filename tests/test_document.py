@@ -30,6 +30,9 @@ def test_study_keys_get_human_names():
     long = readable(pd.DataFrame({"model": ["luvnet_k13"], "pattern": ["pleural_effusion"], "auc": [0.7]}))
     assert long.iloc[0].tolist() == ["LUV-Net K=13", "Pleural effusion", 0.7]
     assert readable(pd.DataFrame({"column": ["macro", "a_lines"]}))["column"].tolist() == ["Macro", "A-lines"]
+    headers = readable(pd.DataFrame(columns=["key", "pleural_effusion_diff", "macro_paper", "gmac_lusv", "num_heads",
+                                             "fold_mean", "auc"])).columns.tolist()
+    assert headers == ["Model", "Pleural effusion, difference", "Macro, paper", "GMAC, lusv", "H", "fold_mean", "auc"]
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +98,9 @@ def test_ablation_conclusion_gives_the_temporal_gain_and_the_sweeps_beside_the_p
     assert ("The paper's sweep is a single fold (its Table 8): 0.899 at K = 5, 0.908 at K = 13; its highest "
             "K = 13 (0.908), K = 23 (0.905), K = 3 (0.904).") in text
     assert "(its Table 9): 0.907 at H = 4, 0.909 at H = 8; its highest H = 2 (0.909), H = 8 (0.909)" in text
+    tied = sweeps["num_heads"].assign(macro_pooled=[0.8123, 0.8119])
+    assert "highest here, tied to three decimals: H = 4, H = 8." in ablation_conclusion(
+        summaries, None, sweeps={"num_heads": tied})
 
 
 def test_results_conclusion_quotes_window_and_video_level_macro_aucs():

@@ -116,13 +116,13 @@ def test_study_notebooks_run_in_order_on_tiny_synthetic_data(tmp_path):
 
     nb = execute("06_results", executed, run_dir=str(run_dir), n_boot=50)
     check_readable(nb, "06_results")
-    for name in ("per_fold", "fold_vs_pooled", "paper_table1", "paper_table2", "paper_table3"):
+    for name in ("per_fold", "fold_vs_pooled", "paper_table1", "paper_table2", "paper_table3", "table4"):
         assert (run_dir / "tables" / f"paper_{name}.csv").is_file(), name
     assert len(pd.read_csv(run_dir / "tables" / "paper_paper_table1.csv")) == 10, "every paper row, trained or not"
     levels = pd.read_csv(run_dir / "tables" / "test_levels.csv")
     assert set(levels["level"]) == {"window", "video_mean", "video_max"} and "luvnet_h4" in set(levels["model"])
     assert "macro AUC per window (the paper's unit" in (run_dir / "conclusions" / "06_results.md").read_text()
-    assert any("LUV-Net (ResNet-50)" in o["data"]["text/html"] and "params_m_diff" in o["data"]["text/html"]
+    assert any("LUV-Net (ResNet-50)" in o["data"]["text/html"] and "parameters (M), difference" in o["data"]["text/html"]
                for o in outputs_of(nb, "text/html")), "06 shows Table 4 beside the paper"
     for name in ("01_preprocess", "02_train_folds", "06_results"):
         assert "INFO" in (run_dir / "logs" / f"{name}.log").read_text(), "the full log goes to the run folder"
