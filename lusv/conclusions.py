@@ -8,9 +8,7 @@ stated in the sentences themselves (a 95% CI that excludes 0.5, p < 0.05).
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 from typing import Mapping
 
 import numpy as np
@@ -133,31 +131,68 @@ def comparison_conclusion(summaries: pd.DataFrame, delong: pd.DataFrame | None =
     return text
 
 
-def _kernel_size(run_dir: Path | None, key: str) -> int | None:
-    """The temporal kernel size a configuration was trained with (its first fold's config.json)."""
-    if run_dir is None:
-        return None
-    configs = sorted((Path(run_dir) / "runs").glob(f"{key}-fold*/config.json"))
-    if not configs:
-        return None
-    params = json.loads(configs[0].read_text()).get("params", {})
-    return params.get("kernel_size")
-
-
-def _paper_best_kernels(n: int = 3) -> str:
-    """'K = 13 (0.908), K = 23 (0.905), K = 3 (0.904)': the paper's best kernel sizes by macro AUC."""
+def _paper_best(number: int = 8, n: int = 3) -> str:
+    """'K = 13 (0.908), K = 23 (0.905), K = 3 (0.904)': the paper's best sweep values by macro AUC
+    (Table 8: kernel size K, Table 9: heads H)."""
     from lusv.paper import published_table
 
-    best = published_table(8).sort_values("macro", ascending=False, kind="stable").head(n)
-    return ", ".join(f"K = {int(k)} ({auc:.3f})" for k, auc in zip(best["kernel_size"], best["macro"]))
+    table = published_table(number)
+    knob, symbol = table.columns[0], {8: "K", 9: "H"}[number]
+    best = table.sort_values("macro", ascending=False, kind="stable").head(n)
+    return ", ".join(f"{symbol} = {int(value)} ({auc:.3f})" for value, auc in zip(best[knob], best["macro"]))
+
+
+def sweep_conclusion(sweeps: Mapping[str, pd.DataFrame]) -> str:
+    """Notebook 04: each sweep (``lusv.sweeps.sweep_tables``: kernel size K, heads H) with its
+    pooled macro AUC per value as the table shows it, the best value here, and the paper's
+    single-fold Table 8 / 9 at the same values and at its best."""
+    from lusv.paper import published_table
+    from lusv.sweeps import KNOB_NAMES, PAPER_TABLES, SYMBOLS, best_value
+
+    parts = []
+    for knob, table in sweeps.items():
+        symbol, number = SYMBOLS[knob], PAPER_TABLES[knob]
+        listing = ", ".join(f"{symbol} = {int(row[knob])} {format_auc_ci(row.macro_pooled, row.macro_ci_low, row.macro_ci_high)}"
+                            for _, row in table.iterrows())
+        text = (f"{KNOB_NAMES[knob][0].upper()}{KNOB_NAMES[knob][1:]}, each value trained on all "
+                f"{int(table['n_folds'].max())} folds (pooled out-of-fold macro AUC, 95% CI): {listing}")
+        best = best_value(table, knob)
+        tied = table[table["macro_pooled"] >= table["macro_pooled"].max() - 5e-4][knob].tolist()
+        if len(tied) > 1:  # equal as the cells show them: naming one "highest" would be arbitrary
+            text += f"; highest here, tied to three decimals: {', '.join(f'{symbol} = {int(v)}' for v in tied)}"
+        elif best is not None:
+            row = table[table[knob] == best].iloc[0]
+            text += (f"; highest here {symbol} = {best} (mean ± sd over the fold models "
+                     f"{row.macro_mean:.3f} ± {row.macro_sd:.3f})")
+        paper = published_table(number).set_index(knob)["macro"]
+        at_ours = [f"{paper[v]:.3f} at {symbol} = {int(v)}" for v in table[knob] if v in paper.index]
+        parts.append(text + f". The paper's sweep is a single fold (its Table {number}): "
+                     + (f"{', '.join(at_ours)}; " if at_ours else "") + f"its highest {_paper_best(number)}.")
+    return " ".join(parts)
+
+
+def level_conclusion(levels: pd.DataFrame, reference: str = "luvnet") -> str:
+    """Notebook 06: the reference's macro AUC per window (the paper's unit) and per video (the
+    mean, and the max, of its windows), as ``lusv.video_level.level_table`` shows them."""
+    rows = levels[(levels["model"] == reference) & (levels["pattern"] == "macro")].set_index("level")
+    if not {"window", "video_mean", "video_max"} <= set(rows.index):
+        return ""
+    cell = {level: format_auc_ci(*rows.loc[level, ["auc", "ci_low", "ci_high"]]) for level in rows.index}
+    units = rows["n_units"].astype(int)
+    text = (f"{model_name(reference)} macro AUC per window (the paper's unit, {units['window']} windows) "
+            f"{cell['window']}; per video ({units['video_mean']} videos) {cell['video_mean']} with a video "
+            f"scored by the mean of its windows, {cell['video_max']} by their max (CIs resample patients).")
+    if units["window"] == units["video_mean"]:
+        text += " Here every clip is its own video, so the levels coincide."
+    return text
 
 
 def ablation_conclusion(summaries: pd.DataFrame, delong: pd.DataFrame | None = None, reference: str = "luvnet",
-                        run_dir: str | Path | None = None) -> str:
+                        sweeps: Mapping[str, pd.DataFrame] | None = None) -> str:
     """Notebook 04: what the temporal module adds (macro AUC with vs without it, beside the
-    paper's Table 3) and which temporal kernel size K does best here."""
+    paper's Table 3) and, with ``sweeps`` (``lusv.sweeps.sweep_tables``), which kernel size K
+    and number of heads H do best here against the paper's single-fold Tables 8 and 9."""
     models = list(dict.fromkeys(summaries["model"]))
-    run_dir = None if run_dir is None else Path(run_dir)
     parts = []
     if reference in models and "luvnet_no_temporal" in models:
         with_, without = _value(summaries, reference, "macro"), _value(summaries, "luvnet_no_temporal", "macro")
@@ -166,14 +201,8 @@ def ablation_conclusion(summaries: pd.DataFrame, delong: pd.DataFrame | None = N
             f"{_cell(summaries, reference, 'macro')} vs {_cell(summaries, 'luvnet_no_temporal', 'macro')} without it); "
             f"the paper's Table 3 gives {_signed(0.894 - 0.885)} (0.894 vs 0.885)."
         )
-    kernels = {m: _kernel_size(run_dir, m) for m in models if m != "luvnet_no_temporal"}
-    kernels = {m: k for m, k in kernels.items() if k is not None}
-    if len(kernels) > 1:
-        ordered = sorted(kernels, key=lambda m: kernels[m])
-        listing = ", ".join(f"K = {kernels[m]} {_cell(summaries, m, 'macro')}" for m in ordered)
-        best = max(ordered, key=lambda m: np.nan_to_num(_value(summaries, m, "macro"), nan=-1))
-        parts.append(f"Temporal kernel size (macro AUC): {listing}; highest here K = {kernels[best]} "
-                     f"(the paper uses K = 13; its one-fold sweep, Table 8, ranks {_paper_best_kernels()} highest).")
+    if sweeps:
+        parts.append(sweep_conclusion(sweeps))
     text = " ".join(parts) or comparison_conclusion(summaries, None, reference, paper_table=None)
     return text + _significant(delong, reference)
 
@@ -207,9 +236,10 @@ def paragraph(*parts: str) -> str:
 
 def results_conclusion(split_summaries: Mapping[str, pd.DataFrame], split_delong: Mapping[str, pd.DataFrame | None],
                        fold_summary: pd.DataFrame | None = None, comparison: pd.DataFrame | None = None,
-                       reference: str = "luvnet") -> str:
+                       reference: str = "luvnet", levels: pd.DataFrame | None = None) -> str:
     """Notebook 06's closing paragraph: the cross-validated comparison (paper Table 1), the
-    held-out set and the temporal set (Table 2) when there are, and the fold-wise figures beside the paper."""
+    held-out set and the temporal set (Table 2) when there are, the fold-wise figures beside the
+    paper, and with ``levels`` (``lusv.video_level.level_summaries``) the window- vs video-level macro AUC."""
     parts = [comparison_conclusion(split_summaries["test"], split_delong.get("test"), reference, 1)]
     if "held_out" in split_summaries:  # the paper publishes no table for its held-out set
         parts.append(comparison_conclusion(split_summaries["held_out"], split_delong.get("held_out"), reference, None,
@@ -219,6 +249,8 @@ def results_conclusion(split_summaries: Mapping[str, pd.DataFrame], split_delong
                                            reference, 2, data="the temporally separated set (fold ensemble)"))
     if fold_summary is not None:
         parts.append(fold_conclusion(fold_summary, split_summaries["test"], comparison, reference))
+    if levels is not None:
+        parts.append(level_conclusion(levels, reference))
     return paragraph(*parts)
 
 

@@ -58,10 +58,33 @@ def with_model_names(table: pd.DataFrame, column: str | None = None) -> pd.DataF
     return out
 
 
+# Column headers of the paper-vs-lusv tables (lusv.paper, lusv.sweeps) as a reader says them.
+HEADERS: dict[str, str] = {
+    "key": "Model", "paper_model": "paper's name", "kernel_size": "K", "num_heads": "H",
+    "params_m_paper": "parameters (M), paper", "params_m_lusv": "parameters (M), lusv",
+    "params_m_diff": "parameters (M), difference", "gmac_paper": "GMAC, paper", "gmac_lusv": "GMAC, lusv",
+    "gmac_diff": "GMAC, difference",
+}
+_STATISTICS = {"paper": "paper", "lusv": "lusv", "diff": "difference", "mean": "mean", "sd": "sd",
+               "pooled": "pooled", "ci_low": "CI low", "ci_high": "CI high"}
+
+
+def _header(column: str, names: dict[str, str]) -> str:
+    """'a_lines_paper' -> 'A-lines, paper'; the names in HEADERS; anything else unchanged."""
+    if column in HEADERS:
+        return HEADERS[column]
+    for key, name in names.items():
+        statistic = column[len(key) + 1:] if column.startswith(f"{key}_") else None
+        if statistic in _STATISTICS:
+            return f"{name}, {_STATISTICS[statistic]}"
+    return column
+
+
 def readable(table: pd.DataFrame) -> pd.DataFrame:
     """A copy of a result table for reading: study keys in its model column (Model, model or
-    key) become model names and pattern keys in its pattern column (pattern or column) become
-    display names (A-lines, ..., Macro, Micro). Numbers are left as they are."""
+    key) become model names, pattern keys in its pattern column (pattern or column) become
+    display names (A-lines, ..., Macro, Micro), and the paper-vs-lusv headers are spelled out
+    ('a_lines_diff' -> 'A-lines, difference', 'key' -> 'Model'). Numbers are left as they are."""
     from lusv.patterns import DISPLAY_NAMES
 
     out = table.copy()
@@ -72,4 +95,4 @@ def readable(table: pd.DataFrame) -> pd.DataFrame:
     for column in ("pattern", "column"):
         if column in out.columns:
             out[column] = out[column].map(lambda value: names.get(value, value))
-    return out
+    return out.rename(columns=lambda column: _header(str(column), names))

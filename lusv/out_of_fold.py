@@ -212,14 +212,60 @@ def paper_results(run_dir: str | Path, pooled: pd.DataFrame, reference: str = "l
     """The paper's way of reporting for a study run (``lusv.paper.paper_way``): per-fold AUCs
     with DeLong CIs and p-values, mean ± sd over folds beside the pooled AUCs (``pooled``:
     ``lusv.report.auc_summaries`` of the test split), paper | lusv | difference for Tables 1,
-    3 and, with a temporally separated set, 2. Saved as ``tables/paper_<name>.csv``."""
-    from lusv.paper import paper_way
+    3 and, with a temporally separated set, 2, and Table 4 (size and cost of lusv's roster,
+    ``lusv.paper.table4_beside_paper``). Saved as ``tables/paper_<name>.csv``."""
+    from lusv.paper import paper_way, table4_beside_paper
     from lusv.report import save_tables
 
     run_dir = in_repository(run_dir)
     test = load_out_of_fold(run_dir, "test", keys)
     test = {key: test[key] for key in sorted(test, key=lambda key: key != reference)}  # the reference first
     temporal = fold_model_predictions(run_dir, "temporal_test", list(test))
-    tables = paper_way(test, pooled, temporal, reference)
+    tables = {**paper_way(test, pooled, temporal, reference), "table4": table4_beside_paper()}
     save_tables({f"paper_{name}": table for name, table in tables.items()}, run_dir / "tables")
     return tables
+
+
+def video_level_results(run_dir: str | Path, keys: list[str] | None = None, split: str = "test",
+                        n_boot: int = 1000) -> dict[str, pd.DataFrame]:
+    """Window-level (the paper's unit) and video-level AUCs of a study run's ``split``
+    predictions, with patient-bootstrap CIs (``lusv.video_level``): ``levels`` (long, numeric),
+    ``window_vs_video`` (window beside video = mean of its windows) and ``video_max`` (video =
+    max of its windows), saved as ``tables/<split>_<name>.csv``. Without a ``video_id`` column
+    each clip is its own video and the levels agree."""
+    from lusv.report import save_tables
+    from lusv.video_level import level_summaries, level_table
+
+    run_dir = in_repository(run_dir)
+    summaries = level_summaries(load_out_of_fold(run_dir, split, keys), n_boot=n_boot)
+    tables = {"levels": summaries, "window_vs_video": level_table(summaries, ("window", "video_mean")),
+              "video_max": level_table(summaries, ("video_max",))}
+    save_tables({f"{split}_{name}": table for name, table in tables.items()}, run_dir / "tables")
+    return tables
+
+
+@dataclass
+class SweepResults:
+    """The K / H sweeps of a study run (``lusv.sweeps``): one table per knob, paper | lusv |
+    difference for Tables 8 / 9, and the figure of macro AUC against K and H."""
+
+    tables: dict
+    paper: dict
+    figure: object  # matplotlib Figure
+    paths: list
+
+
+def sweep_results(run_dir: str | Path, keys: list[str], n_boot: int = 1000) -> SweepResults:
+    """The sweeps among ``keys`` (``luvnet``, ``luvnet_k<K>``, ``luvnet_h<H>``) on every fold,
+    saved as ``tables/sweep_<knob>.csv``, ``tables/paper_table{8,9}.csv`` and
+    ``figures/sweeps.png``; a knob with fewer than two trained values is left out."""
+    from lusv.report import save_figure, save_tables
+    from lusv.sweeps import paper_comparisons, sweep_figure, sweep_tables
+
+    run_dir = in_repository(run_dir)
+    tables = sweep_tables(run_dir, load_out_of_fold(run_dir, "test", keys), n_boot)
+    paper = paper_comparisons(tables)
+    paths = save_tables({**{f"sweep_{knob}": table for knob, table in tables.items()}, **paper}, run_dir / "tables")
+    figure = sweep_figure(tables)
+    paths.append(save_figure(figure, run_dir / "figures" / "sweeps.png"))
+    return SweepResults(tables, paper, figure, paths)

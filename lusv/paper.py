@@ -13,6 +13,7 @@ keyed by the lusv study key of the matching model (``luvnet``, ``usvn``, ``c3d``
 
 from __future__ import annotations
 
+from functools import lru_cache
 from importlib import resources
 from typing import Mapping
 
@@ -33,6 +34,47 @@ def published_table(number: int) -> pd.DataFrame:
         raise ValueError(f"the paper's tables shipped with lusv are {TABLES}, not {number}")
     with resources.files("lusv").joinpath(f"paper_tables/table{number}.csv").open("r", encoding="utf-8") as handle:
         return pd.read_csv(handle, dtype={"key": str})
+
+
+# lusv's roster in the paper setting, Table 4's models first: study key -> (model, options).
+ROSTER = {
+    "luvnet": ("luvnet", {}), "luvnet_resnet50": ("luvnet", {"encoder": "resnet50"}), "mvit_b": ("mvit_b", {}),
+    "swin_b": ("swin_b", {}), "usvn": ("usvn", {}), "c3d": ("c3d", {}), "r2plus1d_34": ("r2plus1d_34", {}),
+    "cnn_lstm": ("cnn_lstm", {}), "luvnet_no_temporal": ("luvnet_no_temporal", {}), "frame_based": ("frame_based", {}),
+    "r2plus1d": ("r2plus1d", {}),
+}
+
+
+@lru_cache(maxsize=4)
+def _roster_costs(num_frames: int, image_size: int) -> tuple[tuple[str, int, float], ...]:
+    from lusv.models import build_model
+    from lusv.models.cost import model_cost
+
+    costs = []
+    for key, (model, options) in ROSTER.items():
+        cost = model_cost(lambda: build_model(model, weights="random", num_frames=num_frames, image_size=image_size,
+                                              **options), num_frames, image_size)
+        costs.append((key, cost.parameters, cost.gmac))
+    return tuple(costs)
+
+
+def table4_beside_paper(num_frames: int = 30, image_size: int = 256) -> pd.DataFrame:
+    """The paper's Table 4 beside lusv's roster: parameters (millions) and multiply-accumulates
+    (GMAC per clip) of every model, paper | lusv | difference.
+
+    Counted on the meta device (shapes only: no weights, no memory, no training; seconds, and
+    cached per setting), DenseNet-161 and H = 8 where the paper used them, by default in the
+    paper setting of 30 frames of 256 x 256 (``lusv.models.cost``). Roster models without a
+    paper row (the ablation, the frame-based model, R(2+1)D-18) keep empty paper cells. The
+    paper's inference seconds (one A100) are not set beside anything: not measured here."""
+    ours = pd.DataFrame(_roster_costs(num_frames, image_size), columns=["key", "parameters", "gmac_lusv"])
+    ours["params_m_lusv"] = ours["parameters"] / 1e6
+    paper = published_table(4).rename(columns={"params_m": "params_m_paper", "gmac": "gmac_paper"})
+    merged = ours.merge(paper, on="key", how="left")
+    merged["params_m_diff"] = merged["params_m_lusv"] - merged["params_m_paper"]
+    merged["gmac_diff"] = merged["gmac_lusv"] - merged["gmac_paper"]
+    return merged[["key", "paper_model", "params_m_paper", "params_m_lusv", "params_m_diff", "gmac_paper",
+                   "gmac_lusv", "gmac_diff"]]
 
 
 def per_fold_auc(predictions: pd.DataFrame, fold_column: str = "model_fold", alpha: float = 0.05) -> pd.DataFrame:

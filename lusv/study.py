@@ -49,6 +49,8 @@ from lusv.out_of_fold import (  # noqa: F401 - the study steps the notebooks cal
     out_of_fold_attention,
     paper_results,
     results,
+    sweep_results,
+    video_level_results,
     write_out_of_fold,
     write_report,
 )
@@ -361,21 +363,24 @@ def temporal_ablation(
     prepared: Prepared,
     profile: str = "quick",
     kernel_sizes: list[int] = (5, 13),
+    head_counts: list[int] = (),
     *,
     executor: str = "sequential",
     ray_address: str | None = None,
     **overrides,
 ) -> list[str]:
-    """Train LUV-Net without its temporal module and with each temporal kernel size, as one grid.
+    """Train LUV-Net without its temporal module, with each temporal kernel size K and with each
+    number of attention heads H, on every fold, as one grid (the paper swept K and H on one fold).
 
-    The run at the profile's own kernel size is the main LUV-Net of notebook 02 (key "luvnet")
-    and is reused rather than trained twice. Returns the keys to compare, LUV-Net first.
+    The run at the profile's own K and H is the main LUV-Net of notebook 02 (key "luvnet") and
+    is reused rather than trained twice. Returns the keys to compare, LUV-Net first.
     """
-    main_kernel = params_for(profile).kernel_size
-    configurations = {
-        ("luvnet" if kernel_size == main_kernel else f"luvnet_k{kernel_size}"): {"model": "luvnet", "kernel_size": kernel_size}
-        for kernel_size in kernel_sizes
-    }
+    main = params_for(profile)
+    configurations = {}
+    for knob, values, own, prefix in (("kernel_size", kernel_sizes, main.kernel_size, "luvnet_k"),
+                                      ("num_heads", head_counts, main.num_heads, "luvnet_h")):
+        for value in values:
+            configurations["luvnet" if value == own else f"{prefix}{value}"] = {"model": "luvnet", knob: value}
     configurations["luvnet_no_temporal"] = {"model": "luvnet_no_temporal"}
     train_configurations(prepared, configurations, profile, executor=executor, ray_address=ray_address, **overrides)
     return sorted(configurations, key=lambda k: k != "luvnet")

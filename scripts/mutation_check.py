@@ -87,6 +87,13 @@ MUTATIONS: tuple[Mutation, ...] = (
              "present = {pattern for first, final, pattern in spans if first <= last and final >= start}",
              "present = {pattern for first, final, pattern in spans if first <= start <= final}",
              ("tests/test_windows.py", "-k", "labels")),
+    Mutation("video-label-needs-every-window-positive",
+             "out[pattern] = grouped[pattern].max()", "out[pattern] = grouped[pattern].min()",
+             ("tests/test_video_level.py", "-k", "any_positive")),
+    Mutation("video-level-ci-resamples-windows",
+             'summary = summarize_predictions(table, ci="bootstrap"',
+             'summary = summarize_predictions(table.assign(patient_id=table["clip_id"]), ci="bootstrap"',
+             ("tests/test_video_level.py", "-k", "patient_resampled")),
 )
 
 

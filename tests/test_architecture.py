@@ -23,7 +23,7 @@ LAYERS = [
     {"datasets", "features"},
     {"models"},
     {"metrics", "explain", "saliency", "inference"},
-    {"report", "paper", "conclusions", "train", "executors", "linear_probe"},
+    {"report", "paper", "video_level", "sweeps", "conclusions", "train", "executors", "linear_probe"},
     {"out_of_fold", "study", "truth", "notebook", "html_report", "external"},
     {"cli"},
 ]

@@ -30,6 +30,9 @@ def test_study_keys_get_human_names():
     long = readable(pd.DataFrame({"model": ["luvnet_k13"], "pattern": ["pleural_effusion"], "auc": [0.7]}))
     assert long.iloc[0].tolist() == ["LUV-Net K=13", "Pleural effusion", 0.7]
     assert readable(pd.DataFrame({"column": ["macro", "a_lines"]}))["column"].tolist() == ["Macro", "A-lines"]
+    headers = readable(pd.DataFrame(columns=["key", "pleural_effusion_diff", "macro_paper", "gmac_lusv", "num_heads",
+                                             "fold_mean", "auc"])).columns.tolist()
+    assert headers == ["Model", "Pleural effusion, difference", "Macro, paper", "GMAC, lusv", "H", "fold_mean", "auc"]
 
 
 @pytest.fixture(scope="module")
@@ -76,20 +79,43 @@ def test_model_conclusion_states_chance_from_the_ci_and_names_best_and_worst_pat
     assert "The paper reports C3D at macro AUC 0.792 ± 0.023" in text
 
 
-def test_ablation_conclusion_gives_the_temporal_gain_and_the_kernel_sizes(tables, tmp_path):
+def test_ablation_conclusion_gives_the_temporal_gain_and_the_sweeps_beside_the_papers(tables):
+    from lusv.sweeps import sweep_table
+
     predictions, _, _, _ = tables
     renamed = {"luvnet": predictions["luvnet"], "luvnet_no_temporal": predictions["usvn"],
-               "luvnet_k13": predictions["c3d"]}
+               "luvnet_k13": predictions["c3d"], "luvnet_h4": predictions["usvn"]}
     summaries = auc_summaries(renamed, n_boot=50)
-    for key, kernel in (("luvnet", 5), ("luvnet_k13", 13), ("luvnet_no_temporal", None)):
-        run = tmp_path / "runs" / f"{key}-fold0"
-        run.mkdir(parents=True)
-        (run / "config.json").write_text(json.dumps({"params": {"kernel_size": kernel}}))
-    text = ablation_conclusion(summaries, None, run_dir=tmp_path)
-    macro = summaries[summaries["pattern"] == "macro"].set_index("model")["auc"]
-    assert f"by {macro['luvnet'] - macro['luvnet_no_temporal']:+.3f}" in text
-    assert re.search(r"K = 5 0\.\d{3} \(.*K = 13 0\.\d{3}", text)
-    assert f"highest here K = {5 if macro['luvnet'] >= macro['luvnet_k13'] else 13}" in text
+    sweeps = {"kernel_size": sweep_table(renamed, {"luvnet": 5, "luvnet_k13": 13}, "kernel_size", n_boot=50),
+              "num_heads": sweep_table(renamed, {"luvnet_h4": 4, "luvnet": 8}, "num_heads", n_boot=50)}
+    text = ablation_conclusion(summaries, None, sweeps=sweeps)
+    macro = summaries[summaries["pattern"] == "macro"].set_index("model")
+    assert f"by {macro.loc['luvnet', 'auc'] - macro.loc['luvnet_no_temporal', 'auc']:+.3f}" in text
+    cell = auc_table(summaries).set_index("Model")["Macro"]  # the sweep quotes the pooled cells of the AUC table
+    assert f"K = 5 {cell['luvnet']}, K = 13 {cell['luvnet_k13']}; highest here K = 5" in text
+    assert f"H = 4 {cell['luvnet_h4']}, H = 8 {cell['luvnet']}; highest here H = 8" in text
+    assert "all 5 folds" in text
+    assert ("The paper's sweep is a single fold (its Table 8): 0.899 at K = 5, 0.908 at K = 13; its highest "
+            "K = 13 (0.908), K = 23 (0.905), K = 3 (0.904).") in text
+    assert "(its Table 9): 0.907 at H = 4, 0.909 at H = 8; its highest H = 2 (0.909), H = 8 (0.909)" in text
+    tied = sweeps["num_heads"].assign(macro_pooled=[0.8123, 0.8119])
+    assert "highest here, tied to three decimals: H = 4, H = 8." in ablation_conclusion(
+        summaries, None, sweeps={"num_heads": tied})
+
+
+def test_results_conclusion_quotes_window_and_video_level_macro_aucs():
+    from lusv.video_level import level_summaries, level_table
+    from test_video_level import _windows
+
+    levels = level_summaries({"luvnet": _windows()}, n_boot=50)
+    table = level_table(levels, ("window", "video_mean", "video_max"))["Macro"].tolist()
+    predictions = {"luvnet": _windows()}
+    text = results_conclusion({"test": auc_summaries(predictions, n_boot=0)}, {}, levels=levels)
+    assert (f"LUV-Net macro AUC per window (the paper's unit, 9 windows) {table[0]}; per video (3 videos) "
+            f"{table[1]} with a video scored by the mean of its windows, {table[2]} by their max") in text
+    one_per_video = level_summaries({"luvnet": _windows().drop(columns="video_id")}, n_boot=0)
+    assert "every clip is its own video" in results_conclusion({"test": auc_summaries(predictions, n_boot=0)}, {},
+                                                               levels=one_per_video)
 
 
 def test_results_conclusion_covers_the_temporal_set_and_the_fold_wise_figures(tables):

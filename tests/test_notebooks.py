@@ -97,11 +97,17 @@ def test_study_notebooks_run_in_order_on_tiny_synthetic_data(tmp_path):
     for model in ("usvn", "c3d", "r2plus1d", "cnn_lstm", "frame_based"):  # the quick roster (lusv.roster)
         assert len(pd.read_csv(run_dir / "oof" / f"{model}.test.csv")) == len(oof)
 
-    check_readable(execute("04_ablation_temporal", executed, **common, kernel_sizes=[3, 5], overrides=TINY_TRAINING),
-                   "04_ablation_temporal")
-    assert (run_dir / "oof" / "luvnet_k3.test.csv").is_file()
+    nb = execute("04_ablation_temporal", executed, **common, kernel_sizes=[3, 5], head_counts=[4, 8], n_boot=50,
+                 overrides=TINY_TRAINING)
+    check_readable(nb, "04_ablation_temporal")
+    assert (run_dir / "oof" / "luvnet_k3.test.csv").is_file() and (run_dir / "oof" / "luvnet_h4.test.csv").is_file()
     assert (run_dir / "oof" / "luvnet_no_temporal.test.csv").is_file()
     assert not (run_dir / "runs" / "luvnet_k5-fold0").exists(), "K=5 is the quick profile's LUV-Net: reused"
+    assert not (run_dir / "runs" / "luvnet_h8-fold0").exists(), "H=8 is the quick profile's LUV-Net: reused"
+    assert pd.read_csv(run_dir / "tables" / "sweep_num_heads.csv")["n_folds"].tolist() == [5, 5], "every fold"
+    assert len(pd.read_csv(run_dir / "tables" / "paper_table8.csv")) == 15
+    assert (run_dir / "figures" / "sweeps.png").is_file()
+    assert "The paper's sweep is a single fold (its Table 9)" in (run_dir / "conclusions" / "04_ablation_temporal.md").read_text()
 
     nb = execute("05_attention", executed, run_dir=str(run_dir), n_examples=2, max_saliency_clips=3)
     check_readable(nb, "05_attention")
@@ -112,9 +118,14 @@ def test_study_notebooks_run_in_order_on_tiny_synthetic_data(tmp_path):
 
     nb = execute("06_results", executed, run_dir=str(run_dir), n_boot=50)
     check_readable(nb, "06_results")
-    for name in ("per_fold", "fold_vs_pooled", "paper_table1", "paper_table2", "paper_table3"):
+    for name in ("per_fold", "fold_vs_pooled", "paper_table1", "paper_table2", "paper_table3", "table4"):
         assert (run_dir / "tables" / f"paper_{name}.csv").is_file(), name
     assert len(pd.read_csv(run_dir / "tables" / "paper_paper_table1.csv")) == 10, "every paper row, trained or not"
+    levels = pd.read_csv(run_dir / "tables" / "test_levels.csv")
+    assert set(levels["level"]) == {"window", "video_mean", "video_max"} and "luvnet_h4" in set(levels["model"])
+    assert "macro AUC per window (the paper's unit" in (run_dir / "conclusions" / "06_results.md").read_text()
+    assert any("LUV-Net (ResNet-50)" in o["data"]["text/html"] and "parameters (M), difference" in o["data"]["text/html"]
+               for o in outputs_of(nb, "text/html")), "06 shows Table 4 beside the paper"
     for name in ("01_preprocess", "02_train_folds", "06_results"):
         assert "INFO" in (run_dir / "logs" / f"{name}.log").read_text(), "the full log goes to the run folder"
 

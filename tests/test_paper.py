@@ -93,3 +93,19 @@ def test_compare_sweep_with_paper_fills_only_the_values_we_ran():
     assert table.loc[13, "macro_paper"] == pytest.approx(0.908)
     assert table.loc[13, "macro_diff"] == pytest.approx(0.85 - 0.908)
     assert math.isnan(table.loc[1, "macro_lusv"])
+
+
+def test_fold_vs_pooled_sets_the_hand_worked_fold_mean_beside_the_pooled_auc():
+    from lusv.paper import fold_vs_pooled
+    from lusv.report import auc_summaries
+
+    table = _two_fold_example()
+    pooled = auc_summaries({"luvnet": table}, n_boot=0)
+    rows = fold_vs_pooled(fold_summary_table({"luvnet": table}), pooled).set_index("column")
+    assert list(rows.index) == [*PATTERNS, "micro", "macro"]
+    assert rows.loc["a_lines", "fold_mean"] == pytest.approx(0.875)  # (0.75 + 1.0) / 2
+    assert rows.loc["a_lines", "fold_sd"] == pytest.approx(0.125 * math.sqrt(2))
+    assert rows.loc["a_lines", "pooled_auc"] == pytest.approx(15 / 16)
+    assert rows.loc["macro", "pooled_auc"] == pytest.approx(15 / 16) and rows.loc["macro", "fold_mean"] == pytest.approx(0.875)
+    low, high = rows.loc["a_lines", ["pooled_ci_low", "pooled_ci_high"]]
+    assert low < 15 / 16 < high  # the DeLong interval of the pooled AUC

@@ -136,3 +136,18 @@ def test_mac_count_of_a_hand_countable_model():
 
     with torch.device("meta"):
         assert count_macs(Tiny(), num_frames=5, image_size=4) * 1e9 == pytest.approx(5 * 96)
+
+
+def test_table_4_beside_the_paper_has_every_roster_model_and_the_differences():
+    from lusv.paper import table4_beside_paper
+
+    table = table4_beside_paper().set_index("key")
+    assert sorted(table.index) == sorted(ROSTER)
+    assert list(table.index[:8]) == list(published_table(4)["key"]), "the paper's rows first, in its order"
+    for key, (_, _, parameters, gmac) in ROSTER.items():
+        assert table.loc[key, "params_m_lusv"] == pytest.approx(parameters / 1e6)
+        assert table.loc[key, "gmac_lusv"] == pytest.approx(gmac, abs=0.005)
+    assert table.loc["luvnet", "params_m_diff"] == pytest.approx(136.222884 - 135.99)
+    assert table.loc["swin_b", "gmac_diff"] == pytest.approx(140.67 - 200.65, abs=0.005)
+    assert table.loc["c3d", "gmac_diff"] == pytest.approx(0.0, abs=0.005)
+    assert table.loc[["frame_based", "r2plus1d", "luvnet_no_temporal"], "params_m_paper"].isna().all()
