@@ -213,7 +213,8 @@ def paper_results(run_dir: str | Path, pooled: pd.DataFrame, reference: str = "l
     with DeLong CIs and p-values, mean ± sd over folds beside the pooled AUCs (``pooled``:
     ``lusv.report.auc_summaries`` of the test split), paper | lusv | difference for Tables 1,
     3 and, with a temporally separated set, 2, and Table 4 (size and cost of lusv's roster,
-    ``lusv.paper.table4_beside_paper``). Saved as ``tables/paper_<name>.csv``."""
+    ``lusv.paper.table4_beside_paper``). Saved as ``tables/paper_<name>.csv``. Tables 8 and 9
+    (the sweeps) are added as notebook 04 saved them (``sweep_results``), when it has run."""
     from lusv.paper import paper_way, table4_beside_paper
     from lusv.report import save_tables
 
@@ -223,6 +224,9 @@ def paper_results(run_dir: str | Path, pooled: pd.DataFrame, reference: str = "l
     temporal = fold_model_predictions(run_dir, "temporal_test", list(test))
     tables = {**paper_way(test, pooled, temporal, reference), "table4": table4_beside_paper()}
     save_tables({f"paper_{name}": table for name, table in tables.items()}, run_dir / "tables")
+    for name in ("table8", "table9"):
+        if (run_dir / "tables" / f"paper_{name}.csv").is_file():
+            tables[f"paper_{name}"] = read_table(run_dir / "tables" / f"paper_{name}.csv")
     return tables
 
 

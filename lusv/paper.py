@@ -22,6 +22,7 @@ import pandas as pd
 
 from lusv.metrics import delong_ci, delong_test, macro_auc, micro_auc, prediction_arrays
 from lusv.patterns import PATTERNS
+from lusv.roster import CONFIGURATIONS, configuration
 
 SUMMARY_COLUMNS = (*PATTERNS, "micro", "macro")
 TABLES = (1, 2, 3, 4, 8, 9)
@@ -36,24 +37,19 @@ def published_table(number: int) -> pd.DataFrame:
         return pd.read_csv(handle, dtype={"key": str})
 
 
-# lusv's roster in the paper setting, Table 4's models first: study key -> (model, options).
-ROSTER = {
-    "luvnet": ("luvnet", {}), "luvnet_resnet50": ("luvnet", {"encoder": "resnet50"}), "mvit_b": ("mvit_b", {}),
-    "swin_b": ("swin_b", {}), "usvn": ("usvn", {}), "c3d": ("c3d", {}), "r2plus1d_34": ("r2plus1d_34", {}),
-    "cnn_lstm": ("cnn_lstm", {}), "luvnet_no_temporal": ("luvnet_no_temporal", {}), "frame_based": ("frame_based", {}),
-    "r2plus1d": ("r2plus1d", {}),
-}
-
-
 @lru_cache(maxsize=4)
 def _roster_costs(num_frames: int, image_size: int) -> tuple[tuple[str, int, float], ...]:
     from lusv.models import build_model
     from lusv.models.cost import model_cost
 
+    table4_first = list(published_table(4)["key"])
+    keys = table4_first + [key for key in CONFIGURATIONS if key not in table4_first]
     costs = []
-    for key, (model, options) in ROSTER.items():
-        cost = model_cost(lambda: build_model(model, weights="random", num_frames=num_frames, image_size=image_size,
-                                              **options), num_frames, image_size)
+    for key in keys:  # counted with random weights: the count is the same and nothing is read
+        options = {**configuration(key), "weights": "random"}
+        model = options.pop("model")
+        cost = model_cost(lambda: build_model(model, num_frames=num_frames, image_size=image_size, **options),
+                          num_frames, image_size)
         costs.append((key, cost.parameters, cost.gmac))
     return tuple(costs)
 
