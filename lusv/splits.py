@@ -265,25 +265,26 @@ def load_or_make_folds(
     of the (clip_id, patient_id) pairs — so relabelling a clip keeps the split, but moving a
     clip to another patient (which could leak) remakes it.
     """
-    path = Path(path)
-    params = {
-        "kind": "kfold",
-        "method": FOLD_METHOD,
-        "num_folds": int(num_folds),
-        "seed": int(seed),
-        "n_clips": int(len(labels_df)),
-        "clips_patients_sha1": _fingerprint(labels_df, ("clip_id", "patient_id")),
-    }
+    params = {"kind": "kfold", "method": FOLD_METHOD, "num_folds": int(num_folds), "seed": int(seed)}
+    return _reuse_or_make(Path(path), params, labels_df, "folds", lambda: make_folds(labels_df, num_folds=num_folds, seed=seed),
+                          _assert_one_fold_per_patient)
+
+
+def _reuse_or_make(path: Path, params: dict[str, Any], labels_df: pd.DataFrame, what: str, make, check) -> pd.DataFrame:
+    """The split saved at ``path`` when its record (``params`` plus the clips and their patients)
+    still matches, after ``check``; else ``make()``, saved with its record."""
+    params = {**params, "n_clips": int(len(labels_df)),
+              "clips_patients_sha1": _fingerprint(labels_df, ("clip_id", "patient_id"))}
     saved, reason = _saved_matches(path, params, labels_df)
     if saved is not None:
-        _assert_one_fold_per_patient(saved)
-        logger.info("reusing folds saved at %s", path)
+        check(saved)
+        logger.info("reusing %s saved at %s", what, path)
         return saved
-    logger.info("making folds at %s: %s", path, reason)
-    folds = make_folds(labels_df, num_folds=num_folds, seed=seed)
-    write_csv(path, folds)
+    logger.info("making %s at %s: %s", what, path, reason)
+    made = make()
+    write_csv(path, made)
     write_record(path.with_suffix(".json"), params)
-    return folds
+    return made
 
 
 # ----------------------------------------------------------------------------- held-out test set
@@ -317,8 +318,7 @@ def held_out_split(labels_df: pd.DataFrame, fraction: float = 0.1, seed: int = 0
         "clip_id": grouped["clip_id"], "patient_id": grouped["patient_id"],
         "split": np.where(grouped["fold"] == 0, HELD_OUT, DEVELOPMENT),
     })  # fmt: skip
-    assert_no_patient_overlap(split[split["split"] == DEVELOPMENT], split[split["split"] == HELD_OUT],
-                              names=(DEVELOPMENT, HELD_OUT))
+    _assert_held_out_apart(split)
     return split
 
 
@@ -351,26 +351,15 @@ def load_or_make_held_out(
 
 
 def _load_or_make_held_out(labels_df: pd.DataFrame, path: Path, fraction: float, seed: int) -> pd.DataFrame:
-    params = {
-        "kind": "held_out",
-        "method": HELD_OUT_METHOD,
-        "fold_method": FOLD_METHOD,
-        "fraction": float(fraction),
-        "seed": int(seed),
-        "n_clips": int(len(labels_df)),
-        "clips_patients_sha1": _fingerprint(labels_df, ("clip_id", "patient_id")),
-    }
-    saved, reason = _saved_matches(path, params, labels_df)
-    if saved is not None:
-        assert_no_patient_overlap(saved[saved["split"] == DEVELOPMENT], saved[saved["split"] == HELD_OUT],
-                                  names=(DEVELOPMENT, HELD_OUT))
-        logger.info("reusing held-out split saved at %s", path)
-        return saved
-    logger.info("making held-out split at %s: %s", path, reason)
-    split = held_out_split(labels_df, fraction=fraction, seed=seed)
-    write_csv(path, split)
-    write_record(path.with_suffix(".json"), params)
-    return split
+    params = {"kind": "held_out", "method": HELD_OUT_METHOD, "fold_method": FOLD_METHOD, "fraction": float(fraction),
+              "seed": int(seed)}
+    return _reuse_or_make(path, params, labels_df, "held-out split",
+                          lambda: held_out_split(labels_df, fraction=fraction, seed=seed), _assert_held_out_apart)
+
+
+def _assert_held_out_apart(split: pd.DataFrame) -> None:
+    assert_no_patient_overlap(split[split["split"] == DEVELOPMENT], split[split["split"] == HELD_OUT],
+                              names=(DEVELOPMENT, HELD_OUT))
 
 
 def check_enough_patients(development: pd.DataFrame, usable: pd.DataFrame, labels: pd.DataFrame, num_folds: int,
