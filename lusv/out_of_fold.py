@@ -160,6 +160,7 @@ class FoldAttention:
     lengths: "np.ndarray"  # (N,)
     labels: "np.ndarray"  # (N, P) with NaN for missing
     probabilities: "np.ndarray"  # (N, P)
+    model_folds: list[int]  # the fold model that predicted each clip (its test fold's)
 
 
 def out_of_fold_attention(prepared, key: str = "luvnet") -> FoldAttention:
@@ -188,6 +189,7 @@ def out_of_fold_attention(prepared, key: str = "luvnet") -> FoldAttention:
         lengths=np.concatenate([p[2] for p in parts]),
         labels=tests[list(PATTERNS)].to_numpy(dtype=float),
         probabilities=np.concatenate([p[3] for p in parts]),
+        model_folds=tests["model_fold"].astype(int).tolist(),
     )
 
 

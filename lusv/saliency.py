@@ -160,7 +160,7 @@ def out_of_fold_saliency(prepared, key: str, attention, masks, k: int = 3, max_c
               for p in range(len(PATTERNS))}
     wanted = sorted({i for picks in chosen.values() for i in picks})
     region = dict(zip(wanted, masks([attention.clip_ids[i] for i in wanted]))) if wanted else {}
-    model_of = _FoldModels(prepared, key)
+    model_of = _FoldModels(prepared, key, attention)
     cache, rows, missing = prepared.cache(), [], 0
     for p, picks in chosen.items():
         for i in picks:
@@ -179,13 +179,12 @@ def out_of_fold_saliency(prepared, key: str, attention, masks, k: int = 3, max_c
 
 
 class _FoldModels:
-    """The fold model that never saw a clip (its test fold's model), loaded once per fold."""
+    """The fold model that never saw a clip (the one that predicted it out of fold: its test
+    fold's model; a window's is its video's), loaded once per fold."""
 
-    def __init__(self, prepared, key: str):
-        import pandas as pd
-
+    def __init__(self, prepared, key: str, attention):
         self.prepared, self.key, self.models = prepared, key, {}
-        self.folds = pd.read_csv(prepared.folds_csv, dtype={"clip_id": str}).set_index("clip_id")["fold"]
+        self.folds = dict(zip(attention.clip_ids, attention.model_folds))
 
     def __call__(self, clip_id: str) -> nn.Module:
         from lusv.inference import load_trained
@@ -212,6 +211,6 @@ def appendix_b_figure(prepared, key: str, attention, index: int, frame_truth=Non
     clip_id, length = attention.clip_ids[index], int(attention.lengths[index])
     clip, _ = prepared.cache().load(clip_id)
     weights = attention.attention[index]
-    _, maps = top_frame_maps(_FoldModels(prepared, key)(clip_id), clip, weights, length, range(len(weights)), k)
+    _, maps = top_frame_maps(_FoldModels(prepared, key, attention)(clip_id), clip, weights, length, range(len(weights)), k)
     return plot_appendix_b(weights, clip[..., 0], None if frame_truth is None else frame_truth[index], length, k,
                            saliency=maps, title=f"{clip_id} (fold model {key} that never saw it)")
