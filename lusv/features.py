@@ -41,6 +41,11 @@ checksum) and the stored array still has its shape, dtype and checksum; anything
 truncated, bad header, edited) is recomputed and reported "rebuilt". An unreadable manifest or
 identity file empties the cache instead of failing. ``load`` never recomputes: a damaged entry
 raises ``CacheError`` naming it (run ``build``).
+
+``in_memory=True`` keeps every entry that ``build`` or ``load`` has read and found to match its
+recorded checksum in memory (read-only arrays), so later loads read no file: the training epochs
+then cost only the heads' arithmetic. An entry is dropped from memory whenever ``build``
+recomputes it or finds it stale.
 """
 
 from __future__ import annotations
@@ -94,8 +99,11 @@ def run_feature_cache(p: Any, clip_cache: Any, encoder: torch.nn.Module) -> "Fea
     """The feature cache of a ``train_encoder=False`` run with ``RunParams`` ``p`` (also what the
     linear probe and external validation read): under the clip cache's folder, float16, the
     training augmentation (``ClipAugment()``) for the views. Same encoder weights, frames and
-    size give the same folder, so every model, fold and epoch reuses the same features."""
-    return FeatureCache(clip_cache, encoder, encoder_name=p.encoder, augment=ClipAugment(), seed=RUN_VIEW_SEED)
+    size give the same folder, so every model, fold and epoch reuses the same features; the
+    entries are held in memory after build's checked read (T x F x 2 bytes each: 40 KB for
+    Lite0 at 16 frames), so no epoch reads a file."""
+    return FeatureCache(clip_cache, encoder, encoder_name=p.encoder, augment=ClipAugment(), seed=RUN_VIEW_SEED,
+                        in_memory=True)
 
 
 def encoder_fingerprint(encoder: torch.nn.Module) -> str:
@@ -137,6 +145,7 @@ class FeatureCache:
         seed: int = 0,
         device: torch.device | str | None = None,
         frames_per_call: int = 64,
+        in_memory: bool = False,
     ):
         if dtype not in STORAGE_DTYPES:
             raise ConfigError(f"feature cache dtype {dtype!r} is not one of {', '.join(STORAGE_DTYPES)}")
@@ -151,6 +160,9 @@ class FeatureCache:
             device = next(iter(encoder.parameters()), torch.empty(0)).device
         self.device = torch.device(device)
         self.frames_per_call = max(1, int(frames_per_call))
+        # Checked entries kept in memory (storage dtype), so that epochs after the first read no file.
+        self.in_memory = bool(in_memory)
+        self._held: dict[tuple[str, str], np.ndarray] = {}
         self.identity = {
             "features_version": FEATURES_VERSION, "encoder": encoder_name,
             "encoder_fingerprint": encoder_fingerprint(encoder), "feature_dim": self.feature_dim,
@@ -189,10 +201,14 @@ class FeatureCache:
         if row is None:
             raise CacheError(f"no features of clip '{clip_id}' (view {view}) in {self.dir}: "
                              "run FeatureCache.build with this clip and number of views first")
-        array = self._read_entry(row)
+        key = (str(clip_id), view)
+        array = self._held.get(key)
         if array is None:
-            raise CacheError(f"feature entry {self.dir / 'features' / row['entry']} of clip '{clip_id}' is missing "
-                             "or damaged: run FeatureCache.build to recompute it")
+            array = self._read_entry(row)
+            if array is None:
+                raise CacheError(f"feature entry {self.dir / 'features' / row['entry']} of clip '{clip_id}' is "
+                                 "missing or damaged: run FeatureCache.build to recompute it")
+            self._hold(key, array, row)
         return array, int(row["length"])
 
     def load_many(self, clip_ids: Sequence[str], views: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -254,6 +270,7 @@ class FeatureCache:
         except CacheError as exc:
             for view in wanted:
                 self._rows.pop((clip_id, view), None)  # features of a clip now unusable must not be loaded
+                self._held.pop((clip_id, view), None)
             return _record(clip_id, path, "skipped", "clip cache entry unusable", str(exc))
         for view, features in zip(todo, self._compute(clip_id, clip, int(length), todo)):
             self._store(clip_id, view, features, source_checksum, int(length))
@@ -287,10 +304,20 @@ class FeatureCache:
     def _store(self, clip_id: str, view: str, features: np.ndarray, source_checksum: str, length: int) -> None:
         entry = entry_file_name(f"{clip_id}|{view}")
         save_npy(self.dir / "features" / entry, features)
-        self._rows[(clip_id, view)] = {
+        row = {
             "clip_id": clip_id, "view": view, "entry": entry, "source_checksum": source_checksum,
             "length": length, "checksum": array_checksum(features),
         }
+        self._rows[(clip_id, view)] = row
+        self._held.pop((clip_id, view), None)
+        self._hold((clip_id, view), features, row, checked=True)
+
+    def _hold(self, key: tuple[str, str], array: np.ndarray, row: dict, checked: bool = False) -> None:
+        """With ``in_memory``, keep an entry that matches its recorded checksum (checked here once,
+        unless ``checked``) for later loads; an entry that does not is left to ``build``."""
+        if self.in_memory and (checked or array_checksum(array) == row["checksum"]):
+            array.flags.writeable = False  # shared by every batch that reads it
+            self._held[key] = array
 
     def _why_stale(self, clip_id: str, view: str, source_checksum: str) -> str | None:
         """None when the entry can be reused, else why not ("no entry" when there is none)."""
@@ -298,8 +325,14 @@ class FeatureCache:
         if row is None:
             return "no entry"
         if row["source_checksum"] != source_checksum:
+            self._held.pop((clip_id, view), None)
             return "clip changed: its clip cache entry is not the one these features were computed from"
-        return entry_damage(self._read_entry(row), row)
+        array = self._read_entry(row)
+        damage = entry_damage(array, row)
+        self._held.pop((clip_id, view), None)
+        if damage is None:
+            self._hold((clip_id, view), array, row, checked=True)  # build's read is the one training uses
+        return damage
 
     def _read_entry(self, row: dict) -> np.ndarray | None:
         return read_entry(self.dir / "features" / row["entry"], (self.num_frames, self.feature_dim), self.dtype)
