@@ -130,6 +130,10 @@ class RunParams:
     grad_accum: int = _p(1, "micro-batches per optimizer step (effective batch = batch_size * grad_accum)")
     lr: float = _p(1e-6, "Adam learning rate (paper: 1e-6)")
     weight_decay: float = _p(0.0, "Adam weight decay (L2)")
+    label_smoothing: float = _p(
+        0.0, "training targets y * (1 - s) + s / 2 instead of 0/1 (0 = plain BCE, the paper); the validation "
+        "loss that early stopping watches stays plain BCE",
+    )
     epochs: int = _p(150, "maximum number of epochs")
     patience: int = _p(20, "early stopping: epochs without a lower validation loss before stopping")
     max_batches_per_epoch: Optional[int] = _p(None, "cap on training micro-batches per epoch (tests, smoke runs)")
@@ -176,6 +180,8 @@ class RunParams:
                 problems.append(f"{name}={getattr(self, name)} (must be >= 1)")
         if self.max_batches_per_epoch is not None and self.max_batches_per_epoch < 1:
             problems.append(f"max_batches_per_epoch={self.max_batches_per_epoch} (must be >= 1 or None)")
+        if not 0 <= self.label_smoothing < 1:
+            problems.append(f"label_smoothing={self.label_smoothing} (must be in [0, 1))")
         if not 0 <= self.dropout < 1:
             problems.append(f"dropout={self.dropout} (must be in [0, 1))")
         if self.width <= 0:
