@@ -6,14 +6,8 @@ The 2-D models (luvnet, luvnet_no_temporal, usvn, cnn_lstm) see a clip only thro
 eval mode those features depend only on the clip, the encoder's weights and the input pipeline,
 so they are computed once here and reused by every model, fold, sweep point and epoch.
 
-Use from a training loop::
-
-    features = FeatureCache(clip_cache, model.encoder, encoder_name="efficientnet_lite0")
-    features.build(table["clip_id"], views=4)              # computes only what is missing
-    train_set = FeatureDataset(features, train_table, views=4, seed=seed)   # lusv.datasets
-    train_set.set_epoch(epoch)                             # before each epoch's DataLoader pass
-    batch = train_set.__getitems__([0, 1])      # or DataLoader(..., collate_fn=lusv.datasets.collate_features)
-    out = model.forward_features(batch["features"].to(device), batch["lengths"].to(device))
+In training: ``build`` the clips a fold needs, then ``lusv.datasets.FeatureDataset`` serves
+them and ``model.forward_features(features, lengths)`` replaces ``model(clips, lengths)``.
 
 Layout under ``root`` (default ``clip_cache.dir / "features"``), one folder per identity,
 ``<encoder name>_T<T>_S<S>_<clip policy>_<dtype>-<key>/``, where key is a hash of the identity:
@@ -25,8 +19,8 @@ the storage dtype. Inside:
 - ``features/<clip id>_<view>-<hash>.npy``: (T, F) features of one clip and view, written
   atomically, float16 by default (half the size; relative rounding <= 2^-11 per value: freshly
   built heads on EfficientNet-Lite0 features moved by <= 6e-5 in their logits, measured) or
-  float32 (the heads then equal the full model to float precision, as a test asserts at 1e-5). All T frames are stored, padding frames included, as
-  the encoder saw them: the heads mask them by length exactly as in the full model;
+  float32 (the heads then equal the full model to float precision, as a test asserts at 1e-5).
+  All T frames are stored, padding included, as the encoder saw them: heads mask them by length;
 - ``manifest.csv``: one row per entry: clip_id, view, entry, source_checksum (the SHA-256 the clip
   cache records for the clip), length, and the SHA-256 of the stored features.
 
@@ -41,11 +35,12 @@ made by ``ClipAugment`` (key: its settings and ``seed``); view k of a clip draws
 seeded by (seed, clip id, k), so it is the same whatever N, the clip order or other clips, and
 raising N later computes only the new views.
 
-``build`` reuses an entry only when the clip cache entry it came from is unchanged (same
-checksum) and the stored array still has its shape, dtype and checksum; anything else (missing,
-truncated, bad header, edited) is recomputed and reported "rebuilt". An unreadable manifest or
-identity file empties the cache instead of failing. ``load`` never recomputes: a damaged entry
-raises ``CacheError`` naming it (run ``build``).
+``build`` reuses an entry only when its clip cache entry is unchanged (same checksum) and the
+stored array still has its shape, dtype and checksum; anything else is recomputed, "rebuilt".
+An unreadable manifest or identity file empties the cache. ``load`` never recomputes: a damaged
+entry raises ``CacheError`` naming it (run ``build``). ``in_memory=True`` keeps each entry that
+``build`` or ``load`` read and checked (read-only), so training epochs read no file; an entry
+``build`` recomputes or finds stale is dropped from memory.
 """
 
 from __future__ import annotations
@@ -101,17 +96,14 @@ def run_feature_cache(p: Any, clip_cache: Any, encoder: torch.nn.Module) -> "Fea
     linear probe and external validation read): under the clip cache's folder, float16, the
     training augmentation of ``p.augmentations`` (``clip_augment``) for the views. Same encoder
     weights, frames and size give the same folder, so every model, fold and epoch reuses the same
-    features (entries made with another augmentation set are keyed apart).
-
-    For the windows of a ``lusv.windows.WindowedClips`` the features are those of each whole
-    video (every frame once), and the windows slice them (``WindowedFeatures``)."""
-    augment = clip_augment(p.augmentations)
-    if isinstance(clip_cache, WindowedClips):
-        videos = FeatureCache(clip_cache.videos, encoder, encoder_name=p.encoder, clip_policy="windows",
-                              augment=augment, seed=RUN_VIEW_SEED)
-        return WindowedFeatures(videos, clip_cache)
-    return FeatureCache(clip_cache, encoder, encoder_name=p.encoder, clip_policy=p.clip_policy,
-                        augment=augment, seed=RUN_VIEW_SEED)
+    features (another augmentation set is keyed apart), held in memory (40 KB an entry for Lite0
+    at 16 frames) so no epoch reads a file. Over the windows of a ``lusv.windows.WindowedClips``
+    each whole video's frames are encoded once and the windows slice them (``WindowedFeatures``)."""
+    windowed = isinstance(clip_cache, WindowedClips)
+    features = FeatureCache(clip_cache.videos if windowed else clip_cache, encoder, encoder_name=p.encoder,
+                            clip_policy="windows" if windowed else p.clip_policy, augment=clip_augment(p.augmentations),
+                            seed=RUN_VIEW_SEED, in_memory=True)
+    return WindowedFeatures(features, clip_cache) if windowed else features
 
 
 def encoder_fingerprint(encoder: torch.nn.Module) -> str:
@@ -153,6 +145,7 @@ class FeatureCache:
         seed: int = 0,
         device: torch.device | str | None = None,
         frames_per_call: int = 64,
+        in_memory: bool = False,
     ):
         if dtype not in STORAGE_DTYPES:
             raise ConfigError(f"feature cache dtype {dtype!r} is not one of {', '.join(STORAGE_DTYPES)}")
@@ -168,6 +161,9 @@ class FeatureCache:
             device = next(iter(encoder.parameters()), torch.empty(0)).device
         self.device = torch.device(device)
         self.frames_per_call = max(1, int(frames_per_call))
+        # Checked entries kept in memory (storage dtype), so that epochs after the first read no file.
+        self.in_memory = bool(in_memory)
+        self._held: dict[tuple[str, str], np.ndarray] = {}
         self.identity = {
             "features_version": FEATURES_VERSION, "encoder": encoder_name,
             "encoder_fingerprint": encoder_fingerprint(encoder), "feature_dim": self.feature_dim,
@@ -207,10 +203,14 @@ class FeatureCache:
         if row is None:
             raise CacheError(f"no features of clip '{clip_id}' (view {view}) in {self.dir}: "
                              "run FeatureCache.build with this clip and number of views first")
-        array = self._read_entry(row)
+        key = (str(clip_id), view)
+        array = self._held.get(key)
         if array is None:
-            raise CacheError(f"feature entry {self.dir / 'features' / row['entry']} of clip '{clip_id}' is missing "
-                             "or damaged: run FeatureCache.build to recompute it")
+            array = self._read_entry(row)
+            if array is None:
+                raise CacheError(f"feature entry {self.dir / 'features' / row['entry']} of clip '{clip_id}' is "
+                                 "missing or damaged: run FeatureCache.build to recompute it")
+            self._hold(key, array, row)
         return array, int(row["length"])
 
     def load_many(self, clip_ids: Sequence[str], views: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -275,6 +275,7 @@ class FeatureCache:
         except CacheError as exc:
             for view in wanted:
                 self._rows.pop((clip_id, view), None)  # features of a clip now unusable must not be loaded
+                self._held.pop((clip_id, view), None)
             return _record(clip_id, path, "skipped", "clip cache entry unusable", str(exc))
         for view, features in zip(todo, self._compute(clip_id, clip, int(length), todo)):
             self._store(clip_id, view, features, source_checksum, int(length))
@@ -332,10 +333,20 @@ class FeatureCache:
     def _store(self, clip_id: str, view: str, features: np.ndarray, source_checksum: str, length: int) -> None:
         entry = entry_file_name(f"{clip_id}|{view}")
         save_npy(self.dir / "features" / entry, features)
-        self._rows[(clip_id, view)] = {
+        row = {
             "clip_id": clip_id, "view": view, "entry": entry, "source_checksum": source_checksum,
             "length": length, "checksum": array_checksum(features),
         }
+        self._rows[(clip_id, view)] = row
+        self._held.pop((clip_id, view), None)
+        self._hold((clip_id, view), features, row, checked=True)
+
+    def _hold(self, key: tuple[str, str], array: np.ndarray, row: dict, checked: bool = False) -> None:
+        """With ``in_memory``, keep an entry that matches its recorded checksum (checked here once,
+        unless ``checked``) for later loads; an entry that does not is left to ``build``."""
+        if self.in_memory and (checked or array_checksum(array) == row["checksum"]):
+            array.flags.writeable = False  # shared by every batch that reads it
+            self._held[key] = array
 
     def _why_stale(self, clip_id: str, view: str, source_checksum: str) -> str | None:
         """None when the entry can be reused, else why not ("no entry" when there is none)."""
@@ -343,8 +354,14 @@ class FeatureCache:
         if row is None:
             return "no entry"
         if row["source_checksum"] != source_checksum:
+            self._held.pop((clip_id, view), None)
             return "clip changed: its clip cache entry is not the one these features were computed from"
-        return entry_damage(self._read_entry(row), row)
+        array = self._read_entry(row)
+        damage = entry_damage(array, row)
+        self._held.pop((clip_id, view), None)
+        if damage is None:
+            self._hold((clip_id, view), array, row, checked=True)  # build's read is the one training uses
+        return damage
 
     def _read_entry(self, row: dict) -> np.ndarray | None:
         frames = self.num_frames if self.num_frames is not None else int(row["length"])

@@ -187,6 +187,40 @@ def test_clips_missing_from_the_clip_cache_are_skipped_and_none_at_all_is_an_err
         features.load("ghost")
 
 
+def test_in_memory_entries_are_read_once_checked_and_dropped_when_recomputed(clip_cache, tmp_path):
+    encoder = _model().encoder
+    features = _features(clip_cache, encoder, tmp_path, in_memory=True)
+    features.build(IDS, views=1, progress=False)
+    expected = {cid: _reference_features(encoder, clip_cache, cid) for cid in IDS}
+    for entry in (features.dir / "features").iterdir():
+        entry.unlink()  # the epochs after build read no file
+    for clip_id in IDS:
+        stored, length = features.load(clip_id)
+        np.testing.assert_allclose(stored.astype(np.float32), expected[clip_id], rtol=1e-3, atol=1e-4)
+        assert not stored.flags.writeable  # shared by every batch: nobody may change it
+    assert features.load_many(IDS, [features.view_names(1)[1]] * 3)[0].shape == (3, T, encoder.feature_dim)
+
+    # An entry edited on disk is served as read but never held: once it is gone, load says so.
+    rebuilt = _features(clip_cache, encoder, tmp_path, in_memory=True)
+    rebuilt.build(IDS, progress=False)  # recomputes the deleted plain entries
+    fresh = _features(clip_cache, encoder, tmp_path, in_memory=True)
+    rows = fresh.manifest
+    entry = fresh.dir / "features" / rows.loc[(rows["clip_id"] == "long") & (rows["view"] == "plain"), "entry"].item()
+    _damage(entry, "edited")
+    fresh.load("long")
+    entry.unlink()
+    with pytest.raises(CacheError, match="missing or damaged"):
+        fresh.load("long")
+
+    # A clip whose source changed is recomputed by build, and load then gives the new features.
+    write_test_video(clip_cache.labels.loc[1, "path"], make_frames(8, seed=42))  # 'other' edited
+    clip_cache.build(clip_cache.labels, progress=False)
+    changed = _reference_features(encoder, clip_cache, "other")
+    assert np.abs(changed - expected["other"]).max() > 1e-3
+    rebuilt.build(IDS, progress=False)
+    np.testing.assert_allclose(rebuilt.load("other")[0].astype(np.float32), changed, rtol=1e-3, atol=1e-4)
+
+
 # ---------------------------------------------------------------- augmented views
 
 

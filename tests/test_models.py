@@ -10,7 +10,7 @@ from lusv.io import torch_save
 from lusv.models import MODEL_NAMES, build_model, count_parameters, list_models, model_defaults, model_options
 from lusv.models.c3d import C3D
 from lusv.models.encoders import _remap_densenet_keys, build_encoder, hub_cache_file
-from lusv.models.luvnet import TemporalConv
+from lusv.models.luvnet import TemporalConv, same_conv_as_one_matmul
 from lusv.models.registry import register_model
 
 FRAME_MODELS = [
@@ -181,6 +181,23 @@ def test_temporal_branch_equals_conv_bn_relu_mean_computed_by_loops(kernel_size)
     assert out.shape == (2, features)
     torch.testing.assert_close(out.double(), expected, atol=1e-5, rtol=1e-5)
     assert (out > 0).any()  # not a branch that ReLU silenced entirely
+
+
+@pytest.mark.parametrize("kernel_size, frames", [(1, 5), (4, 7), (13, 16), (13, 4)])
+def test_cpu_temporal_convolution_and_its_gradients_equal_pytorchs_conv1d(kernel_size, frames):
+    # The CPU path computes the "same" convolution as one matrix product of the frame windows;
+    # the reference is torch's own Conv1d (oneDNN), an independent implementation, in float64.
+    torch.manual_seed(kernel_size)
+    conv = torch.nn.Conv1d(6, 5, kernel_size, padding="same", bias=False).double()
+    h = torch.randn(3, frames, 6, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(3, 5, frames, dtype=torch.float64)
+    expected = conv(h.transpose(1, 2))
+    expected_grads = torch.autograd.grad(expected, (h, conv.weight), upstream)
+    out = same_conv_as_one_matmul(h, conv.weight)
+    grads = torch.autograd.grad(out, (h, conv.weight), upstream)
+    torch.testing.assert_close(out, expected, atol=1e-12, rtol=1e-12)
+    for got, want in zip(grads, expected_grads):
+        torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-12)
 
 
 @pytest.mark.parametrize("kernel_size", [4, 13])

@@ -72,6 +72,8 @@ def test_params_for_applies_overrides_and_names_valid_keys():
 
 
 def test_invalid_values_raise_config_error():
+    with pytest.raises(ConfigError, match=r"label_smoothing=1\.0 \(must be in \[0, 1\)\)"):
+        params_for("quick", label_smoothing=1.0)
     with pytest.raises(ConfigError, match="amp"):
         params_for("quick", amp="fp8")
     with pytest.raises(ConfigError, match="fold=5"):
@@ -365,3 +367,12 @@ def test_gpu_model_predicts_like_its_cpu_copy(finished_run, tiny_data):
     on_cpu = predict(load_trained(finished_run), clips, lengths)
     on_gpu = predict(load_trained(finished_run, device="cuda"), clips, lengths)
     np.testing.assert_allclose(on_gpu, on_cpu, atol=1e-4)
+
+
+def test_label_smoothing_pulls_training_targets_towards_one_half_and_keeps_missing_labels():
+    from lusv.train.loop import smoothed
+
+    labels = torch.tensor([[1.0, 0.0, float("nan"), 1.0]])
+    # y * (1 - s) + s / 2 with s = 0.2, by hand: 1 -> 0.9, 0 -> 0.1
+    torch.testing.assert_close(smoothed(labels, 0.2), torch.tensor([[0.9, 0.1, float("nan"), 0.9]]), equal_nan=True)
+    assert smoothed(labels, 0.0) is labels

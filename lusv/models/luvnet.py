@@ -59,8 +59,29 @@ class TemporalConv(nn.Module):
         # end and never depend on what padding frames contain. (BatchNorm batch statistics in
         # training do include padded positions; the paper used fixed-length clips.)
         h = h * mask.unsqueeze(-1).to(h.dtype)
-        y = torch.relu(self.norm(self.conv(h.transpose(1, 2))))  # (B, F, T)
+        if h.device.type == "cpu":
+            conv = same_conv_as_one_matmul(h, self.conv.weight)
+        else:
+            conv = self.conv(h.transpose(1, 2))  # cuDNN is fast at this shape
+        y = torch.relu(self.norm(conv))  # (B, F, T)
         return masked_mean(y.transpose(1, 2), mask)
+
+
+def same_conv_as_one_matmul(h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``Conv1d(padding="same", bias=False)`` of ``h`` (B, T, F) with ``weight`` (F_out, F, K) as one
+    matrix product of the K-frame windows -> (B, F_out, T), equal to the convolution to float rounding.
+
+    Why: on a CPU, oneDNN's convolution is slow at this shape (few frames, many channels): for
+    LUV-Net's F = 1280, K = 13, T = 16, batch 16 the forward took 0.55 s and the weight gradient
+    1.3 s, about 3/4 of a heads-only training step; the window matrix (B*T, K*F) times the weight
+    is one GEMM forward and one for the weight gradient, 2-4x faster there (measured)."""
+    batch, frames, features = h.shape
+    kernel = weight.shape[-1]
+    left = (kernel - 1) // 2  # PyTorch's "same": the extra frame of an even K goes after the clip
+    padded = torch.nn.functional.pad(h, (0, 0, left, kernel - 1 - left))  # (B, T + K - 1, F)
+    windows = padded.unfold(1, kernel, 1)  # (B, T, F, K), matching the weight's (F, K) order
+    out = windows.reshape(batch * frames, features * kernel) @ weight.reshape(weight.shape[0], -1).t()
+    return out.reshape(batch, frames, -1).transpose(1, 2)
 
 
 @register_model("luvnet")

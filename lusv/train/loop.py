@@ -71,6 +71,11 @@ def accumulation_group(index: int, n_batches: int, grad_accum: int) -> tuple[int
     return group_size, index + 1 == group_start + group_size
 
 
+def smoothed(labels: torch.Tensor, smoothing: float) -> torch.Tensor:
+    """Training targets pulled towards 1/2: y * (1 - s) + s / 2 (missing labels stay NaN)."""
+    return labels if smoothing == 0 else labels * (1.0 - smoothing) + smoothing / 2
+
+
 def train_one_epoch(
     model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, loader: DataLoader, *,
     epoch: int, p: RunParams, device: torch.device, amp_dtype: Optional[torch.dtype],
@@ -95,7 +100,7 @@ def train_one_epoch(
         if index >= n_batches:
             break
         group_size, step_now = accumulation_group(index, n_batches, p.grad_accum)
-        labels = batch["labels"].to(device, non_blocking=True)
+        labels = smoothed(batch["labels"].to(device, non_blocking=True), p.label_smoothing)
         with dist.no_sync(model, sync=step_now):
             out = forward_batch(model, batch, device, amp_dtype, p.channels_last, augment, augment_generator)
             batch_loss, batch_count = masked_bce(out["logits"], labels)
