@@ -10,7 +10,7 @@ randomly initialised). Their key is the one the published tables use (``lusv/pap
 
 Rosters: ``paper`` trains every Table 1 row but LUV-Net itself (notebook 02 trains it);
 ``quick`` a subset that keeps ``run_all.sh quick`` within minutes on two CPU cores: USVN,
-C3D and R(2+1)D-18 at 1/8 width, CNN-LSTM and the frame-based model on the tiny encoder. Left
+C3D and R(2+1)D-18 at 1/16 width, CNN-LSTM and the frame-based model on the tiny encoder. Left
 to the paper profile: MViT-B and Swin-B (video transformers, slow on a CPU even when shrunk),
 R(2+1)D-34, and the two LUV-Net variants, which in the quick profile would be a ResNet-50 on a
 CPU or the quick LUV-Net itself (its encoder is already random). ``pretrained`` trains the 2-D
