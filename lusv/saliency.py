@@ -136,7 +136,8 @@ def top_frame_maps(model: nn.Module, clip, attention, length: int, patterns: Seq
     from lusv.explain import appendix_b_curves, top_frames
 
     frames = top_frames(appendix_b_curves(attention, length), k)
-    x = to_model_input(torch.as_tensor(np.asarray(clip))[None], "cpu")[0]
+    # a copy: a window is a read-only view of the cached video, which torch will not wrap
+    x = to_model_input(torch.tensor(np.asarray(clip))[None], "cpu")[0]
     maps = {p: grad_cam(model, x, p, frames[min(p, len(frames) - 1)], length) for p in patterns}
     return frames if len(frames) > 1 else np.repeat(frames, 4, axis=0), maps
 
