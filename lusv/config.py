@@ -386,9 +386,8 @@ def synthetic_options(profile: str) -> dict[str, int]:
 
 # The share of the development patients each profile's prepare step sets apart as the held-out
 # test set before the folds (``lusv.splits.held_out_split``). paper: the paper's 10%. quick: the
-# same; its 41 synthetic development patients give 4 held-out patients (15 clips, every pattern
-# with positives and negatives, so every AUC is defined, if with wide CIs) and leave 37 for 5
-# folds. pretrained: none; its real data (POCUS: 78 development clips of 36 patients) is too
+# same, to exercise the protocol; its 29 synthetic development patients give 2 held-out patients
+# (11 videos: AUCs defined, CIs not meaningful) and leave 27 for 5 folds. pretrained: none; its real data (POCUS: 78 development clips of 36 patients) is too
 # small to spare ~8 clips, which would hold no positive of some patterns and shrink the folds.
 HELD_OUT_BY_PROFILE: Mapping[str, float] = MappingProxyType({"quick": 0.1, "paper": 0.1, "pretrained": 0.0})
 
