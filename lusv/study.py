@@ -362,8 +362,8 @@ def ingest_summary(prepared: Prepared) -> pd.DataFrame:
 def temporal_ablation(
     prepared: Prepared,
     profile: str = "quick",
-    kernel_sizes: list[int] = (5, 13),
-    head_counts: list[int] = (),
+    kernel_sizes: list[int] | None = None,
+    head_counts: list[int] | None = None,
     *,
     executor: str = "sequential",
     ray_address: str | None = None,
@@ -373,9 +373,14 @@ def temporal_ablation(
     number of attention heads H, on every fold, as one grid (the paper swept K and H on one fold).
 
     The run at the profile's own K and H is the main LUV-Net of notebook 02 (key "luvnet") and
-    is reused rather than trained twice. Returns the keys to compare, LUV-Net first.
+    is reused rather than trained twice. ``None``: the profile's grid (``lusv.sweeps.sweep_grid``:
+    the paper's Tables 8-9 grid in the paper profile). Returns the keys to compare, LUV-Net first.
     """
+    from lusv.sweeps import sweep_grid
+
     main = params_for(profile)
+    kernel_sizes = sweep_grid(profile, "kernel_size") if kernel_sizes is None else kernel_sizes
+    head_counts = sweep_grid(profile, "num_heads") if head_counts is None else head_counts
     configurations = {}
     for knob, values, own, prefix in (("kernel_size", kernel_sizes, main.kernel_size, "luvnet_k"),
                                       ("num_heads", head_counts, main.num_heads, "luvnet_h")):

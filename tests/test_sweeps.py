@@ -99,3 +99,12 @@ def test_sweep_results_of_a_run_are_saved(study, tmp_path):
     for name in ("sweep_kernel_size", "sweep_num_heads", "paper_table8", "paper_table9"):
         assert (tmp_path / "tables" / f"{name}.csv").is_file(), name
     assert (tmp_path / "figures" / "sweeps.png").stat().st_size > 10_000
+
+
+def test_the_paper_profile_sweeps_the_papers_grid_and_the_cpu_profiles_two_points():
+    from lusv.paper import published_table
+    from lusv.sweeps import sweep_grid
+
+    assert sweep_grid("paper", "kernel_size") == published_table(8)["kernel_size"].tolist()
+    assert sweep_grid("paper", "num_heads") == published_table(9)["num_heads"].tolist()
+    assert sweep_grid("quick", "kernel_size") == [5, 13] and sweep_grid("quick", "num_heads") == [4, 8]
