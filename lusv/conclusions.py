@@ -302,3 +302,21 @@ def attention_conclusion(scores: pd.DataFrame | None, saliency: pd.DataFrame | N
             parts.append("For no pattern do the maps fall on the drawn region more than a random map would: "
                          "this model shows nothing about where in the image it looks.")
     return paragraph(*parts) or "No attention or saliency scores: this dataset has no per-frame truth."
+
+
+def external_conclusion(table: pd.DataFrame, dataset: str, clips: int) -> str:
+    """External validation (``lusv.external``): each model's AUC (95% CI) per pattern the other
+    dataset labels, the patterns it does not (no AUC, never zero), at thresholds carried over."""
+    scored = table[table["auc"].notna()]
+    if scored.empty:
+        return f"No pattern of {dataset} ({clips} clips) has both classes labelled: no AUC can be computed."
+    parts = []
+    for model, rows in scored.groupby("model", sort=False):
+        cells = [f"{DISPLAY_NAMES[r.pattern]} {format_auc_ci(r.auc, r.ci_low, r.ci_high)}" for r in rows.itertuples()]
+        parts.append(f"{model_name(model)}: " + ", ".join(cells))
+    unscored = [DISPLAY_NAMES[p] for p in PATTERNS if p not in set(scored["pattern"])]
+    text = f"On {dataset} ({clips} clips; the fold models' mean probability), AUC (95% CI): " + "; ".join(parts) + "."
+    if unscored:
+        text += f" Not scored (not labelled, or one class only): {', '.join(unscored)}."
+    return text + (" Sensitivity and specificity use the study's Youden thresholds, chosen on its validation"
+                   " folds and never tuned on this dataset.")

@@ -123,3 +123,42 @@ def test_linear_probe_writes_out_of_fold_predictions_fit_on_the_training_folds(t
     from lusv.report import auc_summaries
 
     assert set(auc_summaries(predictions)["model"]) >= {"luvnet", "linear_probe"}
+
+
+def test_external_conclusion_quotes_the_auc_table_and_names_unscored_patterns():
+    from lusv.conclusions import external_conclusion
+
+    table = pd.DataFrame([
+        {"model": "luvnet", "pattern": "a_lines", "auc": 0.8125, "ci_low": 0.61, "ci_high": 0.93},
+        {"model": "luvnet", "pattern": "b_lines", "auc": 0.5, "ci_low": 0.3, "ci_high": 0.7},
+        {"model": "luvnet", "pattern": "consolidation", "auc": np.nan, "ci_low": np.nan, "ci_high": np.nan},
+        {"model": "luvnet", "pattern": "pleural_effusion", "auc": np.nan, "ci_low": np.nan, "ci_high": np.nan},
+    ])
+    text = external_conclusion(table, "other-labels", 8)
+    assert "LUV-Net: A-lines 0.812 (0.61–0.93), B-lines 0.500 (0.30–0.70)" in text
+    assert "Not scored (not labelled, or one class only): Consolidation, Pleural effusion" in text
+    assert "(8 clips;" in text
+
+
+@pytest.mark.slow
+def test_external_validation_notebook_on_a_dataset_with_two_patterns(tiny_study, tiny_data, tmp_path):
+    papermill = pytest.importorskip("papermill")
+    import nbformat
+
+    from lusv.paths import REPO_ROOT
+
+    csv = _other_dataset(tiny_data, tmp_path)
+    output = tmp_path / "08.ipynb"
+    papermill.execute_notebook(
+        str(REPO_ROOT / "notebooks" / "08_external_validation.ipynb"), str(output), kernel_name="python3",
+        parameters={"study_dir": str(tiny_study.run_dir), "data": "folder", "data_path": str(csv)}, progress_bar=False,
+    )  # fmt: skip
+    notebook = nbformat.read(output, as_version=4)
+    written = next((tiny_study.run_dir / "external").glob("*/external_auc.csv"))
+    table = pd.read_csv(written)
+    conclusion = (tiny_study.run_dir / "conclusions" / "08_external_validation.md").read_text()
+    luvnet_a = table[(table["model"] == "luvnet") & (table["pattern"] == "a_lines")].iloc[0]
+    assert f"A-lines {luvnet_a['auc']:.3f}" in conclusion, "the conclusion quotes the table it came from"
+    assert "Not scored (not labelled, or one class only): Consolidation, Pleural effusion" in conclusion
+    last = [o for o in notebook.cells[-1].get("outputs", []) if "text/markdown" in o.get("data", {})]
+    assert last and "What this run shows" in last[0]["data"]["text/markdown"]
