@@ -8,7 +8,7 @@
 #   quick   CPU, synthetic clips of 16 x 64 x 64, tiny encoder: minutes (the default)
 #   paper   the published protocol: DenseNet-161, 30 x 256 x 256, lr 1e-6, 150 epochs (GPU)
 #   pretrained  CPU, for real data (--data pocus): frozen ImageNet EfficientNet-Lite0 (from its
-#           wheel), 16 x 224 x 224, 2-D heads on cached features; 3-D CNNs from scratch at 1/8 width
+#           wheel), 16 x 224 x 224, 2-D heads on cached features; 3-D CNNs from scratch at 1/16 width
 #   --executor ray   train every (model, fold) of notebooks 02-04 as a Ray task (1 GPU or
 #                    N CPUs each), side by side; needs pip install "lusv[ray]"
 #   --ray-address    a Ray cluster to join (ray://head:10001 or auto); default: a local Ray
@@ -17,7 +17,8 @@
 # compute beside them; results/<run>/index.html links it all (headline table, conclusions, figures).
 # Rerunning continues where a previous run stopped: finished folds are reused, interrupted
 # ones resumed. --from N restarts at notebook N. Notebook 07 (real POCUS clips) runs when the
-# POCUS folder exists (default ../shared/data/pocus) and is skipped with a message otherwise.
+# POCUS folder exists (default ../shared/data/pocus) and is skipped with a message otherwise,
+# or when the study itself is on POCUS (--data pocus).
 # SOURCE is one of the data sources registered in lusv/sources (default synthetic).
 set -euo pipefail
 caller_dir=$PWD  # --data-path and --pocus are relative to where the user typed the command
@@ -26,7 +27,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")"
 # The source registry is standard-library Python, so it answers before the environment exists.
 sources() { PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" "${LUSV_PYTHON:-python3}" -m lusv.sources "$@"; }
 usage() {
-    sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'
     echo "SOURCE: $(sources | paste -sd '|')"
     exit "${1:-0}"
 }
@@ -89,7 +90,9 @@ execute 03_baselines -p profile "$profile" "${grid_params[@]}"
 execute 04_ablation_temporal -p profile "$profile" "${grid_params[@]}"
 execute 05_attention
 execute 06_results
-if [[ -d "$pocus" ]]; then
+if [[ "$data" == pocus ]]; then
+    echo "== 07_external_pocus: skipped — this study is itself on the POCUS clips (notebooks 01-06)"
+elif [[ -d "$pocus" ]]; then
     execute 07_external_pocus -p profile "$profile" -p data_path "$pocus" -p run_dir "$run_dir/external_pocus"
 else
     echo "== 07_external_pocus: skipped — no POCUS folder at $pocus (pass --pocus PATH; see data/README.md)"

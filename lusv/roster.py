@@ -14,7 +14,11 @@ C3D and R(2+1)D-18 at 1/16 width, CNN-LSTM and the frame-based model on the tiny
 to the paper profile: MViT-B and Swin-B (video transformers, slow on a CPU even when shrunk),
 R(2+1)D-34, and the two LUV-Net variants, which in the quick profile would be a ResNet-50 on a
 CPU or the quick LUV-Net itself (its encoder is already random). ``pretrained`` trains the 2-D
-models on frozen features plus the 3-D CNNs from scratch, as before.
+models on frozen features (USVN, CNN-LSTM, frame-based) plus the 3-D CNNs from scratch.
+
+Where a profile freezes its encoder, notebook 03 also fits the linear probe
+(``lusv.linear_probe``) as a reference row: what do the heads add over a logistic regression on
+the same features (``with_linear_probe``)?
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 from types import MappingProxyType
 from typing import Any, Mapping
 
+from lusv.config import params_for
 from lusv.errors import ConfigError
 
 CONFIGURATIONS: Mapping[str, Mapping[str, Any]] = MappingProxyType({
@@ -46,7 +51,7 @@ TABLE_1 = ("frame_based", "mvit_b", "swin_b", "c3d", "r2plus1d_34", "cnn_lstm", 
 BASELINES_BY_PROFILE: Mapping[str, tuple[str, ...]] = MappingProxyType({
     "paper": tuple(key for key in TABLE_1 if key != "luvnet"),
     "quick": ("usvn", "c3d", "r2plus1d", "cnn_lstm", "frame_based"),
-    "pretrained": ("usvn", "c3d", "r2plus1d", "cnn_lstm"),
+    "pretrained": ("usvn", "c3d", "r2plus1d", "cnn_lstm", "frame_based"),
 })
 
 
@@ -68,3 +73,10 @@ def baselines(profile: str) -> list[str]:
     if profile not in BASELINES_BY_PROFILE:
         raise ConfigError(f"no roster for profile {profile!r}; choose one of {', '.join(BASELINES_BY_PROFILE)}")
     return list(BASELINES_BY_PROFILE[profile])
+
+
+def with_linear_probe(profile: str, choice: bool | None = None) -> bool:
+    """Whether notebook 03 fits the linear probe as a reference row: ``choice`` where given, else
+    where the profile's 2-D models train on frozen encoder features (pretrained), which the probe
+    reads too."""
+    return choice if choice is not None else not params_for(profile).train_encoder

@@ -95,9 +95,9 @@ def test_study_notebooks_run_in_order_on_tiny_synthetic_data(tmp_path):
     assert set(oof["video_id"]) == set(folds["clip_id"]), "every development video"
     assert len(list((run_dir / "runs").glob("luvnet-fold*/best.pt"))) == 5
 
-    check_readable(execute("03_baselines", executed, **common, overrides={**TINY_TRAINING, "max_batches_per_epoch": 1}),
-                   "03_baselines")
-    for model in ("usvn", "c3d", "r2plus1d", "cnn_lstm", "frame_based"):  # the quick roster (lusv.roster)
+    check_readable(execute("03_baselines", executed, **common, linear_probe=True,  # off by default in quick
+                           overrides={**TINY_TRAINING, "max_batches_per_epoch": 1}), "03_baselines")
+    for model in ("usvn", "c3d", "r2plus1d", "cnn_lstm", "frame_based", "linear_probe"):  # the quick roster + probe
         assert len(pd.read_csv(run_dir / "oof" / f"{model}.test.csv")) == len(oof)
 
     nb = execute("04_ablation_temporal", executed, **common, kernel_sizes=[3, 5], head_counts=[4, 8], n_boot=50,

@@ -64,6 +64,17 @@ def test_paper_profile_trains_the_whole_table_1_and_quick_a_cpu_subset():
         roster.baselines("fast")
 
 
+def test_pretrained_roster_trains_every_2d_comparator_and_the_probe_where_the_encoder_is_frozen():
+    from lusv import roster
+
+    assert set(roster.baselines("pretrained")) == {"usvn", "cnn_lstm", "frame_based", "c3d", "r2plus1d"}
+    assert roster.with_linear_probe("pretrained") is True  # heads on frozen Lite0 features
+    assert roster.with_linear_probe("quick") is False  # the tiny encoder trains: no fixed features to probe
+    assert roster.with_linear_probe("paper") is False
+    assert roster.with_linear_probe("pretrained", False) is False
+    assert roster.with_linear_probe("quick", True) is True
+
+
 @pytest.mark.parametrize("key", sorted(ROSTER))
 def test_parameters_and_macs_in_the_paper_setting(key):
     name, options, parameters, gmac = ROSTER[key]
