@@ -102,5 +102,10 @@ def test_3d_models_refuse_a_frozen_encoder(tiny_data, tmp_path):
     assert not (tmp_path / "c3d").exists()
     # The pretrained profile trains them end to end from scratch instead.
     c3d = params_for("pretrained", model="c3d")
-    assert c3d.train_encoder is True and c3d.weights == "random" and c3d.width == 0.125
-    assert params_for("pretrained", model="luvnet").train_encoder is False
+    assert c3d.train_encoder is True and c3d.weights == "random" and c3d.width == 0.0625 and c3d.lr == 1e-3
+    luvnet = params_for("pretrained", model="luvnet")
+    assert luvnet.train_encoder is False and luvnet.lr == 1e-4 and luvnet.weight_decay == 5e-2
+    # The small 2-D heads train faster than LUV-Net's (its lr left them at chance), on the same features.
+    usvn = params_for("pretrained", model="usvn")
+    assert usvn.train_encoder is False and usvn.lr == 1e-3 and usvn.weight_decay == 5e-2
+    assert params_for("pretrained", model="usvn", lr=3e-4).lr == 3e-4, "the caller's override wins"
