@@ -26,6 +26,7 @@ MODEL_NAMES: dict[str, str] = {
     "frame_based": "Frame-based",
     "mvit_b": "MViT-B",
     "swin_b": "Swin-B",
+    "linear_probe": "Linear probe",  # lusv.linear_probe: logistic regression on mean-pooled frozen features
 }
 
 # Sweep points of LUV-Net: luvnet_k13 (temporal kernel), luvnet_h4 (attention heads).

@@ -23,8 +23,8 @@ from test_report import make_predictions
 
 
 def test_study_keys_get_human_names():
-    assert [model_name(k) for k in ("luvnet", "usvn", "luvnet_k13", "luvnet_h4", "r2plus1d", "mystery")] == [
-        "LUV-Net", "USVN", "LUV-Net K=13", "LUV-Net H=4", "R(2+1)D-18", "mystery"]
+    assert [model_name(k) for k in ("luvnet", "usvn", "luvnet_k13", "luvnet_h4", "r2plus1d", "linear_probe", "mystery")] == [
+        "LUV-Net", "USVN", "LUV-Net K=13", "LUV-Net H=4", "R(2+1)D-18", "Linear probe", "mystery"]
     table = with_model_names(pd.DataFrame({"Model": ["luvnet_no_temporal", "c3d"], "x": [1, 2]}))
     assert table["Model"].tolist() == ["LUV-Net without temporal module", "C3D"]
     long = readable(pd.DataFrame({"model": ["luvnet_k13"], "pattern": ["pleural_effusion"], "auc": [0.7]}))
