@@ -4,7 +4,7 @@
     python scripts/mutation_check.py --only youden-ties-lowest --skip-baseline
     python scripts/mutation_check.py --list     # names, and whether each snippet is found once
 
-A mutation is (name, snippet, replacement, pytest selection). The snippet is looked up in every
+A mutation is (name, snippet, replacement, test module, pytest -k selection). The snippet is looked up in every
 .py file under lusv/, not in a fixed file, so moving code between modules does not break the
 list; a snippet found in no place or in several is reported and counts as a failure (edit the
 list together with the code). Each selection is first run unmutated (baseline: it must pass, or
@@ -34,66 +34,72 @@ class Mutation(NamedTuple):
     name: str
     snippet: str
     replacement: str
-    tests: tuple[str, ...]  # pytest arguments, relative to the repository root
+    test_module: str  # tests/<test_module>.py
+    selection: str  # its tests that must catch the bug (pytest -k)
+
+    @property
+    def tests(self) -> tuple[str, ...]:
+        """The pytest arguments, relative to the repository root."""
+        return (f"tests/{self.test_module}.py", "-k", self.selection)
 
 
 MUTATIONS: tuple[Mutation, ...] = (
     Mutation("delong-logit-without-factor",
              "half = z * se / (auc * (1 - auc))", "half = z * se",
-             ("tests/test_metrics.py", "-k", "delong_ci")),
+             "test_metrics", "delong_ci"),
     Mutation("delong-quantile-one-sided",
              "z = stats.norm.ppf(1 - alpha / 2)", "z = stats.norm.ppf(1 - alpha)",
-             ("tests/test_metrics.py", "-k", "delong_ci")),
+             "test_metrics", "delong_ci"),
     Mutation("youden-ties-lowest",
              "best = int(np.flatnonzero(j >= j.max() - 1e-9)[0])", "best = int(np.flatnonzero(j >= j.max() - 1e-9)[-1])",
-             ("tests/test_metrics.py", "-k", "youden")),
+             "test_metrics", "youden"),
     Mutation("temporal-relu-before-batchnorm",
              "y = torch.relu(self.norm(conv))  # (B, F, T)",
              "y = self.norm(torch.relu(conv))  # (B, F, T)",
-             ("tests/test_models.py", "-k", "temporal")),
+             "test_models", "temporal"),
     Mutation("temporal-branch-times-zero",
              "fused = spatial + self.temporal(h, mask)", "fused = spatial + 0 * self.temporal(h, mask)",
-             ("tests/test_models.py", "-k", "temporal")),
+             "test_models", "temporal"),
     Mutation("temporal-even-k-padding-k-over-2",
              'kernel_size, padding="same", bias=False)', "kernel_size, padding=kernel_size // 2, bias=False)",
-             ("tests/test_models.py", "-k", "temporal or even_kernel")),
+             "test_models", "temporal or even_kernel"),
     Mutation("one-fold-per-patient-check-off",
              "leaking = folds_per_patient.index[folds_per_patient > 1].tolist()", "leaking = []",
-             ("tests/test_splits.py", "-k", "saved_folds")),
+             "test_splits", "saved_folds"),
     Mutation("folds-vs-labels-patient-check-off",
              'moved = folds[folds["patient_id"] != folds["clip_id"].map(patient_of)]', "moved = folds.iloc[:0]",
-             ("tests/test_train.py", "-k", "another_patient")),
+             "test_train", "another_patient"),
     Mutation("temporal-test-clip-in-folds-check-off",
              'in_both = ids & set(folds["clip_id"])', "in_both = set()",
-             ("tests/test_train.py", "-k", "temporal_test_clip_in_folds")),
+             "test_train", "temporal_test_clip_in_folds"),
     Mutation("flip-drawn-per-frame",
              "x = self._flip_rotate(x, flip=u[:, 0] < self.flip_p, turn=u[:, 1] * 2 - 1)",
              "x = self._flip_rotate(x.reshape(b * t, 1, 1, s, s), "
              "flip=torch.rand(b * t, generator=generator, dtype=torch.float64).to(x) < self.flip_p, "
              "turn=(u[:, 1] * 2 - 1).repeat_interleave(t)).reshape(b, t, 1, s, s)",
-             ("tests/test_datasets.py", "-k", "flip_alone")),
+             "test_datasets", "flip_alone"),
     Mutation("paper-augmentations-with-intensity-jitter",
              "return ClipAugment(brightness=0.0, contrast=0.0, gamma=0.0, blur_p=0.0, noise_p=0.0)",
              "return ClipAugment()",
-             ("tests/test_datasets.py", "-k", "paper_augmentations_only")),
+             "test_datasets", "paper_augmentations_only"),
     Mutation("held-out-clips-left-in-the-folds",
              'kept = held_out.loc[held_out["split"] == "development", "clip_id"]', 'kept = held_out["clip_id"]',
-             ("tests/test_held_out.py", "-k", "sets_the_held_out_patients_apart")),
+             "test_held_out", "sets_the_held_out_patients_apart"),
     Mutation("window-tail-dropped",
              "    if starts[-1] + window < video_frames:  # the tail: one more window aligned to the end",
              "    if False:",
-             ("tests/test_windows.py", "-k", "starts or labels_hand_worked")),
+             "test_windows", "starts or labels_hand_worked"),
     Mutation("window-label-from-its-first-frame-only",
              "present = {pattern for first, final, pattern in spans if first <= last and final >= start}",
              "present = {pattern for first, final, pattern in spans if first <= start <= final}",
-             ("tests/test_windows.py", "-k", "labels")),
+             "test_windows", "labels"),
     Mutation("video-label-needs-every-window-positive",
              "out[pattern] = grouped[pattern].max()", "out[pattern] = grouped[pattern].min()",
-             ("tests/test_video_level.py", "-k", "any_positive")),
+             "test_video_level", "any_positive"),
     Mutation("video-level-ci-resamples-windows",
              'summary = summarize_predictions(table, ci="bootstrap"',
              'summary = summarize_predictions(table.assign(patient_id=table["clip_id"]), ci="bootstrap"',
-             ("tests/test_video_level.py", "-k", "patient_resampled")),
+             "test_video_level", "patient_resampled"),
 )
 
 
