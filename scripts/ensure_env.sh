@@ -4,6 +4,7 @@
 # created on first use and reused afterwards. The project is (re)installed only when
 # pyproject.toml changed since the last install, so a second run starts in seconds.
 
+LUSV_MIN_FREE_GB="${LUSV_MIN_FREE_GB:-8}"
 _lusv_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
 if [[ -n "${VIRTUAL_ENV:-}" || -n "${CONDA_PREFIX:-}" ]]; then
@@ -20,6 +21,13 @@ fi
 _lusv_stamp="$("$LUSV_PYTHON" -c 'import sys; print(sys.prefix)')/.lusv-install-stamp"
 _lusv_want="$(sha256sum "$_lusv_root/pyproject.toml" | cut -d' ' -f1) $_lusv_root"
 if [[ "$(cat "$_lusv_stamp" 2>/dev/null)" != "$_lusv_want" ]]; then
+    # torch's CUDA build alone is ~5.5 GB once installed; a disk that fills halfway through pip
+    # leaves a broken environment and a long pip traceback, so say what is missing up front.
+    _lusv_free_gb="$("$LUSV_PYTHON" -c 'import shutil, sys; print(shutil.disk_usage(sys.prefix).free // 2**30)')"
+    if ! "$LUSV_PYTHON" -c 'import torch' 2>/dev/null && (( _lusv_free_gb < LUSV_MIN_FREE_GB )); then
+        echo "lusv: installing torch needs about ${LUSV_MIN_FREE_GB} GB free beside $("$LUSV_PYTHON" -c 'import sys; print(sys.prefix)'); only ${_lusv_free_gb} GB are free (free some space, or activate an environment that has torch)" >&2
+        return 1 2>/dev/null || exit 1
+    fi
     echo "lusv: installing lusv and its pinned dependencies into $("$LUSV_PYTHON" -c 'import sys; print(sys.prefix)')" >&2
     "$LUSV_PYTHON" -m pip install --disable-pip-version-check -q -e "$_lusv_root[test]" \
         || { echo "lusv: pip install failed (see above)" >&2; return 1 2>/dev/null || exit 1; }
