@@ -6,18 +6,23 @@ frames and size into that dataset's own clip cache (the ingestion report says wh
 what skipped, and why), and predicts every clip with each model configuration of the study
 that has fold models (``runs/<key>-fold<f>``): the probability of a pattern is the mean of the
 fold models' probabilities. Models trained on frozen features (``train_encoder=False``) predict
-from the dataset's feature cache, built once and shared by their folds.
+from the dataset's feature cache, built once and shared by their folds. A study trained on
+windows (``clip_policy="windows"``, ``lusv.windows``) sees the dataset as it saw its own videos:
+each video cached whole and cut into the same windows, every window predicted, and a video's
+probability the mean of its windows' (as ``lusv predict`` and the study's video-level AUCs).
 
 Per model and pattern it reports the AUC with its DeLong 95% CI on the clips that label the
 pattern, and the sensitivity and specificity at the Youden threshold chosen on the study's pooled
-validation predictions (``oof/<key>.val.csv``): thresholds are carried over, never tuned on the
+validation predictions (``oof/<key>.val.csv``; under windows, its videos' mean of windows, the
+scores the threshold is then applied to): thresholds are carried over, never tuned on the
 external data. A pattern the dataset does not label (its column empty) or labels with one class
 only gets no AUC (NaN, the ``note`` says why), never a zero. Leave a pattern's column empty in
 the labels CSV when the dataset does not label it.
 
 Written under ``out_dir`` (default ``<study>/external/<dataset name>/``): ``predictions_<key>.csv``
-(clip_id, patient_id, p_<pattern>..., <pattern>... labels), ``external_auc.csv`` and
-``ingest_report.csv`` (+ ``_summary``).
+(clip_id, patient_id, p_<pattern>..., <pattern>... labels; under windows also n_windows, and
+``predictions_<key>.windows.csv`` per window), ``external_auc.csv`` and ``ingest_report.csv``
+(+ ``_summary``).
 """
 
 from __future__ import annotations
@@ -79,6 +84,17 @@ def predict_with_folds(run_dirs: list[Path], cache, table: pd.DataFrame) -> np.n
     return total / len(run_dirs)
 
 
+def clips_to_score(prepared, cache, videos: pd.DataFrame):
+    """(what the fold models read, the rows they score): the clips themselves, or under the
+    study's windows policy every video's windows (ids ``<video>_w<i>``, labelled as their video)."""
+    if prepared.clip_policy != "windows":
+        return cache, videos
+    from lusv.windows import WindowedClips, windows_of_cache
+
+    windows = windows_of_cache(cache, videos, prepared.num_frames, prepared.window_overlap)
+    return WindowedClips(cache, windows, prepared.num_frames), windows
+
+
 def pattern_rows(key: str, predictions: pd.DataFrame, validation: pd.DataFrame) -> list[dict]:
     """One result row per pattern (see the module docstring)."""
     from lusv.metrics import delong_ci, sensitivity_specificity, youden_threshold
@@ -111,9 +127,10 @@ def external_validation(
     out_dir: str | Path | None = None, cache_root: str | Path | None = None, dayfirst: bool = False,
 ) -> ExternalResults:
     """Predict another labelled dataset with a study's fold models; see the module docstring."""
-    from lusv.cache import ClipCache
     from lusv.paths import default_cache_root, in_repository
     from lusv.study import Prepared, dataset_name, load_dataset
+    from lusv.video_level import video_predictions
+    from lusv.windows import clip_cache_for
 
     study_dir = in_repository(study_dir)
     prepared = Prepared.load(study_dir)
@@ -126,8 +143,7 @@ def external_validation(
 
     name = dataset_name(data, data_path)
     labels = load_dataset(data, data_path, dayfirst=dayfirst)
-    cache = ClipCache(Path(cache_root).resolve() if cache_root else default_cache_root(name),
-                      prepared.num_frames, prepared.image_size)
+    cache = clip_cache_for(prepared, Path(cache_root).resolve() if cache_root else default_cache_root(name))
     out_dir = Path(out_dir) if out_dir is not None else study_dir / "external" / name
     report = cache.build(labels)  # IngestError (with the per-clip reasons) when no clip is usable
     report.save(out_dir / "ingest_report.csv")
@@ -135,17 +151,24 @@ def external_validation(
     if table[list(PATTERNS)].isna().all().all():
         raise LusvError(f"{name}: none of its {len(table)} usable clip(s) labels any pattern: nothing to validate")
 
+    source, scored = clips_to_score(prepared, cache, table)
+    windowed = source is not cache
     rows, predictions = [], {}
     for key in keys:
-        probabilities = predict_with_folds(available[key], cache, table)
-        frame = table[["clip_id", "patient_id"]].copy()
+        probabilities = predict_with_folds(available[key], source, scored)
+        frame = scored[["clip_id", *(["video_id"] if windowed else []), "patient_id"]].copy()
         for i, pattern in enumerate(PATTERNS):
             frame[f"p_{pattern}"] = probabilities[:, i]
         for pattern in PATTERNS:
-            frame[pattern] = table[pattern].to_numpy(float)
+            frame[pattern] = scored[pattern].to_numpy(float)
+        validation = read_table(study_dir / "oof" / f"{key}.val.csv")
+        if windowed:
+            write_csv(out_dir / f"predictions_{key}.windows.csv", frame)
+            frame = video_predictions(frame, "mean").drop(columns="video_id")
+            validation = video_predictions(validation, "mean")
         predictions[key] = frame
         write_csv(out_dir / f"predictions_{key}.csv", frame)
-        rows += pattern_rows(key, frame, read_table(study_dir / "oof" / f"{key}.val.csv"))
+        rows += pattern_rows(key, frame, validation)
     results = pd.DataFrame(rows, columns=list(RESULT_COLUMNS))
     write_csv(out_dir / "external_auc.csv", results)
     (out_dir / "external.json").write_text(json.dumps(

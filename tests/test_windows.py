@@ -206,6 +206,49 @@ def test_tiny_training_run_predicts_windows_with_their_video_id(windowed_study, 
     assert result.length == T and (tmp_path / "plot.png").is_file()
 
 
+def test_external_validation_cuts_the_studys_windows_and_means_them_per_video(windowed_study, tmp_path):
+    """A windows study judges another dataset window by window, as ``lusv predict`` does: a video's
+    probability is the mean over the fold models of the mean of its windows'."""
+    import dataclasses
+
+    from reference_stats import youden_brute_force
+
+    from lusv import study
+    from lusv.external import external_validation
+    from lusv.inference import predict_clip
+
+    prepared = dataclasses.replace(windowed_study, run_dir=tmp_path / "study")
+    prepared.save()
+    study.train_configurations(prepared, {"luvnet": {"model": "luvnet", "train_encoder": False}}, "quick",
+                               epochs=1, batch_size=4, max_batches_per_epoch=1, num_workers=0)
+    source = pd.read_csv(windowed_study.labels_csv, dtype={"clip_id": str}).iloc[:6]
+    other = pd.DataFrame({"clip_id": [f"EXT-{i}" for i in range(6)], "path": source["path"],
+                          "patient_id": [f"EXT-P{i // 2}" for i in range(6)],
+                          "a_lines": [0, 1, 0, 1, 1, 0], "b_lines": [1, 1, 0, 0, 1, 0],
+                          "consolidation": "", "pleural_effusion": ""})
+    other.to_csv(tmp_path / "other.csv", index=False)
+    results = external_validation(prepared.run_dir, "folder", tmp_path / "other.csv",
+                                  out_dir=tmp_path / "ext", cache_root=tmp_path / "cache")
+
+    windows = pd.read_csv(tmp_path / "ext" / "predictions_luvnet.windows.csv", dtype={"clip_id": str})
+    assert windows["clip_id"].tolist() == [f"EXT-{i}_w00{w}" for i in range(6) for w in (0, 1)]
+    saved = results.predictions["luvnet"]
+    assert saved["clip_id"].tolist() == [f"EXT-{i}" for i in range(6)] and (saved["n_windows"] == 2).all()
+    runs = [prepared.run_dir / "runs" / f"luvnet-fold{fold}" for fold in range(3)]
+    for row, path in list(zip(saved.itertuples(index=False), other["path"]))[:2]:  # 2 of 6: each plots Grad-CAM
+        expected = np.mean([list(predict_clip(path, run, plot_path=tmp_path / "p.png").probabilities.values())
+                            for run in runs], axis=0)
+        np.testing.assert_allclose([getattr(row, f"p_{p}") for p in PATTERNS], expected, atol=2e-3)
+
+    # the threshold is chosen on the study's validation videos, each the mean of its windows
+    validation = pd.read_csv(prepared.run_dir / "oof" / "luvnet.val.csv", dtype={"video_id": str})
+    per_video = validation.groupby("video_id").agg({"p_a_lines": "mean", "a_lines": "max"})
+    table = results.table.set_index("pattern")
+    assert table.loc["a_lines", "threshold"] == pytest.approx(
+        youden_brute_force(per_video["a_lines"].tolist(), per_video["p_a_lines"].tolist()))
+    assert table.loc["a_lines", "n_labelled"] == 6 and np.isnan(table.loc["consolidation", "auc"])
+
+
 def test_frozen_features_are_computed_once_per_video_and_sliced_per_window(windowed_study, tmp_path):
     from lusv.config import params_for
     from lusv.models import build_model
