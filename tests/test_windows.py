@@ -217,7 +217,8 @@ def test_external_validation_cuts_the_studys_windows_and_means_them_per_video(wi
     from lusv.external import external_validation
     from lusv.inference import predict_clip
 
-    prepared = dataclasses.replace(windowed_study, run_dir=tmp_path / "study")
+    # its own caches: the frozen features of every video must not leak into the shared fixture's
+    prepared = dataclasses.replace(windowed_study, run_dir=tmp_path / "study", cache_root=tmp_path / "study_cache")
     prepared.save()
     study.train_configurations(prepared, {"luvnet": {"model": "luvnet", "train_encoder": False}}, "quick",
                                epochs=1, batch_size=4, max_batches_per_epoch=1, num_workers=0)
