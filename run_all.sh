@@ -25,14 +25,14 @@ caller_dir=$PWD  # --data-path and --pocus are relative to where the user typed 
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
 # The source registry is standard-library Python, so it answers before the environment exists.
-sources() { PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" "${LUSV_PYTHON:-python3}" -m lusv.sources "$@"; }
+sources() { PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" "${LUSV_PYTHON:-python3}" -m lusv.data.sources "$@"; }
 usage() {
     sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'
     echo "SOURCE: $(sources | paste -sd '|')"
     exit "${1:-0}"
 }
 
-profile=quick data=synthetic data_path="" dayfirst=False temporal_split=True run="" pocus="" from=1 executor=sequential ray_address=""
+profile="" data=synthetic data_path="" dayfirst=False temporal_split=True run="" pocus="" from=1 executor=sequential ray_address=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
         quick|paper|pretrained) profile=$1 ;;
@@ -65,7 +65,16 @@ fi
 case "$executor" in sequential|ray) ;; *) echo "run_all.sh: --executor must be sequential or ray" >&2; exit 2 ;; esac
 
 source scripts/ensure_env.sh
-run_dir="results/${run:-$profile-$data}"
+# The study remembers its profile (prepare/prepared.json): a rerun of an existing study uses it, and a
+# profile typed that disagrees with it is refused in one line before anything runs.
+run_dir="results/${run:-${profile:-quick}-$data}"
+recorded=$("$LUSV_PYTHON" -c 'import sys; from lusv.data.prepared import Prepared
+p = Prepared.recorded(sys.argv[1]); print(p.profile or "" if p else "")' "$run_dir")
+if [[ -n "$recorded" && -n "$profile" && "$recorded" != "$profile" ]]; then
+    echo "run_all.sh: $run_dir holds a study prepared with profile '$recorded', not '$profile': leave the profile out, or pass --run NAME for a new study" >&2
+    exit 2
+fi
+profile=${profile:-${recorded:-quick}}
 mkdir -p "$run_dir/notebooks"
 export PYTHONUNBUFFERED=1
 unset MPLBACKEND  # the kernels must use the inline backend, or plt.show() puts no figure in the notebook
@@ -85,19 +94,19 @@ data_params=(-p data "$data" -p dayfirst "$dayfirst" -p temporal_split "$tempora
 execute 01_preprocess -p profile "$profile" "${data_params[@]}"
 grid_params=(-p executor "$executor")
 [[ -n "$ray_address" ]] && grid_params+=(-p ray_address "$ray_address")
-execute 02_train_folds -p profile "$profile" "${grid_params[@]}"
-execute 03_baselines -p profile "$profile" "${grid_params[@]}"
-execute 04_ablation_temporal -p profile "$profile" "${grid_params[@]}"
+execute 02_train_folds "${grid_params[@]}"
+execute 03_baselines "${grid_params[@]}"
+execute 04_ablation_temporal "${grid_params[@]}"
 execute 05_attention
 execute 06_results
 if [[ "$data" == pocus ]]; then
     echo "== 07_external_pocus: skipped — this study is itself on the POCUS clips (notebooks 01-06)"
 elif [[ -d "$pocus" ]]; then
-    execute 07_external_pocus -p profile "$profile" -p data_path "$pocus" -p run_dir "$run_dir/external_pocus"
+    execute 07_external_pocus -p study_dir "$run_dir" -p data_path "$pocus" -p run_dir "$run_dir/external_pocus"
 else
     echo "== 07_external_pocus: skipped — no POCUS folder at $pocus (pass --pocus PATH; see data/README.md)"
 fi
 # Every executed notebook as standalone HTML and an index page: the study readable in any browser.
-"$LUSV_PYTHON" -m lusv.html_report "$run_dir"
+"$LUSV_PYTHON" -m lusv.report.html "$run_dir"
 echo "study finished in $(( ($(date +%s) - start) / 60 )) min $(( ($(date +%s) - start) % 60 )) s: $run_dir"
 echo "results: $run_dir/index.html (open in a browser)  tables: $run_dir/tables  figures: $run_dir/figures  logs: $run_dir/logs"

@@ -1,1 +1,1 @@
-"""Throughput, latency and memory benchmarks of the lusv data path and models (see README.md)."""
+"""Throughput, latency and memory benchmarks of the lusv data path and models (see docs/performance.md)."""

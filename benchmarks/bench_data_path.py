@@ -34,7 +34,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from benchmarks.common import PeakMemory, Row, bench_main, measure, measure_interleaved
-from lusv.patterns import IMAGENET_MEAN, IMAGENET_STD, PATTERNS
+from lusv.data.patterns import IMAGENET_MEAN, IMAGENET_STD, PATTERNS
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,7 @@ def write_mjpg_clips(folder: Path, n_clips: int, num_frames: int, frame_size: in
     Returns, per source size, a labels-like table (clip_id, path, one column per pattern) for
     ``ClipCache.build`` and ``ClipDataset``.
     """
-    from lusv.sources.synthetic import synthesize_clip
+    from lusv.data.sources.synthetic import synthesize_clip
 
     source_sizes = tuple(source_sizes) or ((frame_size, frame_size),)
     rows: dict[tuple[int, int], list[dict]] = {size: [] for size in source_sizes}
@@ -112,7 +112,8 @@ def write_mjpg_clips(folder: Path, n_clips: int, num_frames: int, frame_size: in
 
 def lusv_epoch_fn(cache, table: pd.DataFrame, batch_size: int, device: torch.device, seed: int = 0):
     """A callable that runs one epoch of the lusv data path and returns the number of clips."""
-    from lusv.datasets import ClipAugment, ClipDataset, collate_clips, to_model_input
+    from lusv.data.datasets import ClipDataset, collate_clips
+    from lusv.data.model_input import ClipAugment, to_model_input
 
     loader = DataLoader(
         ClipDataset(cache, table), batch_size=batch_size, shuffle=True, collate_fn=collate_clips,
@@ -156,7 +157,7 @@ def _decode_avi(path: str, num_frames: int) -> list:
 def baseline_clip(path: str, num_frames: int, image_size: int, rng: random.Random) -> torch.Tensor:
     """One clip the per-frame way: float (T, 3, S, S), parameters drawn per clip, applied per frame.
 
-    Same augmentations, ranges and probabilities as ``lusv.datasets.ClipAugment`` (flip p 0.5,
+    Same augmentations, ranges and probabilities as ``lusv.data.model_input.ClipAugment`` (flip p 0.5,
     rotation +-10 deg, brightness +-0.1, contrast factor 1 +- 0.2, gamma log-uniform in
     [1/1.2, 1.2], blur p 0.25 with sigma 0.3-1.2 and a 9-tap kernel, noise p 0.25 with std up to
     0.03), in PIL's flavour: brightness is a factor, contrast pivots on the frame's own mean.
@@ -217,7 +218,7 @@ def baseline_epoch_fn(table: pd.DataFrame, num_frames: int, image_size: int, bat
 def run(size: DataPathSize, device: torch.device) -> list[Row]:
     """Per source size: time both paths over the same clips in this process, in clips/s, with
     the ratio, plus the one-off cache build."""
-    from lusv.cache import ClipCache
+    from lusv.data.cache import ClipCache
 
     name = "(a) data path"
     rows: list[Row] = []

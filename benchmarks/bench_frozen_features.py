@@ -3,7 +3,7 @@
 Same clips, same machine, same run: one training epoch of LUV-Net end to end (the encoder in
 the loop and fine-tuned, as the paper trains: forward through encoder and heads, backward,
 Adam step over every parameter) against one epoch of its heads alone on features from
-``lusv.features.FeatureCache`` (held in memory after build's checked read, as training opens it,
+``lusv.data.features.FeatureCache`` (held in memory after build's checked read, as training opens it,
 served through ``FeatureDataset``; ``forward_features``, backward, fused Adam step over the head
 parameters). The one-time feature extraction (encoder
 forward in eval mode, float16 entries written and checksummed) is timed too: it is paid once
@@ -38,12 +38,13 @@ import pandas as pd
 import torch
 
 from benchmarks.common import Row, bench_main, measure_interleaved, release_memory
-from lusv.cache import array_checksum
-from lusv.datasets import keep_freed_cpu_buffers, to_model_input
-from lusv.datasets import FeatureDataset
-from lusv.features import FeatureCache
+from lusv.data.cache import array_checksum
+from lusv.data.datasets import keep_freed_cpu_buffers
+from lusv.data.model_input import to_model_input
+from lusv.data.datasets import FeatureDataset
+from lusv.data.features import FeatureCache
 from lusv.models import build_model
-from lusv.patterns import PATTERNS
+from lusv.data.patterns import PATTERNS
 from lusv.inference import masked_bce
 
 BENCHMARK = "(e) frozen features"
@@ -68,7 +69,7 @@ QUICK = FrozenSize(encoder="tiny", weights="random", n_clips=4, num_frames=4, im
 
 
 class InMemoryClips:
-    """The part of ``lusv.cache.ClipCache`` that ``FeatureCache`` uses, over arrays in memory."""
+    """The part of ``lusv.data.cache.ClipCache`` that ``FeatureCache`` uses, over arrays in memory."""
 
     def __init__(self, clips: np.ndarray, lengths: np.ndarray, directory: Path):
         self.clips, self.lengths, self.dir = clips, lengths, directory
@@ -105,7 +106,7 @@ def run(size: FrozenSize, device: torch.device) -> list[Row]:
 
     with tempfile.TemporaryDirectory(prefix="lusv-bench-features-") as tmp:
         source = InMemoryClips(clips, lengths, Path(tmp))
-        # in_memory as lusv.features.run_feature_cache opens it for training: the entries build
+        # in_memory as lusv.data.features.run_feature_cache opens it for training: the entries build
         # checked stay in memory, so the epochs read no file.
         features = FeatureCache(source, heads.encoder, encoder_name=size.encoder, in_memory=True)
         start = time.perf_counter()

@@ -27,8 +27,8 @@ from typing import Callable, Optional
 import torch
 
 from benchmarks.common import PeakMemory, Row, bench_main, measure, median, release_memory
-from lusv.datasets import to_model_input
-from lusv.devices import autocast
+from lusv.data.model_input import to_model_input
+from lusv.infra.devices import autocast
 from lusv.inference import masked_bce
 from lusv.models import build_model
 

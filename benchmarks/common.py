@@ -2,7 +2,7 @@
 
 Command line: ``bench_main`` is every ``benchmarks/bench_*.py``'s ``main`` (``--quick``,
 ``--device``), ``bench_parser`` the parser ``run_all`` extends; the device is resolved as lusv
-resolves a run's (``lusv.devices.resolve_device``).
+resolves a run's (``lusv.infra.devices.resolve_device``).
 
 Timing: ``measure`` runs warm-up calls (first-call allocations, lazy imports, cuDNN autotuning),
 then times each repetition and reports the median, which shrugs off the occasional slow
@@ -20,7 +20,7 @@ PIL's or FFmpeg's buffers):
   the CPU counterpart of ``max_memory_allocated``: what the variant's live buffers needed,
   whatever the allocator keeps. A peak shorter than 5 ms can be missed.
 - the peak rise of the **resident set size** (RSS): what the process really grew by, including
-  freed buffers the allocator keeps and heap fragmentation. ``lusv.datasets.
+  freed buffers the allocator keeps and heap fragmentation. ``lusv.data.datasets.
   keep_freed_cpu_buffers`` (applied by ``run_all``, as by training) keeps freed buffers
   resident, so without the trim each variant would reuse what the one before it left and show
   a rise of ~0; ``malloc_trim(0)`` on entry hands them back first, so the rise is the variant's
@@ -46,7 +46,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from lusv.devices import resolve_device
+from lusv.infra.devices import resolve_device
 from lusv.errors import LusvError
 
 MIB = 1024 * 1024
@@ -77,7 +77,7 @@ class Row:
 
 
 def device_from_flag(name: str) -> torch.device:
-    """``--device`` as a torch device, resolved as lusv resolves a run's (``lusv.devices.resolve_device``);
+    """``--device`` as a torch device, resolved as lusv resolves a run's (``lusv.infra.devices.resolve_device``);
     a device this machine lacks ends the command with the reason instead of a traceback."""
     try:
         return resolve_device(name)

@@ -242,10 +242,10 @@ def _probabilities(run_dir: Path):
 def kill_and_resume(size: CheckSize, device: torch.device, workdir: Path, deadline: Deadline) -> Line:
     import numpy as np
 
-    from lusv import io
+    from lusv.infra import io
     from lusv.config import params_for
-    from lusv.sources.synthetic import load_synthetic
-    from lusv.splits import make_folds
+    from lusv.data.sources.synthetic import load_synthetic
+    from lusv.data.splits import make_folds
 
     labels = load_synthetic(workdir / "synthetic", n_clips=size.n_clips, n_patients=size.n_clips // 2,
                             num_frames=size.num_frames, frame_size=size.image_size, seed=0, progress=False)

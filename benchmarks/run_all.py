@@ -27,7 +27,7 @@ import torch
 
 from benchmarks import bench_attention, bench_data_path, bench_frozen_features, bench_model_step
 from benchmarks.common import Row, bench_parser, device_from_flag, machine_info, process_peak_rss_mib
-from lusv.datasets import keep_freed_cpu_buffers
+from lusv.data.datasets import keep_freed_cpu_buffers
 
 BENCHMARKS = ("data", "attention", "model", "features")
 
@@ -87,7 +87,7 @@ def save(path: Path, info: dict[str, Any], rows: list[Row], seconds: float, args
 def main(argv: list[str] | None = None) -> list[Row]:
     parser = bench_parser(__doc__)
     parser.add_argument("--threads", type=int, default=None,
-                        help="torch intra-op threads; default 1 on the CPU (see README), torch's own choice on CUDA; "
+                        help="torch intra-op threads; default 1 on the CPU (see docs/performance.md), torch's own choice on CUDA; "
                              "0 = torch's own choice")
     parser.add_argument("--release-buffers", action="store_true",
                         help="leave glibc's default of unmapping freed buffers over 32 MB (lusv training keeps them)")
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
     if args.threads is None:
         # One thread per process is how a DataLoader worker runs, and on a CPU shared with other
         # jobs OpenMP's spinning threads slow small per-frame torch calls (the baseline's) by up to
-        # 8x, which would flatter lusv's ratio. See README.md.
+        # 8x, which would flatter lusv's ratio. See docs/performance.md.
         args.threads = 1 if device.type == "cpu" else 0
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -1,6 +1,8 @@
-"""lusv: multi-label lung ultrasound video classification (LUV-Net study toolkit)."""
+"""lusv: multi-label lung ultrasound video classification (LUV-Net study toolkit).
 
-from lusv.patterns import DISPLAY_NAMES, PATTERNS
+The folders, bottom up: ``infra`` (files, locks, devices), ``data`` (patterns, videos, cache,
+windows, splits, sources), ``models``, ``stats``, ``inference``, ``train``, ``report``, ``explain``,
+``evaluation``, ``predict``; the entry points ``study`` and ``cli`` on top (docs/architecture.md).
+"""
 
 __version__ = "0.1.0"
-__all__ = ["PATTERNS", "DISPLAY_NAMES", "__version__"]

@@ -22,6 +22,7 @@ import sys
 import typing
 from pathlib import Path
 
+from lusv.config import DEFAULT_PROFILE
 from lusv.errors import IngestError, LusvError
 
 log = logging.getLogger("lusv")
@@ -49,6 +50,8 @@ def _add_run_param_flags(parser: argparse.ArgumentParser) -> None:
     from lusv.config import DEFAULT_PROFILE, PROFILES, RunParams
 
     for field in dataclasses.fields(RunParams):
+        if field.name == "profile":  # the subcommand's own --profile: the profile the flags start from
+            continue
         is_bool = _flag_type(field.type) is _parse_bool
         values = {name: getattr(profile, field.name) for name, profile in PROFILES.items()}
         if len(set(map(repr, values.values()))) == 1:
@@ -120,12 +123,22 @@ def _from_here(path: str | None) -> str | None:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from lusv.config import field_names, params_for, path_fields
+    from lusv.data.prepared import Prepared
     from lusv.models.encoders import WEIGHT_NAMES
     from lusv.train import run
 
-    _announce_profile(args.profile)
     overrides = {name: getattr(args, name) for name in field_names() if getattr(args, name) is not None}
-    params = params_for(args.profile, **overrides)
+    overrides.pop("profile", None)
+    if args.study:  # the study's data and settings; the flags given change the rest
+        prepared = Prepared.load(_from_here(args.study))
+        profile = prepared.resolve_profile(args.profile)
+        fold = overrides.get("fold", 0)
+        overrides = {"out_dir": str(prepared.run_dir / "runs"), "run_name": f"{overrides.get('model', 'luvnet')}-fold{fold}",
+                     **prepared.training_inputs(), **overrides}
+    else:
+        profile = args.profile or DEFAULT_PROFILE
+    _announce_profile(profile)
+    params = params_for(profile, **overrides)
     paths = {name: _from_here(getattr(params, name)) for name in path_fields() if getattr(params, name)}
     if params.weights not in WEIGHT_NAMES:  # a weights file, not one of the words imagenet/random
         paths["weights"] = _from_here(params.weights)
@@ -135,8 +148,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from lusv.metrics import summarize_predictions
-    from lusv.report import read_predictions
+    from lusv.stats.metrics import summarize_predictions
+    from lusv.report.tables import read_predictions
 
     for path in args.predictions:
         print(f"== {path}")
@@ -146,9 +159,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from lusv import inference
+    from lusv.predict.video import predict_clip
 
-    result = inference.predict_clip(args.clip, args.checkpoint, plot_path=args.plot)
+    result = predict_clip(args.clip, args.checkpoint, plot_path=args.plot)
     for pattern, probability in result.probabilities.items():
         print(f"{pattern:18s} {probability:.3f}")
     if result.window_probabilities is not None:
@@ -171,7 +184,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_external(args: argparse.Namespace) -> int:
-    from lusv.external import external_validation
+    from lusv.evaluation.external import external_validation
 
     results = external_validation(
         _from_here(args.study), data=args.data, data_path=_from_here(args.data_path), keys=args.models,
@@ -203,9 +216,23 @@ def _add_clip_policy_arguments(prepare: argparse.ArgumentParser) -> None:
                          help="windows: resample every video to this frame rate first (default: its own frames)")
 
 
+def _add_train_command(commands) -> None:
+    from lusv.config import PROFILES
+
+    train = commands.add_parser("train", help="train one model on one fold (flags = lusv.config.RunParams)")
+    train.add_argument("--study", default=None,
+                       help="a prepared study folder: its data and settings (profile, frames, size, clip policy, "
+                            "folds), the run written to <study>/runs/<model>-fold<f>")
+    train.add_argument("--profile", default=None, choices=sorted(PROFILES),
+                       help=f"defaults to start from (default: the study's, else {DEFAULT_PROFILE}; paper = the "
+                            "published protocol, for a GPU)")
+    _add_run_param_flags(train)
+    train.set_defaults(handler=_cmd_train)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from lusv.config import DEFAULT_PROFILE, PROFILES
-    from lusv.sources import source_names
+    from lusv.data.sources import source_names
 
     parser = argparse.ArgumentParser(prog="lusv", description="LUV-Net lung ultrasound video study")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
@@ -214,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     prepare = commands.add_parser("prepare", help="read a dataset, fill the clip cache, make the splits")
     prepare.add_argument("--run-dir", required=True, help="study folder, e.g. results/quick-synthetic")
     prepare.add_argument("--profile", default=DEFAULT_PROFILE, choices=sorted(PROFILES))
-    prepare.add_argument("--data", default="synthetic", choices=source_names(), help="data source (lusv.sources)")
+    prepare.add_argument("--data", default="synthetic", choices=source_names(), help="data source (lusv.data.sources)")
     prepare.add_argument("--data-path", default=None, help="POCUS folder or your labels CSV")
     prepare.add_argument("--num-folds", type=int, default=5)
     prepare.add_argument("--seed", type=int, default=0)
@@ -225,11 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_clip_policy_arguments(prepare)
     prepare.set_defaults(handler=_cmd_prepare)
 
-    train = commands.add_parser("train", help="train one model on one fold (flags = lusv.config.RunParams)")
-    train.add_argument("--profile", default=DEFAULT_PROFILE, choices=sorted(PROFILES),
-                       help=f"defaults to start from (default: {DEFAULT_PROFILE}; paper = the published protocol, for a GPU)")
-    _add_run_param_flags(train)
-    train.set_defaults(handler=_cmd_train)
+    _add_train_command(commands)
 
     evaluate = commands.add_parser("evaluate", help="per-pattern AUCs with 95%% CIs of predictions CSVs")
     evaluate.add_argument("predictions", nargs="+", help="predictions CSV(s) (p_<pattern> and label columns)")

@@ -9,10 +9,7 @@ more from than its message carries that data through its constructor (``VideoErr
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:  # annotations only: errors sit below every other room of the package
-    from lusv.cache import IngestReport
+from typing import Any
 
 
 class LusvError(Exception):
@@ -38,7 +35,7 @@ class IngestError(LusvError):
     """No clip of a labels table is usable: carries the ``IngestReport`` with every clip's reason
     and, once it is saved, ``report_path``, so that the user can fix the data clip by clip."""
 
-    def __init__(self, message: str, report: IngestReport, report_path: Path | None = None) -> None:
+    def __init__(self, message: str, report: Any, report_path: Path | None = None) -> None:
         super().__init__(message)
         self.report = report
         self.report_path = report_path

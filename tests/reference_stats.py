@@ -1,4 +1,4 @@
-"""Slow textbook statistics, written independently of lusv.metrics, for expected values in tests.
+"""Slow textbook statistics, written independently of lusv.stats.metrics, for expected values in tests.
 
 Everything here follows the papers' definitions with explicit loops over pairs of clips and
 plain Python floats, so that an expected value never comes from the function under test:

@@ -1,5 +1,5 @@
 """The paper's Appendix B attention figure (head-summed, min-max normalised, top-3 frames) and the
-Grad-CAM maps of lusv.saliency, on hand-known arrays and a tiny model."""
+Grad-CAM maps of lusv.explain.saliency, on hand-known arrays and a tiny model."""
 
 import matplotlib
 
@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from lusv.errors import ConfigError
-from lusv.explain import appendix_b_curves, plot_appendix_b, top_frames
+from lusv.explain.attention import appendix_b_curves, plot_appendix_b, top_frames
 from lusv.models import build_model
-from lusv.saliency import grad_cam
+from lusv.explain.saliency import grad_cam
 
 
 def test_curves_sum_heads_then_min_max_over_real_frames():

@@ -7,10 +7,10 @@ import pandas as pd
 import pytest
 from videos import make_frames, write_test_video
 
-from lusv.cache import ClipCache
+from lusv.data.cache import ClipCache
 from lusv.errors import LabelsError, VideoError
-from lusv.labels import read_labels
-from lusv.video import read_frames
+from lusv.data.labels import read_labels
+from lusv.data.video import read_frames
 
 HEADER = "clip_id,path,patient_id,a_lines,b_lines,consolidation,pleural_effusion"
 

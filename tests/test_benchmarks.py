@@ -54,7 +54,7 @@ def test_baseline_augments_one_gray_channel_and_converts_only_the_kept_frames(tm
     import random
 
     import av
-    from lusv.patterns import IMAGENET_MEAN, IMAGENET_STD
+    from lusv.data.patterns import IMAGENET_MEAN, IMAGENET_STD
 
     table = bench_data_path.write_mjpg_clips(tmp_path, n_clips=1, num_frames=9, frame_size=32)[(32, 32)]
     converted = []
@@ -136,7 +136,7 @@ def test_peak_memory_sees_a_large_cpu_allocation():
 
 
 def test_peak_memory_counts_buffers_kept_from_before():
-    from lusv.datasets import keep_freed_cpu_buffers
+    from lusv.data.datasets import keep_freed_cpu_buffers
 
     if not keep_freed_cpu_buffers():  # as run_all and training set it (process-wide, glibc only)
         pytest.skip("not glibc")

@@ -1,4 +1,4 @@
-"""lusv.cache: clips decoded once, valid entries reused, damaged or stale ones rebuilt."""
+"""lusv.data.cache: clips decoded once, valid entries reused, damaged or stale ones rebuilt."""
 
 import logging
 import os
@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 from videos import make_frames, tiny_clip_table, write_test_video
 
-from lusv.cache import ClipCache
+from lusv.data.cache import ClipCache
 from lusv.errors import CacheError, IngestError
-from lusv.video import prepare_clip, read_frames
+from lusv.data.video import prepare_clip, read_frames
 
 T, S = 4, 16
 
@@ -74,7 +74,7 @@ def test_damaged_entry_is_detected_and_rebuilt(tmp_path, clips, caplog, damage):
     else:
         entry.unlink()
 
-    with caplog.at_level(logging.WARNING, logger="lusv.cache"):
+    with caplog.at_level(logging.WARNING, logger="lusv.data.cache"):
         report = ClipCache(tmp_path / "cache", T, S).build(clips, progress=False)
     table = report.table.set_index("clip_id")
     assert table.loc["long", "status"] == "rebuilt" and table.loc["long", "reason"] == "entry damaged"
@@ -120,16 +120,16 @@ def test_nothing_usable_raises_with_the_report(tmp_path):
 
 
 def test_an_unexpected_failure_is_a_counted_skip_not_a_crash(tmp_path, clips, monkeypatch):
-    import lusv.cache
+    import lusv.data.cache
 
-    real_prepare = lusv.cache.prepare_clip
+    real_prepare = lusv.data.cache.prepare_clip
 
     def prepare_or_fail(frames, *args, source=None, **kwargs):
         if source is not None and source.endswith("short.avi"):
             raise AttributeError("'NoneType' object has no attribute 'shape'")  # a bug-like surprise
         return real_prepare(frames, *args, source=source, **kwargs)
 
-    monkeypatch.setattr(lusv.cache, "prepare_clip", prepare_or_fail)
+    monkeypatch.setattr(lusv.data.cache, "prepare_clip", prepare_or_fail)
     report = ClipCache(tmp_path / "cache", T, S).build(clips, progress=False)
     table = report.table.set_index("clip_id")
     assert (table.loc["short", "status"], table.loc["short", "reason"]) == ("skipped", "unexpected error")

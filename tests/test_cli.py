@@ -19,11 +19,11 @@ from sklearn.metrics import roc_auc_score
 from tiny_study import IMAGE_SIZE, NUM_FOLDS, NUM_FRAMES
 
 import reference_stats as ref
-from lusv.cache import ClipCache
+from lusv.data.cache import ClipCache
 from lusv.cli import main
 from lusv.config import RunParams, params_for
 from lusv.errors import ConfigError
-from lusv.patterns import PATTERNS
+from lusv.data.patterns import PATTERNS
 from lusv.train import run
 from videos import make_frames, write_test_video
 

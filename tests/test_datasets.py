@@ -1,4 +1,4 @@
-"""lusv.datasets: cache-backed dataset, collate, uint8 -> model input, batched augmentations."""
+"""lusv.data.datasets: cache-backed dataset, collate, uint8 -> model input, batched augmentations."""
 
 import math
 import os
@@ -9,15 +9,16 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from lusv.datasets import ClipAugment, ClipDataset, clip_augment, collate_clips, frame_mask, normalize, to_model_input
+from lusv.data.datasets import ClipDataset, collate_clips
+from lusv.data.model_input import ClipAugment, clip_augment, frame_mask, normalize, to_model_input
 from lusv.errors import ConfigError, LabelsError
-from lusv.patterns import IMAGENET_MEAN, IMAGENET_STD, PATTERNS
+from lusv.data.patterns import IMAGENET_MEAN, IMAGENET_STD, PATTERNS
 
 T, S = 6, 16
 
 
 class FakeCache:
-    """Stands in for lusv.cache.ClipCache: read-only arrays like a memory map, counts calls."""
+    """Stands in for lusv.data.cache.ClipCache: read-only arrays like a memory map, counts calls."""
 
     def __init__(self, n: int):
         rng = np.random.default_rng(0)
@@ -224,7 +225,7 @@ def test_noise_touches_only_the_clips_drawn_for_it():
 def test_keep_freed_cpu_buffers_is_accepted_by_glibc():
     import platform
 
-    from lusv.datasets import keep_freed_cpu_buffers
+    from lusv.data.datasets import keep_freed_cpu_buffers
 
     if platform.libc_ver()[0] != "glibc":
         pytest.skip("mallopt is glibc's")

@@ -13,12 +13,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lusv.conclusions import ablation_conclusion, comparison_conclusion, model_conclusion, results_conclusion
-from lusv.html_report import write_index
-from lusv.names import model_name, readable, with_model_names
-from lusv.patterns import DISPLAY_NAMES, PATTERNS
-from lusv.report import auc_summaries, auc_table, delong_table
-from lusv.saliency import region_scores, summarize_region_scores
+from lusv.report.conclusions import ablation_conclusion, comparison_conclusion, model_conclusion, results_conclusion
+from lusv.report.html import write_index
+from lusv.report.names import model_name, readable, with_model_names
+from lusv.data.patterns import DISPLAY_NAMES, PATTERNS
+from lusv.report.tables import auc_summaries, auc_table, delong_table
+from lusv.explain.saliency import region_scores, summarize_region_scores
 from test_report import make_predictions
 
 
@@ -80,7 +80,7 @@ def test_model_conclusion_states_chance_from_the_ci_and_names_best_and_worst_pat
 
 
 def test_ablation_conclusion_gives_the_temporal_gain_and_the_sweeps_beside_the_papers(tables):
-    from lusv.sweeps import sweep_table
+    from lusv.report.sweeps import sweep_table
 
     predictions, _, _, _ = tables
     renamed = {"luvnet": predictions["luvnet"], "luvnet_no_temporal": predictions["usvn"],
@@ -104,7 +104,7 @@ def test_ablation_conclusion_gives_the_temporal_gain_and_the_sweeps_beside_the_p
 
 
 def test_results_conclusion_quotes_window_and_video_level_macro_aucs():
-    from lusv.video_level import level_summaries, level_table
+    from lusv.evaluation.video_level import level_summaries, level_table
     from test_video_level import _windows
 
     levels = level_summaries({"luvnet": _windows()}, n_boot=50)
@@ -119,7 +119,7 @@ def test_results_conclusion_quotes_window_and_video_level_macro_aucs():
 
 
 def test_results_conclusion_covers_the_temporal_set_and_the_fold_wise_figures(tables):
-    from lusv.paper import compare_with_paper, fold_summary_table
+    from lusv.report.paper import compare_with_paper, fold_summary_table
 
     predictions, summaries, _, delong = tables
     folds = fold_summary_table(predictions)
@@ -169,7 +169,7 @@ def test_region_score_summary_compares_with_the_random_map_baseline():
 
 
 def test_attention_conclusion_says_whether_the_maps_fall_on_the_regions():
-    from lusv.conclusions import attention_conclusion
+    from lusv.report.conclusions import attention_conclusion
 
     summary = pd.DataFrame([
         {"pattern": "A-lines", "n_frames": 9, "share_inside": 0.30, "random_map_share": 0.05, "lift": 0.25,
@@ -190,8 +190,8 @@ def test_attention_conclusion_says_whether_the_maps_fall_on_the_regions():
 
 
 def test_region_masks_follow_the_frame_truth_and_the_cached_pixels(tiny_data):
-    from lusv.cache import ClipCache
-    from lusv.sources.synthetic import frame_truth, region_masks
+    from lusv.data.cache import ClipCache
+    from lusv.data.sources.synthetic import frame_truth, region_masks
     from tiny_study import IMAGE_SIZE, NUM_FRAMES
 
     ids = tiny_data.labels()["clip_id"].tolist()[:6]
@@ -209,8 +209,8 @@ def test_region_masks_follow_the_frame_truth_and_the_cached_pixels(tiny_data):
 
 
 def test_notebook_logging_keeps_info_in_the_file_and_warnings_in_the_notebook(tmp_path, monkeypatch, capsys):
-    from lusv.console import PROGRESS_ENV, bars_enabled
-    from lusv.notebook import notebook_logging
+    from lusv.infra.console import PROGRESS_ENV, bars_enabled
+    from lusv.report.notebook import notebook_logging
 
     # setenv first: monkeypatch then restores the variable (unset) after notebook_logging sets it,
     # so later tests' training subprocesses do not inherit the notebooks' summary mode
@@ -224,12 +224,12 @@ def test_notebook_logging_keeps_info_in_the_file_and_warnings_in_the_notebook(tm
         notebook_logging(tmp_path / "run", "02_train_folds")  # a rerun of the cell adds no duplicates
         logging.getLogger("lusv.train").info("epoch 1 detail")
         for clip in ("c1", "c2", "c3"):
-            logging.getLogger("lusv.cache").warning("clip %s was skipped", clip)
+            logging.getLogger("lusv.data.cache").warning("clip %s was skipped", clip)
         for handler in root.handlers:
             handler.flush()
         shown = capsys.readouterr().out
         assert shown.splitlines() == [
-            "WARNING lusv.cache: clip c1 was skipped [shown once; every occurrence in 02_train_folds.log]"]
+            "WARNING lusv.data.cache: clip c1 was skipped [shown once; every occurrence in 02_train_folds.log]"]
         kept = path.read_text()
         assert path == tmp_path / "run" / "logs" / "02_train_folds.log"
         assert "epoch 1 detail" in kept and all(f"clip {c} was skipped" in kept for c in ("c1", "c2", "c3"))
@@ -243,7 +243,7 @@ def test_notebook_logging_keeps_info_in_the_file_and_warnings_in_the_notebook(tm
 
 
 def test_summary_progress_prints_one_line_per_run(monkeypatch, capsys):
-    from lusv.console import PROGRESS_ENV
+    from lusv.infra.console import PROGRESS_ENV
     from lusv.train.progress import EpochProgress
 
     monkeypatch.setenv(PROGRESS_ENV, "summary")

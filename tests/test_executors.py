@@ -17,8 +17,8 @@ import pytest
 
 from lusv.config import RunParams
 from lusv.errors import ConfigError
-from lusv.executors import _resources, run_grid
-from lusv.patterns import PATTERNS
+from lusv.train.executors import _resources, run_grid
+from lusv.data.patterns import PATTERNS
 from lusv.train import KILL_ENV
 
 ROLES = ("val", "test", "temporal_test")
@@ -89,7 +89,7 @@ def test_killed_ray_worker_is_retried_and_resumes(local_ray, sequential_runs, ti
     marker = tmp_path / "killed-once"
     # the first run to reach batch 1 of epoch 2 SIGKILLs its Ray worker (after epoch 1's checkpoint)
     monkeypatch.setenv(KILL_ENV, f"2:1:{marker}")
-    with caplog.at_level(logging.INFO, logger="lusv.executors"):
+    with caplog.at_level(logging.INFO, logger="lusv.train.executors"):
         ray_runs = run_grid(_grid(tiny_data, tmp_path / "runs"), executor="ray", max_retries=2)
     assert marker.is_file(), "the kill hook never fired"
     retried = [r.getMessage() for r in caplog.records if "after 2 attempts" in r.getMessage()]
@@ -136,10 +136,10 @@ def test_study_trains_several_configurations_as_one_ray_grid(local_ray, tiny_dat
     prepared = study.Prepared(
         run_dir=tmp_path, labels_csv=tiny_data.labels_csv, folds_csv=tiny_data.folds_csv,
         temporal_csv=tiny_data.temporal_csv, cache_root=tiny_data.cache_dir, num_frames=8, image_size=32,
-        num_folds=3, dataset="tiny",
+        num_folds=3, dataset="tiny", profile="quick",
     )
     configurations = {"luvnet_k3": {"model": "luvnet", "kernel_size": 3}, "no_temporal": {"model": "luvnet_no_temporal"}}
-    run_dirs = study.train_configurations(prepared, configurations, "quick", folds=[0], executor="ray", **RUN)
+    run_dirs = study.train_configurations(prepared, configurations, folds=[0], executor="ray", **RUN)
     assert run_dirs == {"luvnet_k3": [tmp_path / "runs" / "luvnet_k3-fold0"], "no_temporal": [tmp_path / "runs" / "no_temporal-fold0"]}
     for key, (run_dir,) in run_dirs.items():
         saved = json.loads((run_dir / "config.json").read_text())

@@ -10,9 +10,9 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 
-from lusv import explain  # noqa: E402
+from lusv.explain import attention as explain  # noqa: E402
 from lusv.errors import ConfigError  # noqa: E402
-from lusv.patterns import PATTERNS  # noqa: E402
+from lusv.data.patterns import PATTERNS  # noqa: E402
 
 T = 6
 

@@ -14,7 +14,7 @@ import pytest
 
 from lusv import study
 from lusv.cli import main
-from lusv.patterns import PATTERNS
+from lusv.data.patterns import PATTERNS
 
 RUN = {"epochs": 1, "batch_size": 4, "max_batches_per_epoch": 2, "num_workers": 0}
 
@@ -25,7 +25,7 @@ def tiny_study(tiny_data, tmp_path_factory):
     prepared = dataclasses.replace(original, run_dir=tmp_path_factory.mktemp("external") / "study")
     prepared.save()
     study.train_configurations(prepared, {"luvnet": {"model": "luvnet", "train_encoder": False, "feature_views": 1},
-                                          "usvn": {"model": "usvn"}}, "quick", **RUN)
+                                          "usvn": {"model": "usvn"}}, **RUN)
     return prepared
 
 
@@ -78,7 +78,7 @@ def test_external_with_two_patterns_labelled(tiny_study, tiny_data, tmp_path, ca
             assert 0 <= row["ci_low"] <= row["auc"] <= row["ci_high"] <= 1
 
     # The probabilities are the mean of the fold models run on the clips themselves.
-    from lusv.cache import ClipCache
+    from lusv.data.cache import ClipCache
     from lusv.inference import load_trained, predict
 
     ids = [f"EXT-{i}" for i in range(8)]
@@ -107,9 +107,9 @@ def test_external_refuses_a_study_without_fold_models(tiny_data, tmp_path, capsy
 
 
 def test_linear_probe_writes_out_of_fold_predictions_fit_on_the_training_folds(tiny_study):
-    from lusv.linear_probe import linear_probe
+    from lusv.evaluation.linear_probe import linear_probe
 
-    written = linear_probe(tiny_study, "quick")
+    written = linear_probe(tiny_study)
     test = pd.read_csv(written["test"], dtype={"clip_id": str})
     folds = tiny_study.folds()
     assert sorted(test["clip_id"]) == sorted(folds["clip_id"])  # every development clip once
@@ -120,13 +120,13 @@ def test_linear_probe_writes_out_of_fold_predictions_fit_on_the_training_folds(t
     assert np.isfinite(probabilities).all() and ((probabilities >= 0) & (probabilities <= 1)).all()
     # One more model key for the result tables.
     predictions = study.load_out_of_fold(tiny_study.run_dir, "test", ["luvnet", "linear_probe"])
-    from lusv.report import auc_summaries
+    from lusv.report.tables import auc_summaries
 
     assert set(auc_summaries(predictions)["model"]) >= {"luvnet", "linear_probe"}
 
 
 def test_external_conclusion_quotes_the_auc_table_and_names_unscored_patterns():
-    from lusv.conclusions import external_conclusion
+    from lusv.report.conclusions import external_conclusion
 
     table = pd.DataFrame([
         {"model": "luvnet", "pattern": "a_lines", "auc": 0.8125, "ci_low": 0.61, "ci_high": 0.93},

@@ -1,4 +1,4 @@
-"""lusv.features: frozen-encoder features computed once, reused, invalidated, rebuilt when damaged;
+"""lusv.data.features: frozen-encoder features computed once, reused, invalidated, rebuilt when damaged;
 heads on cached features equal the full model with a frozen encoder."""
 
 import copy
@@ -10,13 +10,13 @@ import pytest
 import torch
 from videos import make_frames, tiny_clip_table, write_test_video
 
-from lusv.cache import CacheError, ClipCache
-from lusv.datasets import ClipAugment, to_model_input
+from lusv.data.cache import CacheError, ClipCache
+from lusv.data.model_input import ClipAugment, to_model_input
 from lusv.errors import ConfigError, LabelsError
-from lusv.datasets import FeatureDataset, collate_features
-from lusv.features import FeatureCache
+from lusv.data.datasets import FeatureDataset, collate_features
+from lusv.data.features import FeatureCache
 from lusv.models import build_model
-from lusv.patterns import PATTERNS
+from lusv.data.patterns import PATTERNS
 
 T, S = 4, 16
 IDS = ["long", "other", "short"]

@@ -12,11 +12,11 @@ import pandas as pd
 import pytest
 import torch
 
-from lusv import io
+from lusv.infra import io
 from lusv.config import params_for
 from lusv.errors import ConfigError
 from lusv.inference import load_trained, predict
-from lusv.patterns import PATTERNS
+from lusv.data.patterns import PATTERNS
 from lusv.train import run
 
 FROZEN = {"train_encoder": False, "feature_views": 2, "epochs": 3, "checkpoint_every": 2, "patience": 10,
@@ -50,7 +50,7 @@ def test_frozen_run_writes_a_run_whose_checkpoint_predicts_clips(frozen_run, tin
 
     # best.pt holds the heads and the frozen encoder: the whole model predicts clips as the run
     # did from cached features (float16 features: the same to rounding).
-    from lusv.cache import ClipCache
+    from lusv.data.cache import ClipCache
 
     cache = ClipCache(tiny_data.cache_dir, 8, 32)
     clips, lengths = cache.load_many(saved.index.tolist())

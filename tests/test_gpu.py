@@ -38,7 +38,7 @@ def test_training_runs_on_cuda_with_each_precision(tiny_data, tmp_path, amp, cha
 
 
 def test_cuda_inference_matches_the_cpu(tiny_data):
-    from lusv.cache import ClipCache
+    from lusv.data.cache import ClipCache
     from lusv.models import build_model
     from lusv.inference import predict
 

@@ -11,8 +11,8 @@ from tiny_study import IMAGE_SIZE, NUM_FOLDS, NUM_FRAMES, SYNTHETIC
 from lusv import study
 from lusv.config import params_for
 from lusv.errors import LeakageError
-from lusv.folds import load_fold_data
-from lusv.patterns import PATTERNS
+from lusv.data.folds import load_fold_data
+from lusv.data.patterns import PATTERNS
 
 matplotlib.use("Agg")
 
@@ -68,7 +68,7 @@ def test_training_refuses_folds_that_hold_held_out_clips(held_out_study, tiny_da
 def test_every_fold_model_predicts_the_held_out_set_and_results_report_it(held_out_study):
     prepared = held_out_study
     run_dirs = study.train_configurations(
-        prepared, {"luvnet": {"model": "luvnet"}, "usvn": {"model": "usvn"}}, "quick", **TINY_TRAINING
+        prepared, {"luvnet": {"model": "luvnet"}, "usvn": {"model": "usvn"}}, **TINY_TRAINING
     )
     held_ids = set(pd.read_csv(prepared.held_out_csv, dtype=str).query("split == 'held_out'")["clip_id"])
     per_fold = [pd.read_csv(d / "predictions_held_out.csv", dtype={"clip_id": str}) for d in run_dirs["usvn"]]
@@ -91,9 +91,9 @@ def test_every_fold_model_predicts_the_held_out_set_and_results_report_it(held_o
 
 
 def test_the_linear_probe_predicts_the_held_out_set_too(held_out_study):
-    from lusv.linear_probe import linear_probe
+    from lusv.evaluation.linear_probe import linear_probe
 
-    written = linear_probe(held_out_study, "quick")
+    written = linear_probe(held_out_study)
     held_ids = set(pd.read_csv(held_out_study.held_out_csv, dtype=str).query("split == 'held_out'")["clip_id"])
     table = pd.read_csv(written["held_out"], dtype={"clip_id": str})
     assert set(table["clip_id"]) == held_ids and len(table) == len(held_ids), "one row per clip: the fold models' mean"

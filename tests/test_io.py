@@ -1,4 +1,4 @@
-"""lusv.io: atomic writes keep the old file on failure and give normal permissions; unsafe
+"""lusv.infra.io: atomic writes keep the old file on failure and give normal permissions; unsafe
 or damaged checkpoints are refused with a one-line message; recorded parameters are compared
 key by key; tables keep their ids as strings."""
 
@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from lusv import io
+from lusv.infra import io
 from lusv.errors import CheckpointError
 
 

@@ -1,11 +1,11 @@
-"""lusv.labels.read_labels: the labels contract and errors that point at the row, column and fix."""
+"""lusv.data.labels.read_labels: the labels contract and errors that point at the row, column and fix."""
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from lusv.errors import LabelsError
-from lusv.labels import read_labels
+from lusv.data.labels import read_labels
 
 HEADER = "clip_id,path,patient_id,a_lines,b_lines,consolidation,pleural_effusion"
 
@@ -136,7 +136,7 @@ def test_missing_csv_file_is_a_labels_error(tmp_path):
 
 def test_folder_source_reads_the_csv_in_a_folder_and_unknown_sources_are_named(tmp_path, caplog):
     from lusv.errors import ConfigError
-    from lusv.sources import load_source
+    from lusv.data.sources import load_source
 
     write_csv(tmp_path, ["c1,videos/c1.mp4,p1,1,0,0,0"])
     labels = load_source("folder", csv_path=tmp_path)  # a folder means folder/labels.csv

@@ -1,5 +1,5 @@
 """Metrics checked against sklearn, scipy, hand-worked examples and the slow textbook versions of
-tests/reference_stats.py (never against lusv.metrics itself)."""
+tests/reference_stats.py (never against lusv.stats.metrics itself)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from scipy import stats
 from sklearn.metrics import roc_auc_score
 
 import reference_stats as ref
-from lusv.bootstrap import _patient_draw_counts, _weighted_auc
+from lusv.stats.bootstrap import _patient_draw_counts, _weighted_auc
 from lusv.errors import PredictionsError
-from lusv.metrics import (
+from lusv.stats.metrics import (
     compare_models,
     delong_auc_variance,
     delong_ci,
@@ -26,7 +26,7 @@ from lusv.metrics import (
     summarize_predictions,
     youden_threshold,
 )
-from lusv.patterns import PATTERNS
+from lusv.data.patterns import PATTERNS
 
 
 def scored(n: int = 120, shift: float = 1.0, seed: int = 0, decimals: int | None = 1):
@@ -165,18 +165,18 @@ def test_youden_threshold_equals_a_score_and_counts_it_positive():
 def test_youden_threshold_is_never_infinite_and_warns_without_discrimination(caplog):
     # every negative above every positive: J <= 0 at every score. sklearn's roc_curve puts +inf
     # first (J = 0 there too); the threshold must be an observed score: the lowest, J = 0.
-    with caplog.at_level("WARNING", logger="lusv.metrics"):
+    with caplog.at_level("WARNING", logger="lusv.stats.metrics"):
         threshold = youden_threshold([0, 0, 1, 1], [0.9, 0.8, 0.2, 0.1])
     assert threshold == 0.1
     assert "do not separate the classes" in caplog.text
     # constant scores: the one observed score, with a warning
     caplog.clear()
-    with caplog.at_level("WARNING", logger="lusv.metrics"):
+    with caplog.at_level("WARNING", logger="lusv.stats.metrics"):
         assert youden_threshold([0, 1, 0, 1], [0.5, 0.5, 0.5, 0.5]) == 0.5
     assert "do not separate the classes" in caplog.text
     # perfect separation: the lowest positive score, and no warning
     caplog.clear()
-    with caplog.at_level("WARNING", logger="lusv.metrics"):
+    with caplog.at_level("WARNING", logger="lusv.stats.metrics"):
         assert youden_threshold([0, 0, 1, 1], [0.1, 0.2, 0.8, 0.9]) == 0.8
     assert caplog.text == ""
     # a single class: no threshold

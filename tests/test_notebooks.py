@@ -73,9 +73,9 @@ def test_study_notebooks_run_in_order_on_tiny_synthetic_data(tmp_path):
     run_dir = tmp_path / "study"
     executed = tmp_path / "executed"
     executed.mkdir()
-    common = {"run_dir": str(run_dir), "profile": "quick"}
+    common = {"run_dir": str(run_dir)}  # the profile is the study's, given to 01 alone
 
-    nb = execute("01_preprocess", executed, **common, **TINY_DATA, data_path=str(tmp_path / "synthetic"),
+    nb = execute("01_preprocess", executed, **common, profile="quick", **TINY_DATA, data_path=str(tmp_path / "synthetic"),
                  cache_root=str(tmp_path / "cache"), synthetic={"n_clips": 40, "n_patients": 20, "num_frames": 16, "frame_size": 48})  # fmt: skip
     assert outputs_of(nb, "image/png"), "01 shows the example frames"
     check_readable(nb, "01_preprocess")
@@ -132,7 +132,7 @@ def test_study_notebooks_run_in_order_on_tiny_synthetic_data(tmp_path):
     for name in ("01_preprocess", "02_train_folds", "06_results"):
         assert "INFO" in (run_dir / "logs" / f"{name}.log").read_text(), "the full log goes to the run folder"
 
-    from lusv.html_report import main as html_report
+    from lusv.report.html import main as html_report
 
     shutil.copytree(executed, run_dir / "notebooks")
     assert html_report([str(run_dir)]) == 0

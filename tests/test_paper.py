@@ -1,4 +1,4 @@
-"""lusv.paper: the published tables as shipped data, per-fold (paper-way) vs pooled AUCs, and
+"""lusv.report.paper: the published tables as shipped data, per-fold (paper-way) vs pooled AUCs, and
 paper-vs-lusv comparisons, on hand-worked examples."""
 
 import math
@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lusv.paper import (
+from lusv.report.paper import (
     compare_sweep_with_paper,
     compare_with_paper,
     fold_mean_sd,
@@ -16,8 +16,8 @@ from lusv.paper import (
     per_fold_delong,
     published_table,
 )
-from lusv.patterns import PATTERNS
-from lusv.metrics import roc_auc
+from lusv.data.patterns import PATTERNS
+from lusv.stats.metrics import roc_auc
 
 
 def test_published_tables_ship_the_papers_numbers():
@@ -96,8 +96,8 @@ def test_compare_sweep_with_paper_fills_only_the_values_we_ran():
 
 
 def test_fold_vs_pooled_sets_the_hand_worked_fold_mean_beside_the_pooled_auc():
-    from lusv.paper import fold_vs_pooled
-    from lusv.report import auc_summaries
+    from lusv.report.paper import fold_vs_pooled
+    from lusv.report.tables import auc_summaries
 
     table = _two_fold_example()
     pooled = auc_summaries({"luvnet": table}, n_boot=0)

@@ -1,4 +1,4 @@
-"""lusv.sources.pocus: the POCUS metadata table mapped onto the labels contract, and ingestion."""
+"""lusv.data.sources.pocus: the POCUS metadata table mapped onto the labels contract, and ingestion."""
 
 import logging
 import os
@@ -11,11 +11,11 @@ import pytest
 from pocus_data import POCUS_ROOT, requires_pocus
 from videos import make_frames, write_test_video
 
-from lusv.cache import ClipCache
+from lusv.data.cache import ClipCache
 from lusv.errors import LabelsError
-from lusv.patterns import PATTERNS
-from lusv.sources import load_source
-from lusv.sources.pocus import load_pocus
+from lusv.data.patterns import PATTERNS
+from lusv.data.sources import load_source
+from lusv.data.sources.pocus import load_pocus
 
 METADATA_HEADER = ("Date added,Filename,Probe,Source ID,Patient ID / Name,Label,"
                    "Effusion,Consolidations,B-lines,A-lines")
@@ -37,7 +37,7 @@ def mini_pocus(tmp_path):
 
 
 def test_mini_pocus_maps_columns_and_dirty_values(mini_pocus, caplog):
-    with caplog.at_level(logging.WARNING, logger="lusv.sources.pocus"):
+    with caplog.at_level(logging.WARNING, logger="lusv.data.sources.pocus"):
         labels = load_pocus(mini_pocus)
     labels = labels.set_index("clip_id")
     assert labels.index.tolist() == ["Cov-a", "Reg_b", "Pneu-c"]
@@ -71,7 +71,7 @@ def test_missing_metadata_is_a_labels_error(tmp_path):
 
 @requires_pocus
 def test_real_pocus_table(caplog):
-    with caplog.at_level(logging.WARNING, logger="lusv.sources.pocus"):
+    with caplog.at_level(logging.WARNING, logger="lusv.data.sources.pocus"):
         labels = load_source("pocus", root=POCUS_ROOT)
     assert len(labels) == 100 and labels["clip_id"].is_unique
     assert all(Path(path).is_file() for path in labels["path"])

@@ -22,7 +22,7 @@ import pandas as pd
 import pytest
 import torch
 
-from lusv import io, runlock
+from lusv.infra import io, runlock
 from lusv.cli import build_parser, main
 from lusv.errors import CheckpointError, LabelsError, LusvError
 from lusv.train import run
@@ -61,7 +61,7 @@ def test_run_lock_refuses_a_second_holder_and_names_the_first(tmp_path):
 
 
 def test_run_lock_of_a_killed_holder_is_stale(tmp_path):
-    code = "import os, signal, sys; from lusv import runlock\nwith runlock.run_lock(sys.argv[1]):\n    os.kill(os.getpid(), signal.SIGKILL)"
+    code = "import os, signal, sys; from lusv.infra import runlock\nwith runlock.run_lock(sys.argv[1]):\n    os.kill(os.getpid(), signal.SIGKILL)"
     killed = _python(code, str(tmp_path / "run"))
     assert killed.returncode == -signal.SIGKILL
     assert "pid" in (tmp_path / "run" / runlock.RUN_LOCK_NAME).read_text()  # the dead holder's record stays...
@@ -101,7 +101,7 @@ def test_train_and_prepare_default_to_the_same_profile_and_print_it(capsys):
 
     parser = build_parser()
     assert DEFAULT_PROFILE == "quick"
-    assert parser.parse_args(["train"]).profile == DEFAULT_PROFILE
+    assert parser.parse_args(["train"]).profile is None  # no study given: DEFAULT_PROFILE, printed below
     assert parser.parse_args(["prepare", "--run-dir", "x"]).profile == DEFAULT_PROFILE
     assert inspect.signature(study.prepare).parameters["profile"].default == DEFAULT_PROFILE
     assert params_for() == PROFILES["quick"]
@@ -153,9 +153,9 @@ def test_predict_with_a_rotten_best_pt_exits_non_zero_without_nan(finished_run, 
 
 
 def test_predict_never_prints_a_nan_probability(finished_run, tiny_data, tmp_path, monkeypatch, capsys):
-    import lusv.inference
+    import lusv.predict.video
 
-    monkeypatch.setattr(lusv.inference, "predict", lambda *a, **k: (np.full((1, 4), np.nan), None))
+    monkeypatch.setattr(lusv.predict.video, "predict", lambda *a, **k: (np.full((1, 4), np.nan), None))
     clip = tiny_data.labels()["path"].iloc[0]
     assert main(["predict", clip, "--checkpoint", str(finished_run), "--plot", str(tmp_path / "a.png")]) == 2
     captured = capsys.readouterr()
@@ -166,7 +166,7 @@ def test_predict_never_prints_a_nan_probability(finished_run, tiny_data, tmp_pat
 
 
 def test_any_damage_to_a_cache_entry_header_means_rebuild(tiny_data, tmp_path):
-    from lusv.cache import CacheError, ClipCache
+    from lusv.data.cache import CacheError, ClipCache
     from tiny_study import IMAGE_SIZE, NUM_FRAMES
 
     labels = tiny_data.labels().head(4)
@@ -243,7 +243,7 @@ def test_full_disk_during_training_marks_the_run_failed(tiny_data, tmp_path, mon
 
 
 def test_a_killed_write_leaves_a_temp_file_that_the_next_write_removes(tmp_path):
-    code = ("import os, signal, sys; from lusv import io\n"
+    code = ("import os, signal, sys; from lusv.infra import io\n"
             "with io.atomic_path(sys.argv[1]) as tmp:\n    tmp.write_bytes(b'x' * 1000)\n    os.kill(os.getpid(), signal.SIGKILL)")
     assert _python(code, str(tmp_path / "best.pt")).returncode == -signal.SIGKILL
     stale = [p.name for p in tmp_path.iterdir()]
@@ -279,7 +279,7 @@ def _labels_csv(path: Path, text: str) -> Path:
 
 
 def test_trailing_empty_unnamed_columns_are_ignored(tmp_path):
-    from lusv.labels import read_labels
+    from lusv.data.labels import read_labels
 
     csv = _labels_csv(tmp_path / "labels.csv",
                       "clip_id,path,patient_id,a_lines,b_lines,consolidation,pleural_effusion,,\n"
@@ -294,7 +294,7 @@ def test_trailing_empty_unnamed_columns_are_ignored(tmp_path):
 
 @pytest.mark.parametrize("delimiter, name", [(";", "semicolon"), ("\t", "tab")])
 def test_semicolon_or_tab_delimited_csv_is_named(tmp_path, delimiter, name):
-    from lusv.labels import read_labels
+    from lusv.data.labels import read_labels
 
     header = delimiter.join(["clip_id", "path", "patient_id", "a_lines", "b_lines", "consolidation", "pleural_effusion"])
     csv = _labels_csv(tmp_path / "labels.csv", header + "\n" + delimiter.join(["c1", "c1.mp4", "P1", "1", "0", "0", "1"]) + "\n")

@@ -12,9 +12,9 @@ import pytest
 
 import reference_stats as ref
 from lusv.errors import ConfigError
-from lusv.metrics import PredictionsError
-from lusv.patterns import DISPLAY_NAMES, PATTERNS
-from lusv.report import (
+from lusv.stats.metrics import PredictionsError
+from lusv.data.patterns import DISPLAY_NAMES, PATTERNS
+from lusv.report.tables import (
     auc_summaries,
     auc_table,
     delong_table,

@@ -16,9 +16,9 @@ import pandas as pd
 import pytest
 import torch
 
-from lusv import io
+from lusv.infra import io
 from lusv.errors import CheckpointError
-from lusv.patterns import PATTERNS
+from lusv.data.patterns import PATTERNS
 from lusv.train import KILL_ENV, run
 
 REPO = Path(__file__).resolve().parents[1]

@@ -8,7 +8,7 @@ import torch
 from lusv.errors import ConfigError
 from lusv.models import build_model, list_models
 from lusv.models.cost import count_macs, model_cost
-from lusv.paper import published_table
+from lusv.report.paper import published_table
 
 PAPER_SETTING = {"weights": "random", "num_frames": 30, "image_size": 256}
 
@@ -36,7 +36,7 @@ def test_every_table_1_model_is_registered():
 
 
 def test_every_row_of_the_papers_table_1_is_a_named_configuration_of_the_right_model():
-    from lusv import roster
+    from lusv.models import roster
 
     assert list(roster.TABLE_1) == published_table(1)["key"].tolist(), "the published rows, in their order"
     for key in roster.TABLE_1:
@@ -51,21 +51,21 @@ def test_every_row_of_the_papers_table_1_is_a_named_configuration_of_the_right_m
 
 
 def test_paper_profile_trains_the_whole_table_1_and_quick_a_cpu_subset():
-    from lusv import roster
-    from lusv.names import model_name
+    from lusv.models import roster
+    from lusv.report.names import model_name
 
     assert set(roster.baselines("paper")) | {"luvnet"} == set(published_table(1)["key"])  # notebook 02 trains luvnet
     quick = roster.baselines("quick")
     assert {"usvn", "c3d", "r2plus1d", "cnn_lstm", "frame_based"} == set(quick)
     assert not {"mvit_b", "swin_b"} & set(quick), "the video transformers are left to the paper profile"
     for key in roster.CONFIGURATIONS:
-        assert model_name(key) != key, f"{key} has a reader's name in lusv.names"
+        assert model_name(key) != key, f"{key} has a reader's name in lusv.report.names"
     with pytest.raises(ConfigError, match="no roster for profile 'fast'"):
         roster.baselines("fast")
 
 
 def test_pretrained_roster_trains_every_2d_comparator_and_the_probe_where_the_encoder_is_frozen():
-    from lusv import roster
+    from lusv.models import roster
 
     assert set(roster.baselines("pretrained")) == {"usvn", "cnn_lstm", "frame_based", "c3d", "r2plus1d"}
     assert roster.with_linear_probe("pretrained") is True  # heads on frozen Lite0 features
@@ -150,7 +150,7 @@ def test_mac_count_of_a_hand_countable_model():
 
 
 def test_table_4_beside_the_paper_has_every_roster_model_and_the_differences():
-    from lusv.paper import table4_beside_paper
+    from lusv.report.paper import table4_beside_paper
 
     table = table4_beside_paper().set_index("key")
     assert sorted(table.index) == sorted(ROSTER)

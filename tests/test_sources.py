@@ -11,7 +11,7 @@ import pytest
 from lusv import study
 from lusv.cli import build_parser
 from lusv.errors import ConfigError
-from lusv.sources import SOURCES, get_source, source_names
+from lusv.data.sources import SOURCES, get_source, source_names
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -22,7 +22,7 @@ def test_names_come_from_one_registry_for_study_cli_and_shell():
         assert build_parser().parse_args(["prepare", "--run-dir", "r", "--data", name]).data == name
     with pytest.raises(SystemExit):
         build_parser().parse_args(["prepare", "--run-dir", "r", "--data", "nope"])
-    listed = subprocess.run([sys.executable, "-m", "lusv.sources"], cwd=REPO, capture_output=True, text=True,
+    listed = subprocess.run([sys.executable, "-m", "lusv.data.sources"], cwd=REPO, capture_output=True, text=True,
                             check=True)
     assert listed.stdout.split() == source_names()
 
@@ -34,7 +34,7 @@ def test_default_locations_and_their_absence():
     assert get_source("folder").location("/x/labels.csv") == Path("/x/labels.csv")
     with pytest.raises(ConfigError, match="data='folder' needs data_path: the labels CSV"):
         study.dataset_location("folder")
-    shell = subprocess.run([sys.executable, "-m", "lusv.sources", "--default-location", "folder"], cwd=REPO,
+    shell = subprocess.run([sys.executable, "-m", "lusv.data.sources", "--default-location", "folder"], cwd=REPO,
                            capture_output=True, text=True)
     assert shell.returncode == 2 and "--data folder needs --data-path" in shell.stderr
     with pytest.raises(ConfigError, match=r"unknown data source 'nope'.*'folder', 'pocus', 'synthetic'"):

@@ -10,12 +10,12 @@ import pandas as pd
 import pytest
 
 from lusv.errors import ConfigError, LabelsError, LeakageError
-from lusv.patterns import PATTERNS
-from lusv.splits import (
+from lusv.data.patterns import PATTERNS
+from lusv.data.splits import (
     HELD_OUT, assert_no_patient_overlap, fold_balance, fold_roles, held_out_split, load_or_make_folds,
     load_or_make_held_out, make_folds,
 )
-from lusv.temporal_split import DEVELOPMENT, TEMPORAL_TEST, load_or_make_temporal_split, temporal_split
+from lusv.data.temporal_split import DEVELOPMENT, TEMPORAL_TEST, load_or_make_temporal_split, temporal_split
 
 
 def random_labels(n_patients: int = 80, seed: int = 1, missing: float = 0.05) -> pd.DataFrame:
@@ -196,14 +196,14 @@ def test_load_or_make_folds_reuses_then_remakes(tmp_path, labels, folds, caplog)
     pd.testing.assert_frame_equal(first, folds)
     mtime, content = path.stat().st_mtime_ns, path.read_bytes()
 
-    with caplog.at_level(logging.INFO, logger="lusv.splits"):
+    with caplog.at_level(logging.INFO, logger="lusv.data.splits"):
         again = load_or_make_folds(labels.sample(frac=1.0, random_state=3), path, num_folds=5, seed=0)
     assert "reusing" in caplog.text
     assert path.stat().st_mtime_ns == mtime and path.read_bytes() == content
     assert again.set_index("clip_id")["fold"].to_dict() == folds.set_index("clip_id")["fold"].to_dict()
 
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="lusv.splits"):
+    with caplog.at_level(logging.INFO, logger="lusv.data.splits"):
         remade = load_or_make_folds(labels, path, num_folds=4, seed=0)
     assert "parameters changed" in caplog.text and "num_folds" in caplog.text
     assert set(remade["fold"]) == {0, 1, 2, 3}
@@ -281,12 +281,12 @@ def test_load_or_make_held_out_reuses_while_unchanged_and_removes_it_at_zero(tmp
     path = tmp_path / "held_out.csv"
     first = load_or_make_held_out(labels, path, fraction=0.1, seed=0)
     mtime = path.stat().st_mtime_ns
-    with caplog.at_level(logging.INFO, logger="lusv.splits"):
+    with caplog.at_level(logging.INFO, logger="lusv.data.splits"):
         again = load_or_make_held_out(labels.sample(frac=1.0, random_state=2), path, fraction=0.1, seed=0)
     assert "reusing held-out split" in caplog.text and path.stat().st_mtime_ns == mtime
     assert again.set_index("clip_id")["split"].to_dict() == first.set_index("clip_id")["split"].to_dict()
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="lusv.splits"):
+    with caplog.at_level(logging.INFO, logger="lusv.data.splits"):
         load_or_make_held_out(labels, path, fraction=0.2, seed=0)
     assert "parameters changed: ['fraction']" in caplog.text and path.stat().st_mtime_ns != mtime
     # a saved split edited so that a patient sits on both sides is refused, not reused
@@ -306,11 +306,11 @@ def test_a_held_out_set_too_big_for_the_data_is_skipped_with_a_warning(tmp_path,
     four = labels[labels["patient_id"].isin(patients[:4])]
     path = tmp_path / "held_out.csv"
     assert load_or_make_held_out(four, path, fraction=0.25, min_left=3) is not None  # 1 held out, 3 left
-    with caplog.at_level(logging.WARNING, logger="lusv.splits"):
+    with caplog.at_level(logging.WARNING, logger="lusv.data.splits"):
         assert load_or_make_held_out(four, path, fraction=0.25, min_left=4) is None
     assert "would leave fewer than 4 for the folds" in caplog.text
     assert not path.exists(), "the earlier split's file is removed"
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="lusv.splits"):
+    with caplog.at_level(logging.WARNING, logger="lusv.data.splits"):
         assert load_or_make_held_out(four, path, fraction=0.1, min_left=3) is None  # 1 of 4 would be 25%, not 10%
     assert "4 development patient(s) are too few for held_out_fraction=0.1 (it needs 10)" in caplog.text

@@ -1,4 +1,4 @@
-"""lusv.sweeps: which study keys form the K and H sweeps, their all-fold AUCs (pooled with CI and
+"""lusv.report.sweeps: which study keys form the K and H sweeps, their all-fold AUCs (pooled with CI and
 mean ± sd over fold models) against sklearn per fold, the paper's Tables 8-9 beside them, the
 figure."""
 
@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from lusv.patterns import PATTERNS
-from lusv.sweeps import best_value, paper_comparisons, sweep_figure, sweep_points, sweep_tables
+from lusv.data.patterns import PATTERNS
+from lusv.report.sweeps import best_value, paper_comparisons, sweep_figure, sweep_points, sweep_tables
 from test_report import make_predictions
 
 matplotlib.use("Agg")
@@ -87,7 +87,7 @@ def test_paper_tables_8_and_9_beside_the_sweeps_and_the_figure(study):
 def test_sweep_results_of_a_run_are_saved(study, tmp_path):
     import shutil
 
-    from lusv.io import write_csv
+    from lusv.infra.io import write_csv
     from lusv.study import sweep_results
 
     run_dir, predictions = study
@@ -102,8 +102,8 @@ def test_sweep_results_of_a_run_are_saved(study, tmp_path):
 
 
 def test_the_paper_profile_sweeps_the_papers_grid_and_the_cpu_profiles_two_points():
-    from lusv.paper import published_table
-    from lusv.sweeps import sweep_grid
+    from lusv.report.paper import published_table
+    from lusv.report.sweeps import sweep_grid
 
     assert sweep_grid("paper", "kernel_size") == published_table(8)["kernel_size"].tolist()
     assert sweep_grid("paper", "num_heads") == published_table(9)["num_heads"].tolist()

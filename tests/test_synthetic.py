@@ -10,12 +10,12 @@ import pytest
 
 matplotlib.use("Agg")
 
-from lusv.sources import synthetic  # noqa: E402
+from lusv.data.sources import synthetic  # noqa: E402
 from lusv.errors import ConfigError, LabelsError, VideoError  # noqa: E402
-from lusv.labels import read_labels  # noqa: E402
-from lusv.patterns import OPTIONAL_COLUMNS, PATTERNS, REQUIRED_COLUMNS  # noqa: E402
-from lusv.sources.synthetic import load_synthetic  # noqa: E402
-from lusv.video_writer import write_video  # noqa: E402
+from lusv.data.labels import read_labels  # noqa: E402
+from lusv.data.patterns import OPTIONAL_COLUMNS, PATTERNS, REQUIRED_COLUMNS  # noqa: E402
+from lusv.data.sources.synthetic import load_synthetic  # noqa: E402
+from lusv.data.video_writer import write_video  # noqa: E402
 
 SMALL = dict(n_clips=8, n_patients=4, num_frames=8, frame_size=32, seed=3)
 
@@ -232,7 +232,7 @@ def test_write_video_refuses_odd_sizes(tmp_path):
 
 def test_example_figure_has_one_row_per_pattern(small_root):
     root, labels = small_root
-    from lusv.report import example_frames_figure
+    from lusv.report.tables import example_frames_figure
 
     fig = example_frames_figure(*synthetic.example_frames(root), n_frames=3)
     gridspec = fig.axes[0].get_subplotspec().get_gridspec()

@@ -11,12 +11,12 @@ import pytest
 import torch
 from tiny_study import IMAGE_SIZE, NUM_FOLDS, NUM_FRAMES
 
-from lusv import io
-from lusv.cache import ClipCache
+from lusv.infra import io
+from lusv.data.cache import ClipCache
 from lusv.config import PROFILES, RunParams, field_help, params_for
 from lusv.errors import CheckpointError, ConfigError, LeakageError
-from lusv.patterns import PATTERNS
-from lusv.devices import resolve_amp, resolve_device
+from lusv.data.patterns import PATTERNS
+from lusv.infra.devices import resolve_amp, resolve_device
 from lusv.inference import load_trained, masked_bce, predict
 from lusv.train import rng_state, run, set_rng_state
 

@@ -1,11 +1,11 @@
-"""lusv.video: decoding every container we meet, the short-clip policy, crop, pad and resize."""
+"""lusv.data.video: decoding every container we meet, the short-clip policy, crop, pad and resize."""
 
 import numpy as np
 import pytest
 from videos import make_frames, write_test_video
 
 from lusv.errors import VideoError
-from lusv.video import prepare_clip, read_clip, read_frames, sample_indices, ultrasound_box
+from lusv.data.video import prepare_clip, read_clip, read_frames, sample_indices, ultrasound_box
 
 
 @pytest.mark.parametrize("suffix, tolerance", [(".mp4", 3), (".mov", 3), (".avi", 8), (".mpeg", 8), (".gif", 25)])
@@ -50,12 +50,12 @@ def test_read_clip_samples_the_same_frames_as_read_frames(tmp_path):
 
 
 def test_wrong_packet_count_falls_back_to_the_true_frame_count(tmp_path, monkeypatch):
-    import lusv.video
+    import lusv.data.video
 
     path = write_test_video(tmp_path / "clip.mp4", make_frames(12))
     expected = read_frames(path)[sample_indices(12, 4)]
     for misleading in (5, 30):  # too few and too many planned frames
-        monkeypatch.setattr(lusv.video, "_count_packets", lambda _path, n=misleading: n)
+        monkeypatch.setattr(lusv.data.video, "_count_packets", lambda _path, n=misleading: n)
         clip = read_clip(path, num_frames=4)
         assert clip.source_frames == 12
         np.testing.assert_array_equal(clip.frames, expected)
@@ -138,22 +138,22 @@ def test_dicom_palette_and_single_frame():
 
 
 def test_a_frame_count_that_changes_between_decodes_is_a_video_error(tmp_path, monkeypatch):
-    import lusv.video
+    import lusv.data.video
 
     path = write_test_video(tmp_path / "clip.mp4", make_frames(6))
-    monkeypatch.setattr(lusv.video, "_count_packets", lambda _: 9)  # the container says 9 frames
+    monkeypatch.setattr(lusv.data.video, "_count_packets", lambda _: 9)  # the container says 9 frames
     # It decodes to 7, and planning again on 7 still misses kept frames (a damaged stream).
-    monkeypatch.setattr(lusv.video, "_decode", lambda _, keep: (None, 7, 10.0))
+    monkeypatch.setattr(lusv.data.video, "_decode", lambda _, keep: (None, 7, 10.0))
     with pytest.raises(VideoError, match="different number of frames each time") as error:
         read_clip(path, num_frames=4)
     assert error.value.reason == "corrupt or not a video"
 
 
 def test_written_video_bytes_do_not_depend_on_what_the_process_freed_before(tmp_path):
-    from lusv.datasets import keep_freed_cpu_buffers
-    from lusv.video_writer import _encoder_frame, write_video
+    from lusv.data.datasets import keep_freed_cpu_buffers
+    from lusv.data.video_writer import _encoder_frame, write_video
 
-    from lusv.sources.synthetic import plan_dataset, render_clip
+    from lusv.data.sources.synthetic import plan_dataset, render_clip
 
     # Synthetic clips as the study writes them, and odd-width noise whose rows are padded in memory.
     plans = plan_dataset(3, 2, 16, 0, "mixed")
@@ -187,10 +187,10 @@ def test_synthetic_clips_are_the_same_bytes_from_a_fresh_and_a_busy_process(tmp_
         "import hashlib, sys, numpy as np\n"
         "if sys.argv[1] == 'busy':\n"
         "    import torch, sklearn, matplotlib.pyplot\n"
-        "    from lusv.datasets import keep_freed_cpu_buffers; keep_freed_cpu_buffers()\n"
+        "    from lusv.data.datasets import keep_freed_cpu_buffers; keep_freed_cpu_buffers()\n"
         "    junk = [np.random.rand(2_000_000) for _ in range(8)]; del junk\n"
-        "from lusv.sources.synthetic import plan_dataset, render_clip\n"
-        "from lusv.video_writer import write_video\n"
+        "from lusv.data.sources.synthetic import plan_dataset, render_clip\n"
+        "from lusv.data.video_writer import write_video\n"
         "for p in plan_dataset(8, 4, 16, 0, 'mixed'):\n"
         "    clip = render_clip(p.look, p.presence, 96, seed=p.render_seed, confluent_b_lines=p.confluent_b_lines)\n"
         "    path = write_video(sys.argv[2] + '/' + p.clip_id + '.mp4', clip.frames)\n"

@@ -1,4 +1,4 @@
-"""lusv.video_level: window predictions -> video predictions (mean / max of the windows, any
+"""lusv.evaluation.video_level: window predictions -> video predictions (mean / max of the windows, any
 positive window), and AUCs at both levels with patient-bootstrap CIs, on a hand-worked example."""
 
 import numpy as np
@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 
 from lusv.errors import ConfigError, PredictionsError
-from lusv.patterns import PATTERNS
-from lusv.video_level import level_summaries, level_table, video_predictions
+from lusv.data.patterns import PATTERNS
+from lusv.evaluation.video_level import level_summaries, level_table, video_predictions
 
 # Three videos of three windows; v2 and v3 belong to the same patient.
 #   v1 (patient p1): p = 0.2, 0.9, 0.4   labels 0, 1, 1  -> mean 0.5,     max 0.9,  video label 1
@@ -110,7 +110,7 @@ def test_level_table_has_one_row_per_model_and_level():
 
 
 def test_video_level_results_of_a_run_are_saved_beside_its_other_tables(tmp_path):
-    from lusv.io import write_csv
+    from lusv.infra.io import write_csv
     from lusv.study import video_level_results
 
     write_csv(tmp_path / "oof" / "luvnet.test.csv", _windows())

@@ -1,4 +1,4 @@
-"""The windows clip policy (lusv.windows): slicing, labels per window, folds, a tiny training run.
+"""The windows clip policy (lusv.data.windows): slicing, labels per window, folds, a tiny training run.
 
 Expected values are hand-worked below (window starts, labels of a drawn example, resampled
 frames) or come from a slow re-implementation of the "any frame carries it" rule written here
@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 
 from lusv.errors import ConfigError, LabelsError
-from lusv.patterns import PATTERNS
-from lusv.video import resample_indices
-from lusv.windows import (
+from lusv.data.patterns import PATTERNS
+from lusv.data.video import resample_indices
+from lusv.data.windows import (
     WINDOW_COLUMNS,
     WindowedClips,
     frame_labels_from_truth,
@@ -141,7 +141,7 @@ def windowed_study(tmp_path_factory):
 
 
 def test_prepared_windows_follow_the_per_frame_truth(windowed_study):
-    from lusv.io import read_table
+    from lusv.infra.io import read_table
 
     windows = read_table(windowed_study.windows_csv)
     assert list(windows.columns) == list(WINDOW_COLUMNS)
@@ -159,8 +159,8 @@ def test_prepared_windows_follow_the_per_frame_truth(windowed_study):
 
 def test_no_patient_and_no_video_in_two_roles_with_windows(windowed_study):
     from lusv.config import params_for
-    from lusv.devices import Distributed
-    from lusv.folds import load_fold_data
+    from lusv.infra.devices import Distributed
+    from lusv.data.folds import load_fold_data
     from lusv.train.data import ensure_cached
 
     p = params_for("quick", **windowed_study.training_inputs(), fold=1)
@@ -195,7 +195,7 @@ def test_tiny_training_run_predicts_windows_with_their_video_id(windowed_study, 
     assert predictions[[f"p_{pattern}" for pattern in PATTERNS]].notna().all().all()
 
     # lusv predict on a test video's file cuts the same windows and gives the same probabilities
-    from lusv.inference import predict_clip
+    from lusv.predict.video import predict_clip
 
     labels = pd.read_csv(windowed_study.labels_csv, dtype={"clip_id": str}).set_index("clip_id")
     video = test_videos[0]
@@ -214,13 +214,13 @@ def test_external_validation_cuts_the_studys_windows_and_means_them_per_video(wi
     from reference_stats import youden_brute_force
 
     from lusv import study
-    from lusv.external import external_validation
-    from lusv.inference import predict_clip
+    from lusv.evaluation.external import external_validation
+    from lusv.predict.video import predict_clip
 
     # its own caches: the frozen features of every video must not leak into the shared fixture's
     prepared = dataclasses.replace(windowed_study, run_dir=tmp_path / "study", cache_root=tmp_path / "study_cache")
     prepared.save()
-    study.train_configurations(prepared, {"luvnet": {"model": "luvnet", "train_encoder": False}}, "quick",
+    study.train_configurations(prepared, {"luvnet": {"model": "luvnet", "train_encoder": False}},
                                epochs=1, batch_size=4, max_batches_per_epoch=1, num_workers=0)
     source = pd.read_csv(windowed_study.labels_csv, dtype={"clip_id": str}).iloc[:6]
     other = pd.DataFrame({"clip_id": [f"EXT-{i}" for i in range(6)], "path": source["path"],
@@ -253,7 +253,7 @@ def test_external_validation_cuts_the_studys_windows_and_means_them_per_video(wi
 def test_frozen_features_are_computed_once_per_video_and_sliced_per_window(windowed_study, tmp_path):
     from lusv.config import params_for
     from lusv.models import build_model
-    from lusv.features import run_feature_cache
+    from lusv.data.features import run_feature_cache
 
     p = params_for("quick", **windowed_study.training_inputs(), train_encoder=False)
     torch = pytest.importorskip("torch")
@@ -269,7 +269,7 @@ def test_frozen_features_are_computed_once_per_video_and_sliced_per_window(windo
     assert length == T and np.array_equal(second, video[6:14])
     with torch.no_grad():  # the window's features are what the encoder gives the window's own frames
         clip, _ = clips.load("SYN-C0001_w001")
-        from lusv.datasets import to_model_input
+        from lusv.data.model_input import to_model_input
 
         direct = model.encoder.encode_clips(to_model_input(torch.from_numpy(np.array(clip))[None], "cpu"))[0]
     np.testing.assert_allclose(second.astype(np.float32), direct.numpy(), rtol=2e-3, atol=2e-3)
@@ -277,7 +277,7 @@ def test_frozen_features_are_computed_once_per_video_and_sliced_per_window(windo
 
 # ------------------------------------------------------------------ whole videos in the caches
 def test_whole_video_cache_keeps_every_frame_or_resamples_them(tmp_path):
-    from lusv.cache import ClipCache
+    from lusv.data.cache import ClipCache
     from videos import tiny_clip_table
 
     table = tiny_clip_table(tmp_path / "src", {"long.mp4": 20, "short.mp4": 5})  # written at 10 fps
@@ -302,11 +302,11 @@ def test_whole_video_cache_keeps_every_frame_or_resamples_them(tmp_path):
 def test_windowed_features_equal_the_encoder_on_each_window_padding_included(tmp_path):
     import torch
 
-    from lusv.cache import ClipCache
-    from lusv.datasets import to_model_input
-    from lusv.features import FeatureCache
+    from lusv.data.cache import ClipCache
+    from lusv.data.model_input import to_model_input
+    from lusv.data.features import FeatureCache
     from lusv.models.encoders import build_encoder
-    from lusv.windows import WindowedFeatures, windows_of_cache
+    from lusv.data.windows import WindowedFeatures, windows_of_cache
     from videos import tiny_clip_table
 
     table = tiny_clip_table(tmp_path / "src", {"long.mp4": 20, "short.mp4": 5})
@@ -334,7 +334,7 @@ def test_windowed_features_equal_the_encoder_on_each_window_padding_included(tmp
 
 
 def test_window_summary_counts_videos_and_windows(caplog):
-    from lusv.windows import window_summary
+    from lusv.data.windows import window_summary
 
     videos = _label_rows(("V", [1, 1, 1, NAN]), ("W", [1, 0, NAN, 0]))
     windows = window_table(videos, {"V": 30, "W": 10}, 16, 4, pd.DataFrame(
@@ -350,7 +350,7 @@ def test_window_summary_counts_videos_and_windows(caplog):
 
 
 def test_study_truth_of_windows_is_the_slice_of_their_video(windowed_study):
-    from lusv.io import read_table
+    from lusv.infra.io import read_table
     from lusv.study import frame_truth, region_truth
 
     windows = read_table(windowed_study.windows_csv)

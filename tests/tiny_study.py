@@ -34,7 +34,7 @@ class TinyData:
     cache_dir: Path
 
     def labels(self) -> pd.DataFrame:
-        from lusv.labels import read_labels
+        from lusv.data.labels import read_labels
 
         return read_labels(self.labels_csv)
 

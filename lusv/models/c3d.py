@@ -21,10 +21,10 @@ import os
 import torch
 from torch import nn
 
+from lusv.data.patterns import NUM_PATTERNS
 from lusv.errors import ConfigError
 from lusv.models.encoders import apply_weights
 from lusv.models.registry import register_model
-from lusv.patterns import NUM_PATTERNS
 
 # (name, input channels, output channels) of the convolutions and the pool after each group.
 _CONVS = (

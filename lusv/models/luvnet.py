@@ -8,7 +8,7 @@ With DenseNet-161 and H = 8 this has 136,222,884 parameters at K = 13 and 97,220
 the published figures (see tests/test_models.py).
 
 ``forward(x, lengths)`` = ``forward_features(encoder.encode_clips(x), lengths)``: the heads can be
-trained on frame features computed once by a frozen encoder (``lusv.features``).
+trained on frame features computed once by a frozen encoder (``lusv.data.features``).
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from lusv.data.patterns import NUM_PATTERNS
 from lusv.errors import ConfigError
 from lusv.models.attention import AttentionPool, lengths_to_mask, masked_mean
 from lusv.models.encoders import FrameEncoder
 from lusv.models.registry import register_model
-from lusv.patterns import NUM_PATTERNS
 
 
 class PatternAttention(nn.Module):

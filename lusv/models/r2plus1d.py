@@ -18,9 +18,9 @@ import os
 import torch
 from torch import nn
 
+from lusv.data.patterns import NUM_PATTERNS
 from lusv.models.encoders import apply_weights, hub_cache_file
 from lusv.models.registry import register_model
-from lusv.patterns import NUM_PATTERNS
 
 
 def _narrow(net: nn.Module, width: float, layers: tuple[int, ...] = (2, 2, 2, 2)) -> None:

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from lusv.errors import ConfigError
-from lusv.models.encoders import ENCODER_NAMES, build_encoder
+from lusv.models.encoders import build_encoder, ENCODER_NAMES
 
 log = logging.getLogger("lusv.models")
 

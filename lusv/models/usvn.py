@@ -10,11 +10,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from lusv.data.patterns import NUM_PATTERNS
 from lusv.errors import ConfigError
 from lusv.models.attention import AttentionPool, lengths_to_mask, masked_mean
 from lusv.models.encoders import FrameEncoder
 from lusv.models.registry import register_model
-from lusv.patterns import NUM_PATTERNS
 
 POOLINGS: tuple[str, ...] = ("attention", "mean", "max")
 

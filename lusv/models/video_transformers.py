@@ -22,11 +22,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lusv.data.patterns import NUM_PATTERNS
 from lusv.errors import ConfigError
 from lusv.models.attention import check_lengths
 from lusv.models.encoders import apply_weights
 from lusv.models.registry import register_model
-from lusv.patterns import NUM_PATTERNS
 
 PUBLISHED_FRAMES, PUBLISHED_SIZE = 16, 224
 

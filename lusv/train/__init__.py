@@ -15,7 +15,7 @@
       predictions_held_out.csv       only with a held-out split file
 
 Fold roles: test = fold f, validation = fold (f + 1) % K, training = the other folds; a patient
-on two sides refuses to train (``LeakageError`` naming the patient, see ``lusv.folds``). Clips
+on two sides refuses to train (``LeakageError`` naming the patient, see ``lusv.data.folds``). Clips
 of the temporal and held-out test sets must not be in the folds file at all.
 
 Reproducibility and resume: everything random is seeded from ``seed`` (``randomness``). A run
@@ -26,7 +26,7 @@ differ in the last bits). A finished run restarted with ``resume=True`` is retur
 Multi-GPU: under ``torchrun`` (``WORLD_SIZE`` > 1) the model is wrapped in DDP and each process
 trains on its ``DistributedSampler`` shard (``batch_size`` is per process); every process
 evaluates the whole validation set (identical early-stopping decisions without communication)
-and rank 0 alone writes files (``lusv.devices.Distributed``).
+and rank 0 alone writes files (``lusv.infra.devices.Distributed``).
 
 The rooms of this package:
 
@@ -37,13 +37,19 @@ The rooms of this package:
     data.py        the fold's clips checked in the cache; train and evaluation loaders
     record.py      config.json's contents and the predictions tables
     progress.py    live bars on a terminal, one line per epoch elsewhere
+    executors.py   a grid of (configuration, fold) runs: one after another, or as Ray tasks
 
 Models are built and used for prediction by ``lusv.inference`` (which does not import this
-package); devices, mixed precision and torchrun ranks come from ``lusv.devices``.
+package); devices, mixed precision and torchrun ranks come from ``lusv.infra.devices``.
 """
 
+from lusv.train.data import cut_into_windows, eval_loader
+from lusv.train.executors import run_grid
 from lusv.train.loop import KILL_ENV
-from lusv.train.randomness import rng_state, set_rng_state
+from lusv.train.randomness import rng_state, seed_everything, set_rng_state
+from lusv.train.record import predictions_table
 from lusv.train.runner import run
 
-__all__ = ["KILL_ENV", "rng_state", "run", "set_rng_state"]
+# What the rest of lusv uses of training; nothing outside this package imports its modules.
+__all__ = ["KILL_ENV", "cut_into_windows", "eval_loader", "predictions_table", "rng_state", "run", "run_grid",
+           "seed_everything", "set_rng_state"]

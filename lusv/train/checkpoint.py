@@ -26,10 +26,10 @@ import pandas as pd
 import torch
 from torch import nn
 
-from lusv import io
-from lusv.config import BEFORE_FIELD_EXISTED, RunParams, resume_may_change
-from lusv.devices import unwrap
+from lusv.config import BEFORE_FIELD_EXISTED, resume_may_change, RunParams
 from lusv.errors import CheckpointError, ConfigError
+from lusv.infra import io
+from lusv.infra.devices import unwrap
 from lusv.train.randomness import rng_state, set_rng_state
 
 logger = logging.getLogger("lusv.train")

@@ -7,14 +7,14 @@ also for a single process); ``eval_loader`` gives a whole role in table order on
 Both loaders draw from their own seeded generator, never the global one.
 
 With ``train_encoder=False`` the loaders serve cached frozen-encoder features instead of clips:
-``ensure_features`` fills the run's feature cache (``lusv.features.run_feature_cache``: plain
+``ensure_features`` fills the run's feature cache (``lusv.data.features.run_feature_cache``: plain
 features of every clip, plus ``feature_views`` augmented views of the training clips), and the
 same two loaders, given that cache, yield ``FeatureDataset`` batches. They load in the main
 process (features are small, and a worker would have to be sent the encoder).
 
 Under ``clip_policy="windows"`` the cache holds whole videos and, once the fold's videos are
-checked (the leakage checks of ``lusv.folds`` are per video and patient), every role's videos
-are replaced by their windows (``cut_into_windows``, ``lusv.windows``): the loaders then serve
+checked (the leakage checks of ``lusv.data.folds`` are per video and patient), every role's videos
+are replaced by their windows (``cut_into_windows``, ``lusv.data.windows``): the loaders then serve
 windows, and predictions carry each window's ``video_id``.
 """
 
@@ -27,15 +27,14 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from lusv.cache import ClipCache
 from lusv.config import RunParams
-from lusv.datasets import ClipDataset, collate_clips
-from lusv.devices import Distributed
-from lusv.datasets import FeatureDataset, collate_features
-from lusv.features import FeatureCache, run_feature_cache
+from lusv.data.cache import ClipCache
+from lusv.data.datasets import ClipDataset, collate_clips, collate_features, FeatureDataset
+from lusv.data.features import FeatureCache, run_feature_cache
+from lusv.data.folds import FoldData, read_split_table
 from lusv.errors import IngestError, LabelsError, LusvError, name_a_few
-from lusv.folds import FoldData, read_split_table
-from lusv.windows import (
+from lusv.infra.devices import Distributed
+from lusv.data.windows import (
     FRAME_LABEL_COLUMNS,
     WindowedClips,
     WindowedFeatures,
@@ -43,7 +42,7 @@ from lusv.windows import (
     expand_to_windows,
     windows_of_cache,
 )
-from lusv.patterns import PATTERNS
+from lusv.data.patterns import PATTERNS
 from lusv.train.progress import progress_is_live
 from lusv.train.randomness import loader_generator
 
@@ -86,7 +85,7 @@ def ensure_cached(p: RunParams, data: FoldData, dist: Distributed) -> ClipCache 
 
 
 def cut_into_windows(p: RunParams, videos: ClipCache, data: FoldData) -> WindowedClips:
-    """Replace each role's videos by their windows (``lusv.windows``; each window keeps its
+    """Replace each role's videos by their windows (``lusv.data.windows``; each window keeps its
     video's fold and patient) and return the windows of the whole-video cache."""
     frame_labels = read_split_table(p.frame_labels, FRAME_LABEL_COLUMNS, "frame labels") if p.frame_labels else None
     every_video = pd.concat(list(data.roles().values()), ignore_index=True).drop_duplicates("clip_id")

@@ -11,7 +11,7 @@ returns its probabilities and mean masked BCE.
 Test hook: the environment variable ``LUSV_TEST_KILL_AFTER_BATCHES="E:N"`` (``KILL_ENV``) makes
 the process SIGKILL itself after N training batches of epoch E (1-based), to test resuming
 after a crash. ``"E:N:MARKER"`` kills only the first process to get there: it creates the file
-MARKER first and does not fire while MARKER exists, so a retried task (lusv.executors) survives
+MARKER first and does not fire while MARKER exists, so a retried task (lusv.train.executors) survives
 its retry.
 """
 
@@ -28,9 +28,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from lusv.config import RunParams
-from lusv.datasets import ClipAugment
-from lusv.devices import Distributed, unwrap
+from lusv.data.model_input import ClipAugment
 from lusv.inference import forward_batch, masked_bce, predict_batches
+from lusv.infra.devices import Distributed, unwrap
 from lusv.train.progress import batch_bar
 from lusv.train.randomness import derive_seed
 

@@ -2,7 +2,7 @@
 one line per run in the study notebooks.
 
 tqdm text bars are readable in a terminal; logs and CI get one line per epoch instead
-(``progress_is_live``). With ``LUSV_PROGRESS=summary`` (``lusv.console``; the notebooks set it)
+(``progress_is_live``). With ``LUSV_PROGRESS=summary`` (``lusv.infra.console``; the notebooks set it)
 there are no bars and no epoch lines, only one summary line when the run's epochs end: the
 per-epoch numbers stay in the run's log.csv (the learning-curve figure). Only the main process
 of a torchrun launch shows anything.
@@ -14,7 +14,7 @@ import math
 
 from tqdm import tqdm  # text bars: readable in JupyterLab and in papermill-rendered notebooks alike
 
-from lusv.console import on_terminal, progress_mode
+from lusv.infra.console import on_terminal, progress_mode
 
 
 def progress_is_live() -> bool:

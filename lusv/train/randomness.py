@@ -44,7 +44,7 @@ def loader_generator(seed: int, rank: int = 0) -> torch.Generator:
 
 def make_deterministic(device: torch.device) -> None:
     """Deterministic kernels on the CPU (what the CPU kernels lusv uses already are, so it
-    costs nothing measurable there); on CUDA the fast non-deterministic kernels stay (see README)."""
+    costs nothing measurable there); on CUDA the fast non-deterministic kernels stay (see docs/reliability.md)."""
     if device.type == "cpu":
         torch.use_deterministic_algorithms(True, warn_only=True)
 

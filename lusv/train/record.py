@@ -21,8 +21,8 @@ import pandas as pd
 import torch
 
 from lusv.config import RunParams
-from lusv.folds import FoldData
-from lusv.patterns import PATTERNS
+from lusv.data.folds import FoldData
+from lusv.data.patterns import PATTERNS
 from lusv.train.checkpoint import TrainState
 
 

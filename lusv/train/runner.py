@@ -1,6 +1,6 @@
 """One run: ``run(params) -> run_dir`` trains one model on one fold and writes its folder.
 
-The order of a run: read and check the fold's clips (``lusv.folds``) and the cache
+The order of a run: read and check the fold's clips (``lusv.data.folds``) and the cache
 (``data.ensure_cached``); seed and build the model, Adam and the AMP scaler; resume from
 ``checkpoint.pt`` if asked; then epochs (``loop.train_one_epoch``, ``loop.evaluate`` on the
 validation fold) until ``epochs`` or until the validation loss has not fallen for ``patience``
@@ -23,17 +23,19 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from lusv import io, runlock
-from lusv.cache import ClipCache
-from lusv.config import DEFAULT_PROFILE, RunParams, params_for
-from lusv.datasets import ClipAugment, clip_augment, keep_freed_cpu_buffers
-from lusv.devices import Distributed, init_distributed, resolve_amp, resolve_device, unwrap
+from lusv.config import DEFAULT_PROFILE, params_for, RunParams
+from lusv.data.cache import ClipCache
+from lusv.data.datasets import keep_freed_cpu_buffers
+from lusv.data.features import FeatureCache
+from lusv.data.folds import FoldData, load_fold_data, SET_APART
+from lusv.data.model_input import clip_augment, ClipAugment
+from lusv.data.patterns import PATTERNS
 from lusv.errors import ConfigError, LusvError
-from lusv.features import FeatureCache
-from lusv.folds import SET_APART, FoldData, load_fold_data
 from lusv.inference import build_run_model
-from lusv.metrics import macro_auc
-from lusv.patterns import PATTERNS
+from lusv.infra import io, runlock
+from lusv.infra.devices import Distributed, init_distributed, resolve_amp, resolve_device, unwrap
+from lusv.models import frame_models
+from lusv.stats.metrics import macro_auc
 from lusv.train import checkpoint
 from lusv.train.checkpoint import TrainState
 from lusv.train.data import ensure_cached, ensure_features, eval_loader, train_loader
@@ -87,7 +89,6 @@ def check_frozen_encoder(p: RunParams, dist: Distributed) -> None:
     (the 3-D CNNs), or several processes (the heads train in one, in seconds)."""
     if p.train_encoder:
         return
-    from lusv.models import frame_models
 
     if p.model not in frame_models():
         raise ConfigError(
@@ -206,7 +207,7 @@ def run(params: RunParams | Mapping[str, Any] | None = None, /, **overrides: Any
     Call as ``run(**params_for("quick", labels=..., splits=...).to_dict())``, ``run(params)``
     with a ``RunParams``, or ``run(profile="quick", labels=..., ...)``; unset fields take the
     values of ``profile`` (default ``lusv.config.DEFAULT_PROFILE``, quick). Returns the run
-    directory. The run holds the run folder's lock (``lusv.runlock.run_lock``) for its whole lifetime.
+    directory. The run holds the run folder's lock (``lusv.infra.runlock.run_lock``) for its whole lifetime.
     """
     p = _resolve_params(params, overrides)
     dist = init_distributed()

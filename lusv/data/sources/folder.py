@@ -1,0 +1,47 @@
+"""A user's own dataset: a labels CSV (the contract of ``lusv.data.labels``) next to the clips.
+
+An optional ``frame_labels.csv`` beside the labels CSV (clip_id, first_frame, last_frame, pattern;
+frames of the video files, from 0, inclusive) gives each window its own labels under the windows
+clip policy (``lusv.data.windows``)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from lusv.data.labels import read_labels
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CSV_NAME = "labels.csv"
+FRAME_LABELS_NAME = "frame_labels.csv"
+
+
+def load_folder(csv_path: str | os.PathLike, *, dayfirst: bool = False) -> pd.DataFrame:
+    """Read and validate the labels CSV at ``csv_path`` (or ``csv_path/labels.csv`` for a folder).
+
+    Relative clip paths are resolved against the CSV's folder. Missing clip files are only
+    logged here: building the clip cache skips them and counts them in its report.
+    """
+    csv_path = Path(csv_path)
+    if csv_path.is_dir():
+        csv_path = csv_path / DEFAULT_CSV_NAME
+    labels = read_labels(csv_path, dayfirst=dayfirst)
+    missing = [path for path in labels["path"] if not Path(path).is_file()]
+    if missing:
+        log.warning("%s: %d of %d clip file(s) do not exist (e.g. %s); they will be skipped",
+                    csv_path, len(missing), len(labels), missing[0])
+    return labels
+
+
+def frame_labels(csv_path: str | os.PathLike) -> pd.DataFrame | None:
+    """The frame-level label table beside the labels CSV (``FRAME_LABELS_NAME``), or None."""
+    from lusv.infra.io import read_table
+    from lusv.data.windows import check_frame_labels
+
+    csv_path = Path(csv_path)
+    path = (csv_path if csv_path.is_dir() else csv_path.parent) / FRAME_LABELS_NAME
+    return check_frame_labels(read_table(path), where=str(path)) if path.is_file() else None

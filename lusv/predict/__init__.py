@@ -1,0 +1,1 @@
+"""A trained model applied to video files: ``lusv predict`` (``lusv.predict.video``)."""
