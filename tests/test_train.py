@@ -223,13 +223,29 @@ def test_gradient_accumulation_counts_optimizer_steps(tiny_data, tmp_path):
     assert steps == {2}
 
 
-def test_early_stopping_stops_after_patience(tiny_data, tmp_path):
+def _masked_bce_of(predictions: pd.DataFrame) -> float:
+    """Mean binary cross-entropy over the labelled (clip, pattern) pairs of a predictions file."""
+    p = predictions[[f"p_{pattern}" for pattern in PATTERNS]].to_numpy(float)
+    y = predictions[list(PATTERNS)].to_numpy(float)
+    known = ~np.isnan(y)
+    return float(-np.mean(np.where(y[known] == 1, np.log(p[known]), np.log1p(-p[known]))))
+
+
+@pytest.mark.parametrize("checkpoint_every", [1, 3])
+def test_early_stopping_stops_after_patience_and_predicts_with_the_best_epochs_weights(tiny_data, tmp_path,
+                                                                                      checkpoint_every):
     # lr so large that the validation loss cannot keep improving: training stops early.
-    run_dir = run(**tiny_data.params(tmp_path, epochs=30, patience=1, lr=0.5, model="usvn"))
+    run_dir = run(**tiny_data.params(tmp_path, epochs=30, patience=2, lr=0.5, model="usvn",
+                                     checkpoint_every=checkpoint_every))
     log = pd.read_csv(run_dir / "log.csv")
     best = int(log["val_loss"].idxmin()) + 1
-    assert len(log) == best + 1 < 30  # stopped one epoch (the patience) after its best, long before the limit
+    assert len(log) == best + 2 < 30  # stopped two epochs (the patience) after its best, long before the limit
     assert json.loads((run_dir / "config.json").read_text())["best_epoch"] == best
+    # best.pt holds the best epoch's weights, not the last epoch's: the validation predictions made
+    # from it give back, recomputed here, the validation loss logged for the best epoch.
+    recomputed = _masked_bce_of(pd.read_csv(run_dir / "predictions_val.csv"))
+    assert recomputed == pytest.approx(log["val_loss"].iloc[best - 1], rel=1e-4)
+    assert abs(log["val_loss"].iloc[-1] - log["val_loss"].iloc[best - 1]) > 1e-3  # the example can tell them apart
 
 
 # ----------------------------------------------------------------------------- leakage
