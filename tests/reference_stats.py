@@ -12,9 +12,9 @@ plain Python floats, so that an expected value never comes from the function und
 * Youden's J by brute force over the observed scores, ``score >= t`` positive, ties in J
   (within 1e-9) going to the highest threshold.
 * The patient bootstrap the slow way: every replicate's resampled table is materialised (each
-  drawn patient's clips copied in), its AUCs computed by scikit-learn, the interval taken by
-  ``numpy.percentile``. Only the draws are shared with lusv, as its documented seeded stream
-  (patients numbered in the sorted order of their ids, replicate b drawing
+  drawn patient's clips copied in), its AUCs computed by the Mann-Whitney rank formula, the
+  interval taken by ``numpy.percentile``. Only the draws are shared with lusv, as its documented
+  seeded stream (patients numbered in the sorted order of their ids, replicate b drawing
   ``default_rng(seed).integers(0, n_patients, (n_boot, n_patients))[b]``), so that the two give
   the same replicates and any difference after the draw is a bug.
 """
@@ -101,13 +101,18 @@ def confusion(y, score, threshold: float) -> tuple[int, int, int, int]:
     return tp, len(pos) - tp, tn, len(neg) - tn
 
 
-def _sklearn_auc(y, score) -> float:
-    from sklearn.metrics import roc_auc_score
+def rank_auc(y, score) -> float:
+    """AUC as the Mann-Whitney U of the positives' mid-ranks, U / (n1 n0) (NaN labels dropped,
+    NaN when a class is missing): the textbook formula, fast enough for thousands of replicates."""
+    from scipy.stats import rankdata
 
     y, score = np.asarray(y, float), np.asarray(score, float)
     keep = ~np.isnan(y)
-    y, score = y[keep], score[keep]
-    return float(roc_auc_score(y, score)) if 0 < y.sum() < len(y) else math.nan
+    y, score = y[keep] == 1, score[keep]
+    n1, n0 = int(y.sum()), int((~y).sum())
+    if not n1 or not n0:
+        return math.nan
+    return float((rankdata(score)[y].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
 
 
 def patient_bootstrap_cis(labels, scores, patient_ids, n_boot: int, seed: int, alpha: float = 0.05) -> dict:
@@ -123,12 +128,12 @@ def patient_bootstrap_cis(labels, scores, patient_ids, n_boot: int, seed: int, a
     for draw in draws:
         rows = np.concatenate([rows_of[patient] for patient in draw])
         y, s = labels[rows], scores[rows]
-        per_pattern = [_sklearn_auc(y[:, j], s[:, j]) for j in range(labels.shape[1])]
+        per_pattern = [rank_auc(y[:, j], s[:, j]) for j in range(labels.shape[1])]
         for j, auc in enumerate(per_pattern):
             replicates[j].append(auc)
         defined = [auc for auc in per_pattern if not math.isnan(auc)]
         replicates["macro"].append(sum(defined) / len(defined) if defined else math.nan)
-        replicates["micro"].append(_sklearn_auc(y.ravel(), s.ravel()))
+        replicates["micro"].append(rank_auc(y.ravel(), s.ravel()))
     out = {}
     for key, values in replicates.items():
         finite = [v for v in values if not math.isnan(v)]
