@@ -212,6 +212,10 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation("video-max-table-holds-the-mean",
              '"video_max": level_table(summaries, ("video_max",))}', '"video_max": level_table(summaries, ("video_mean",))}',
              "test_video_level", "saved_beside"),
+    Mutation("training-table-shows-the-last-epoch",
+             'best = log.loc[log["val_loss"].idxmin()] if len(log) else None',
+             "best = log.iloc[-1] if len(log) else None",
+             "test_report", "training_table"),
     # ------------------------------------------------------------ kind 5: generated sentences at their boundaries
     Mutation("conclusion-significant-below-0.1",
              'if math.isfinite(p := float(row.get(DISPLAY_NAMES[pattern], float("nan")))) and p < ALPHA]',
