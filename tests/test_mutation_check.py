@@ -84,4 +84,3 @@ def test_the_check_fails_when_a_planted_bug_survives_or_its_snippet_never_runs(t
              {m.name for m in mutations}}
     assert lines == {"double-triples": "caught", "half-by-three": "MISSED", "dead-snippet": "DEAD"}, out
     assert "1 of 3 mutations caught" in out
-    assert mutation_check.check(mutations[:1], tmp_path / "repo", timeout=120) == 0
