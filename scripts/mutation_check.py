@@ -52,28 +52,39 @@ class Mutation(NamedTuple):
         return (f"tests/{self.test_module}.py", "-k", self.selection)
 
 
+# Selections shared by several mutations: one baseline each. Cheap tests, or tests behind one
+# expensive fixture (the tiny study, the held-out study), are selected together.
+METRICS = "delong_ci or youden or slow_bootstrap"
+TEMPORAL = "temporal or even_kernel"
+AUGMENTATIONS = "flip_alone or paper_augmentations_only"
+HELD_OUT = "sets_the_held_out_patients_apart or every_fold_model_predicts or linear_probe"
+WINDOWS = "starts or labels or touching"
+VIDEO_LEVEL = "any_positive or patient_resampled or slow_patient_bootstrap or saved_beside"
+PROBE_AND_EXTERNAL = "linear_probe_writes or later_patterns"
+CONCLUSIONS = "significant or chance or rank or sweep or attention"
+
 MUTATIONS: tuple[Mutation, ...] = (
     # ------------------------------------------------------------ statistics against textbook references
     Mutation("delong-logit-without-factor",
              "half = z * se / (auc * (1 - auc))", "half = z * se",
-             "test_metrics", "delong_ci"),
+             "test_metrics", METRICS),
     Mutation("delong-quantile-one-sided",
              "z = stats.norm.ppf(1 - alpha / 2)", "z = stats.norm.ppf(1 - alpha)",
-             "test_metrics", "delong_ci"),
+             "test_metrics", METRICS),
     Mutation("youden-ties-lowest",
              "best = int(np.flatnonzero(j >= j.max() - 1e-9)[0])", "best = int(np.flatnonzero(j >= j.max() - 1e-9)[-1])",
-             "test_metrics", "youden"),
+             "test_metrics", METRICS),
     Mutation("temporal-relu-before-batchnorm",
              "y = torch.relu(self.norm(conv))  # (B, F, T)",
              "y = self.norm(torch.relu(conv))  # (B, F, T)",
-             "test_models", "temporal"),
+             "test_models", TEMPORAL),
     Mutation("temporal-branch-times-zero",
              "fused = spatial + self.temporal(h, mask)", "fused = spatial + 0 * self.temporal(h, mask)",
-             "test_models", "temporal"),
+             "test_models", TEMPORAL),
     # The CPU path (one matmul): the Conv1d's own padding argument is only reached on a GPU.
     Mutation("temporal-even-k-extra-frame-before",
              "left = (kernel - 1) // 2", "left = kernel // 2",
-             "test_models", "cpu_temporal or even_kernel"),
+             "test_models", TEMPORAL),
     # ------------------------------------------------------------ leakage checks and clip policies
     Mutation("one-fold-per-patient-check-off",
              "leaking = folds_per_patient.index[folds_per_patient > 1].tolist()", "leaking = []",
@@ -89,40 +100,41 @@ MUTATIONS: tuple[Mutation, ...] = (
              "x = self._flip_rotate(x.reshape(b * t, 1, 1, s, s), "
              "flip=torch.rand(b * t, generator=generator, dtype=torch.float64).to(x) < self.flip_p, "
              "turn=(u[:, 1] * 2 - 1).repeat_interleave(t)).reshape(b, t, 1, s, s)",
-             "test_datasets", "flip_alone"),
+             "test_datasets", AUGMENTATIONS),
     Mutation("paper-augmentations-with-intensity-jitter",
              "return ClipAugment(brightness=0.0, contrast=0.0, gamma=0.0, blur_p=0.0, noise_p=0.0)",
              "return ClipAugment()",
-             "test_datasets", "paper_augmentations_only"),
+             "test_datasets", AUGMENTATIONS),
     Mutation("held-out-clips-left-in-the-folds",
              'kept = held_out.loc[held_out["split"] == "development", "clip_id"]', 'kept = held_out["clip_id"]',
-             "test_held_out", "sets_the_held_out_patients_apart"),
+             "test_held_out", HELD_OUT),
     Mutation("window-tail-dropped",
              "    if starts[-1] + window < video_frames:  # the tail: one more window aligned to the end",
              "    if False:",
-             "test_windows", "starts or labels_hand_worked"),
+             "test_windows", WINDOWS),
     Mutation("window-label-from-its-first-frame-only",
              "present = {pattern for first, final, pattern in spans if first <= last and final >= start}",
              "present = {pattern for first, final, pattern in spans if first <= start <= final}",
-             "test_windows", "labels"),
+             "test_windows", WINDOWS),
     Mutation("video-label-needs-every-window-positive",
              "out[pattern] = grouped[pattern].max()", "out[pattern] = grouped[pattern].min()",
-             "test_video_level", "any_positive"),
+             "test_video_level", VIDEO_LEVEL),
     Mutation("video-level-ci-resamples-windows",
              'summary = summarize_predictions(table, ci="bootstrap"',
              'summary = summarize_predictions(table.assign(patient_id=table["clip_id"]), ci="bootstrap"',
-             "test_video_level", "patient_resampled or slow_patient_bootstrap"),
+             "test_video_level", VIDEO_LEVEL),
     # ------------------------------------------------------------ kind 1: computations checked only by shape
     Mutation("linear-probe-fit-on-the-test-fold",
              '        y_train = roles["train"][pattern].to_numpy(float)\n        known = ~np.isnan(y_train)\n'
              '        predict = fit_pattern(x("train")[known]',
              '        y_train = roles["test"][pattern].to_numpy(float)\n        known = ~np.isnan(y_train)\n'
              '        predict = fit_pattern(x("test")[known]',
-             "test_external", "linear_probe_writes"),
-    Mutation("linear-probe-held-out-from-one-fold-model",
-             'means = stacked.groupby("clip_id", sort=False)[columns].mean()',
-             'means = stacked.groupby("clip_id", sort=False)[columns].first()',
-             "test_held_out", "linear_probe"),
+             "test_external", PROBE_AND_EXTERNAL),
+    # The fold ensemble's mean (the study's set-apart sets; on main also the probe's, via ensemble_mean).
+    Mutation("fold-ensemble-is-its-first-model",
+             '    means = stacked.groupby("clip_id", sort=False)[probability_columns].mean().reset_index(drop=True)',
+             '    means = stacked.groupby("clip_id", sort=False)[probability_columns].first().reset_index(drop=True)',
+             "test_held_out", HELD_OUT),
     Mutation("paper-table3-is-table1",
              '"paper_table3": compare_with_paper(summary, 3),', '"paper_table3": compare_with_paper(summary, 1),',
              "test_paper", "paper_results"),
@@ -138,11 +150,11 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation("bootstrap-ci-at-90-percent",
              "low, high = np.percentile(finite, [100 * alpha / 2, 100 * (1 - alpha / 2)])",
              "low, high = np.percentile(finite, [100 * alpha, 100 * (1 - alpha)])",
-             "test_metrics", "slow_bootstrap"),
+             "test_metrics", METRICS),
     Mutation("bootstrap-never-draws-the-last-patient",
              "drawn = rng.integers(0, n_patients, size=(n_boot, n_patients))",
              "drawn = rng.integers(0, max(n_patients - 1, 1), size=(n_boot, n_patients))",
-             "test_metrics", "slow_bootstrap"),
+             "test_metrics", METRICS),
     Mutation("paper-per-fold-micro-is-macro",
              'rows.append((int(fold), "micro", micro_auc(labels, scores), np.nan, np.nan))',
              'rows.append((int(fold), "micro", macro_auc(labels, scores), np.nan, np.nan))',
@@ -163,16 +175,16 @@ MUTATIONS: tuple[Mutation, ...] = (
              "        for pattern in PATTERNS:\n            frame[pattern] = scored[pattern].to_numpy(float)",
              "        for pattern, column in zip(PATTERNS, [*PATTERNS[:2], *PATTERNS[:1:-1]]):\n"
              "            frame[pattern] = scored[column].to_numpy(float)",
-             "test_external", "later_patterns"),
+             "test_external", PROBE_AND_EXTERNAL),
     Mutation("external-later-pattern-auc-of-another-column",
              '        score = predictions[f"p_{pattern}"].to_numpy(float)\n        labelled',
              '        score = predictions[f"p_{PATTERNS[min(PATTERNS.index(pattern), 1)]}"].to_numpy(float)\n'
              "        labelled",
-             "test_external", "later_patterns"),
+             "test_external", PROBE_AND_EXTERNAL),
     Mutation("window-label-misses-a-span-on-its-last-frame",
              "present = {pattern for first, final, pattern in spans if first <= last and final >= start}",
              "present = {pattern for first, final, pattern in spans if first < last and final >= start}",
-             "test_windows", "touching"),
+             "test_windows", WINDOWS),
     Mutation("feature-views-drawn-alike-for-every-clip",
              "generator = torch.Generator().manual_seed(_seed_for(self.seed, clip_id, view))",
              "generator = torch.Generator().manual_seed(_seed_for(self.seed, view))",
@@ -211,7 +223,7 @@ MUTATIONS: tuple[Mutation, ...] = (
              "test_train", "early_stopping"),
     Mutation("video-max-table-holds-the-mean",
              '"video_max": level_table(summaries, ("video_max",))}', '"video_max": level_table(summaries, ("video_mean",))}',
-             "test_video_level", "saved_beside"),
+             "test_video_level", VIDEO_LEVEL),
     Mutation("training-table-shows-the-last-epoch",
              'best = log.loc[log["val_loss"].idxmin()] if len(log) else None',
              "best = log.iloc[-1] if len(log) else None",
@@ -220,28 +232,28 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation("conclusion-significant-below-0.1",
              'if math.isfinite(p := float(row.get(DISPLAY_NAMES[pattern], float("nan")))) and p < ALPHA]',
              'if math.isfinite(p := float(row.get(DISPLAY_NAMES[pattern], float("nan")))) and p < 0.1]',
-             "test_conclusions", "significant"),
+             "test_conclusions", CONCLUSIONS),
     Mutation("conclusion-p-rounded-across-0.05",
              "    while digits < 10 and (float(", "    while False and (float(",
-             "test_conclusions", "significant"),
+             "test_conclusions", CONCLUSIONS),
     Mutation("conclusion-chance-judged-by-the-upper-bound",
              '    if low > 0.5:\n        return "above chance', '    if high > 0.5:\n        return "above chance',
-             "test_conclusions", "chance"),
+             "test_conclusions", CONCLUSIONS),
     Mutation("conclusion-ci-touching-0.5-excludes-it",
              '    if low > 0.5:\n        return "above chance', '    if low >= 0.5:\n        return "above chance',
-             "test_conclusions", "chance"),
+             "test_conclusions", CONCLUSIONS),
     Mutation("conclusion-rank-by-hidden-digits",
              "    higher = sum(1 for value in shown.values() if math.isfinite(value) and value > mine)",
              "    higher = ranked.index(reference)",
-             "test_conclusions", "rank"),
+             "test_conclusions", CONCLUSIONS),
     Mutation("conclusion-sweep-tie-within-5e-4",
              "        tied = table[shown == shown.max()][knob].tolist()",
              '        tied = table[table["macro_pooled"] >= table["macro_pooled"].max() - 5e-4][knob].tolist()',
-             "test_conclusions", "sweep"),
+             "test_conclusions", CONCLUSIONS),
     Mutation("conclusion-maps-on-the-region-below-0.1",
              "significant = [row for row in rated.itertuples() if math.isfinite(row.p_value) and row.p_value < ALPHA]",
              "significant = [row for row in rated.itertuples() if math.isfinite(row.p_value) and row.p_value < 0.1]",
-             "test_conclusions", "attention"),
+             "test_conclusions", CONCLUSIONS),
 )
 
 
