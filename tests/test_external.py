@@ -98,6 +98,44 @@ def test_external_with_two_patterns_labelled(tiny_study, tiny_data, tmp_path, ca
         assert table.loc[(model, "a_lines"), "sensitivity"] == pytest.approx(np.mean(score[y == 1] >= t))
 
 
+def test_external_with_only_the_later_patterns_labelled(tiny_study, tiny_data, tmp_path):
+    """A dataset labelling consolidation and effusion only (the two-pattern dataset above labels
+    the first two, so misaligned later columns went unnoticed): each AUC is scikit-learn's on the
+    typed-in labels and that pattern's probabilities, which are the fold models' mean."""
+    import reference_stats as ref
+    from sklearn.metrics import roc_auc_score
+
+    from lusv.data.cache import ClipCache
+    from lusv.evaluation.external import external_validation
+    from lusv.inference import load_trained, predict
+
+    later = {"consolidation": [1, 0, 1, 0, 0, 1, 1, 0], "pleural_effusion": [0, 0, 1, 1, 0, 1, 0, 1]}
+    source = pd.read_csv(tiny_data.source_dir / "labels.csv").iloc[:8]
+    ids = [f"EXT-{i}" for i in range(8)]
+    pd.DataFrame({"clip_id": ids, "path": [str(tiny_data.source_dir / p) for p in source["path"]],
+                  "patient_id": [f"EXT-P{i // 2}" for i in range(8)], "a_lines": "", "b_lines": "", **later}
+                 ).to_csv(tmp_path / "later.csv", index=False)
+    results = external_validation(tiny_study.run_dir, "folder", tmp_path / "later.csv", out_dir=tmp_path / "ext",
+                                  cache_root=tmp_path / "cache")
+    table = results.table.set_index(["model", "pattern"])
+    clips, lengths = ClipCache(tmp_path / "cache", tiny_study.num_frames, tiny_study.image_size).load_many(ids)
+    for model in ("luvnet", "usvn"):
+        saved = pd.read_csv(tmp_path / "ext" / f"predictions_{model}.csv", dtype={"clip_id": str}).set_index("clip_id").loc[ids]
+        folds = [predict(load_trained(tiny_study.run_dir / "runs" / f"{model}-fold{f}"), clips, lengths) for f in range(3)]
+        np.testing.assert_allclose(saved[[f"p_{p}" for p in PATTERNS]].to_numpy(), np.mean(folds, axis=0), atol=2e-3)
+        for pattern in ("a_lines", "b_lines"):
+            assert saved[pattern].isna().all() and np.isnan(table.loc[(model, pattern), "auc"])
+            assert table.loc[(model, pattern), "note"] == "not labelled in this dataset"
+        for pattern, y in later.items():
+            row, score = table.loc[(model, pattern)], saved[f"p_{pattern}"].to_numpy()
+            assert saved[pattern].tolist() == y and row["n_pos"] == 4 and row["n_neg"] == 4
+            assert row["auc"] == pytest.approx(roc_auc_score(y, score), abs=1e-12)
+            assert (row["ci_low"], row["ci_high"]) == pytest.approx(ref.delong_ci(y, score)[1:], rel=1e-9)
+            positive = score >= row["threshold"]
+            assert row["sensitivity"] == pytest.approx(positive[np.array(y) == 1].mean())
+            assert row["specificity"] == pytest.approx(1 - positive[np.array(y) == 0].mean())
+
+
 def test_external_refuses_a_study_without_fold_models(tiny_data, tmp_path, capsys):
     original = study.Prepared.load(tiny_data.root / "study")
     dataclasses.replace(original, run_dir=tmp_path / "empty").save()
@@ -106,10 +144,97 @@ def test_external_refuses_a_study_without_fold_models(tiny_data, tmp_path, capsy
     assert "no finished fold models" in capsys.readouterr().err
 
 
+def reference_probe(prepared, encoder, set_apart: dict[str, list[str]] | None = None) -> dict[str, pd.DataFrame]:
+    """The linear probe written out the slow way, p_<pattern> by clip id for each role.
+
+    Fold f: test = fold f, validation = fold f + 1, training = the other folds (read from the
+    prepared folds file). A clip is the mean of its real frames' cached plain features (computed
+    here from the feature cache's rows); per pattern scikit-learn's LogisticRegression(C=1,
+    max_iter=5000) is fit on the training clips that label the pattern (all one class: that
+    class's rate). Test and validation clips are predicted by their fold's model, the clips of
+    ``set_apart`` ({split: clip ids}) by the mean of every fold's model."""
+    import warnings
+
+    from sklearn.linear_model import LogisticRegression
+
+    from lusv.config import params_for
+    from lusv.data.features import run_feature_cache
+
+    features = run_feature_cache(params_for("quick", **prepared.training_inputs()), prepared.cache(), encoder)
+    labels = prepared.labels().set_index("clip_id")
+    folds = prepared.folds().set_index("clip_id")["fold"]
+
+    def pooled(ids):
+        return np.stack([rows[:length].astype(np.float64).mean(axis=0) for rows, length in map(features.load, ids)])
+
+    out = {"test": [], "val": []}
+    sums = {split: 0.0 for split in set_apart or {}}
+    for fold in range(prepared.num_folds):
+        roles = {"test": folds.index[folds == fold], "val": folds.index[folds == (fold + 1) % prepared.num_folds]}
+        train = folds.index[~folds.isin([fold, (fold + 1) % prepared.num_folds])]
+        x_train = pooled(train)
+        evaluated = {**roles, **(set_apart or {})}
+        fold_p = {role: pd.DataFrame(index=list(ids)) for role, ids in evaluated.items()}
+        for pattern in PATTERNS:
+            y = labels.loc[train, pattern].to_numpy(float)
+            known = ~np.isnan(y)
+            if len(np.unique(y[known])) < 2:
+                for role, ids in evaluated.items():
+                    fold_p[role][f"p_{pattern}"] = y[known].mean()
+                continue
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                model = LogisticRegression(C=1.0, max_iter=5000).fit(x_train[known], y[known].astype(int))
+            for role, ids in evaluated.items():
+                fold_p[role][f"p_{pattern}"] = model.predict_proba(pooled(ids))[:, 1]
+        for role in roles:
+            out[role].append(fold_p[role])
+        for split in sums:
+            sums[split] = sums[split] + fold_p[split]
+    result = {role: pd.concat(parts) for role, parts in out.items()}
+    return {**result, **{split: total / prepared.num_folds for split, total in sums.items()}}
+
+
+def test_mean_pooling_counts_real_frames_only_and_fits_see_only_labelled_training_clips():
+    from sklearn.linear_model import LogisticRegression
+
+    from lusv.evaluation.linear_probe import fit_fold, mean_pooled
+
+    class Features:  # two clips of 4 frames, the second with 2 real ones and padding rows of 50
+        def load_many(self, ids):
+            rows = np.array([[[1.0], [2.0], [3.0], [6.0]], [[4.0], [8.0], [50.0], [50.0]]])
+            return rows[[int(i) for i in ids]], np.array([4, 2])[[int(i) for i in ids]]
+
+    np.testing.assert_array_equal(mean_pooled(Features(), ["0", "1"]), [[3.0], [6.0]])
+    rng = np.random.default_rng(0)
+    x = {f"c{i}": rng.normal(size=3) for i in range(12)}
+    train = pd.DataFrame({"clip_id": [f"c{i}" for i in range(8)], **{p: [0, 1, 0, 1, 1, 0, np.nan, 1] for p in PATTERNS}})
+    train["a_lines"] = [0, 0, 0, 0, 0, 0, np.nan, 0]  # one class: its training rate, 0
+    test = pd.DataFrame({"clip_id": [f"c{i}" for i in range(8, 12)], **{p: 0.0 for p in PATTERNS}})
+    got = fit_fold(x, {"train": train, "test": test})["test"]
+    known = [0, 1, 2, 3, 4, 5, 7]  # c6 labels nothing: it is not trained on
+    expected = LogisticRegression(C=1.0, max_iter=5000).fit(np.stack([x[f"c{i}"] for i in known]), [0, 1, 0, 1, 1, 0, 1])
+    np.testing.assert_allclose(got[:, 1], expected.predict_proba(np.stack([x[f"c{i}"] for i in range(8, 12)]))[:, 1],
+                               atol=1e-6)
+    np.testing.assert_array_equal(got[:, 0], 0.0)
+
+
 def test_linear_probe_writes_out_of_fold_predictions_fit_on_the_training_folds(tiny_study):
+    from lusv.inference import load_trained
     from lusv.evaluation.linear_probe import linear_probe
 
     written = linear_probe(tiny_study)
+    # Every probability is the slow reference's: fit on the training folds only, never on the
+    # clips it predicts. The frozen encoder is the one LUV-Net's frozen runs read (same seed).
+    encoder = load_trained(tiny_study.run_dir / "runs" / "luvnet-fold0").encoder
+    temporal = pd.read_csv(tiny_study.temporal_csv, dtype=str).query("split == 'temporal_test'")["clip_id"].tolist()
+    expected = reference_probe(tiny_study, encoder, {"temporal_test": temporal})
+    columns = [f"p_{p}" for p in PATTERNS]
+    for split in ("test", "val", "temporal_test"):
+        table = pd.read_csv(written[split], dtype={"clip_id": str}).set_index("clip_id")
+        assert sorted(table.index) == sorted(expected[split].index), split
+        np.testing.assert_allclose(table[columns].to_numpy(), expected[split].loc[table.index, columns].to_numpy(),
+                                   atol=1e-4, err_msg=split)
     test = pd.read_csv(written["test"], dtype={"clip_id": str})
     folds = tiny_study.folds()
     assert sorted(test["clip_id"]) == sorted(folds["clip_id"])  # every development clip once

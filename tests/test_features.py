@@ -250,6 +250,25 @@ def test_augmented_views_are_seeded_per_clip_and_view_and_added_incrementally(cl
         features.view_names(-1)
 
 
+def test_the_same_video_under_two_ids_gets_its_own_augmented_views(tmp_path):
+    """Views are drawn per clip: two clips with the same frames get the same plain features and
+    different augmented ones (a seed missing the clip id would give every clip the same draws)."""
+    import shutil
+
+    labels = tiny_clip_table(tmp_path / "videos", {"first.mp4": 4})
+    shutil.copy(labels.loc[0, "path"], tmp_path / "videos" / "second.mp4")  # the same file under another id
+    labels = pd.concat([labels, labels.assign(clip_id="second", path=str(tmp_path / "videos" / "second.mp4"))],
+                       ignore_index=True)
+    cache = ClipCache(tmp_path / "clips", T, S)
+    cache.build(labels, progress=False)
+    features = _features(cache, _model().encoder, tmp_path, dtype="float32", seed=3)
+    features.build(["first", "second"], views=2, progress=False)
+    plain, aug = features.view_names(2)[0], features.view_names(2)[1:]
+    np.testing.assert_array_equal(features.load("first", plain)[0], features.load("second", plain)[0])
+    for view in aug:
+        assert not np.allclose(features.load("first", view)[0], features.load("second", view)[0]), view
+
+
 # ---------------------------------------------------------------- dataset
 
 

@@ -93,10 +93,21 @@ def test_every_fold_model_predicts_the_held_out_set_and_results_report_it(held_o
 def test_the_linear_probe_predicts_the_held_out_set_too(held_out_study):
     from lusv.evaluation.linear_probe import linear_probe
 
+    import numpy as np
+    from test_external import reference_probe
+
+    from lusv.models.encoders import build_encoder
+    from lusv.train.randomness import seed_everything
+
     written = linear_probe(held_out_study)
-    held_ids = set(pd.read_csv(held_out_study.held_out_csv, dtype=str).query("split == 'held_out'")["clip_id"])
-    table = pd.read_csv(written["held_out"], dtype={"clip_id": str})
-    assert set(table["clip_id"]) == held_ids and len(table) == len(held_ids), "one row per clip: the fold models' mean"
+    held_ids = pd.read_csv(held_out_study.held_out_csv, dtype=str).query("split == 'held_out'")["clip_id"].tolist()
+    table = pd.read_csv(written["held_out"], dtype={"clip_id": str}).set_index("clip_id")
+    assert set(table.index) == set(held_ids) and len(table) == len(held_ids), "one row per clip: the fold models' mean"
+    p = params_for("quick", **held_out_study.training_inputs())
+    seed_everything(p.seed)  # the random-init encoder a run of this study builds
+    expected = reference_probe(held_out_study, build_encoder(p.encoder, p.weights), {"held_out": held_ids})["held_out"]
+    columns = [f"p_{pattern}" for pattern in PATTERNS]
+    np.testing.assert_allclose(table[columns].to_numpy(), expected.loc[table.index, columns].to_numpy(), atol=1e-4)
 
 
 def test_a_run_finished_before_the_held_out_set_existed_is_not_reused(held_out_study, tiny_data, tmp_path):

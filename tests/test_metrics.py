@@ -239,6 +239,36 @@ def test_patient_bootstrap_seeded_and_wider_when_clips_cluster():
     assert patient_bootstrap_auc(y5, score5, patients5, n_boot=400, seed=1) != by_patient
 
 
+def clustered_predictions(n_patients: int = 14, seed: int = 3) -> pd.DataFrame:
+    """1-5 clips per patient, four patterns of different strength, about 10% of labels missing;
+    patient ids P0..P13 sort as strings (P0, P1, P10, ...), not as numbers."""
+    rng = np.random.default_rng(seed)
+    patients = np.repeat([f"P{i}" for i in range(n_patients)], rng.integers(1, 6, size=n_patients))
+    n = len(patients)
+    labels = (rng.random((n, 4)) < [0.5, 0.4, 0.35, 0.3]).astype(float)
+    scores = labels * [1.5, 1.0, 0.6, 0.2] + rng.normal(size=(n, 4))
+    labels[rng.random((n, 4)) < 0.1] = np.nan
+    table = pd.DataFrame({"clip_id": [f"c{i}" for i in range(n)], "patient_id": patients})
+    for j, pattern in enumerate(PATTERNS):
+        table[f"p_{pattern}"], table[pattern] = scores[:, j], labels[:, j]
+    return table
+
+
+def test_patient_bootstrap_cis_equal_the_slow_bootstrap_over_materialised_resamples():
+    pred = clustered_predictions()
+    labels, scores = pred[list(PATTERNS)].to_numpy(), pred[[f"p_{p}" for p in PATTERNS]].to_numpy()
+    expected = ref.patient_bootstrap_cis(labels, scores, pred["patient_id"], n_boot=200, seed=5)
+    table = summarize_predictions(pred, ci="bootstrap", n_boot=200, seed=5).set_index("pattern")
+    for key, column in [*enumerate(PATTERNS), ("micro", "micro"), ("macro", "macro")]:
+        got = table.loc[column, ["ci_low", "ci_high"]].to_numpy(dtype=float)
+        np.testing.assert_allclose(got, expected[key], rtol=0, atol=1e-12, err_msg=column)
+    # The data can tell a 95% interval from a 90% one (unlike 2 patients, where they coincide).
+    ninety = ref.patient_bootstrap_cis(labels, scores, pred["patient_id"], n_boot=200, seed=5, alpha=0.1)
+    assert all(ninety[key][0] > expected[key][0] and ninety[key][1] < expected[key][1] for key in expected)
+    low, high = patient_bootstrap_auc(labels[:, 1], scores[:, 1], pred["patient_id"], n_boot=200, seed=5)
+    assert (low, high) == pytest.approx(expected[1], abs=1e-12)
+
+
 # ----------------------------------------------------------------------------- tables
 
 

@@ -247,3 +247,19 @@ def test_read_predictions_keeps_ids_as_strings(preds, tmp_path):
     df = preds["luvnet"].assign(clip_id=[f"{i:05d}" for i in range(len(preds["luvnet"]))])
     df.to_csv(tmp_path / "p.csv", index=False)
     assert read_predictions(tmp_path / "p.csv")["clip_id"].iloc[0] == "00000"
+
+
+def test_training_table_reports_the_epoch_with_the_lowest_validation_loss(tmp_path):
+    """Notebooks 02 and 03 show it for every run. Hand-worked: run a's validation loss is lowest
+    at epoch 2 (0.5), while its AUC peaks at epoch 3, so the best epoch's AUC is 0.7, not 0.8."""
+    from lusv.report.tables import training_table
+
+    for name, log in {"a": {"epoch": [1, 2, 3], "train_loss": [0.9, 0.7, 0.6], "val_loss": [0.7, 0.5, 0.6],
+                            "val_macro_auc": [0.6, 0.7, 0.8], "lr": [1e-3] * 3, "seconds": [1.0, 2.0, 3.5]},
+                      "b": {"epoch": [], "train_loss": [], "val_loss": [], "val_macro_auc": [], "lr": [], "seconds": []}
+                      }.items():
+        (tmp_path / name).mkdir()
+        pd.DataFrame(log).to_csv(tmp_path / name / "log.csv", index=False)
+    table = training_table([tmp_path / "a", tmp_path / "b"]).set_index("run")
+    assert table.loc["a", ["epochs", "best_epoch", "val_loss", "val_macro_auc", "seconds"]].tolist() == [3, 2, 0.5, 0.7, 6.5]
+    assert table.loc["b", "epochs"] == 0 and np.isnan(table.loc["b", "val_loss"])

@@ -96,8 +96,18 @@ def test_sweep_results_of_a_run_are_saved(study, tmp_path):
         write_csv(tmp_path / "oof" / f"{key}.test.csv", table)
     results = sweep_results(tmp_path, list(predictions), n_boot=20)
     assert set(results.tables) == {"kernel_size", "num_heads"}
-    for name in ("sweep_kernel_size", "sweep_num_heads", "paper_table8", "paper_table9"):
-        assert (tmp_path / "tables" / f"{name}.csv").is_file(), name
+    saved = {name: pd.read_csv(tmp_path / "tables" / f"{name}.csv")
+             for name in ("sweep_kernel_size", "sweep_num_heads", "paper_table8", "paper_table9")}
+    folds = [_macro(part) for _, part in predictions["luvnet_k13"].groupby("model_fold")]
+    kernel = saved["sweep_kernel_size"].set_index("kernel_size")
+    assert kernel.loc[13, "macro_pooled"] == pytest.approx(_macro(predictions["luvnet_k13"]))
+    assert kernel.loc[13, "macro_mean"] == pytest.approx(np.mean(folds))
+    table8 = saved["paper_table8"].set_index("kernel_size")
+    assert table8.loc[13, ["macro_paper", "macro_lusv"]].tolist() == pytest.approx([0.908, np.mean(folds)])
+    heads = saved["paper_table9"].set_index("num_heads")
+    assert heads.loc[4, "macro_lusv"] == pytest.approx(np.mean([_macro(part) for _, part in
+                                                                predictions["luvnet_h4"].groupby("model_fold")]))
+    assert saved["sweep_num_heads"]["num_heads"].tolist() == [4, 8]
     assert (tmp_path / "figures" / "sweeps.png").stat().st_size > 10_000
 
 

@@ -223,13 +223,29 @@ def test_gradient_accumulation_counts_optimizer_steps(tiny_data, tmp_path):
     assert steps == {2}
 
 
-def test_early_stopping_stops_after_patience(tiny_data, tmp_path):
+def _masked_bce_of(predictions: pd.DataFrame) -> float:
+    """Mean binary cross-entropy over the labelled (clip, pattern) pairs of a predictions file."""
+    p = predictions[[f"p_{pattern}" for pattern in PATTERNS]].to_numpy(float)
+    y = predictions[list(PATTERNS)].to_numpy(float)
+    known = ~np.isnan(y)
+    return float(-np.mean(np.where(y[known] == 1, np.log(p[known]), np.log1p(-p[known]))))
+
+
+@pytest.mark.parametrize("checkpoint_every", [1, 3])
+def test_early_stopping_stops_after_patience_and_predicts_with_the_best_epochs_weights(tiny_data, tmp_path,
+                                                                                      checkpoint_every):
     # lr so large that the validation loss cannot keep improving: training stops early.
-    run_dir = run(**tiny_data.params(tmp_path, epochs=30, patience=1, lr=0.5, model="usvn"))
+    run_dir = run(**tiny_data.params(tmp_path, epochs=30, patience=2, lr=0.5, model="usvn",
+                                     checkpoint_every=checkpoint_every))
     log = pd.read_csv(run_dir / "log.csv")
     best = int(log["val_loss"].idxmin()) + 1
-    assert len(log) == best + 1 < 30  # stopped one epoch (the patience) after its best, long before the limit
+    assert len(log) == best + 2 < 30  # stopped two epochs (the patience) after its best, long before the limit
     assert json.loads((run_dir / "config.json").read_text())["best_epoch"] == best
+    # best.pt holds the best epoch's weights, not the last epoch's: the validation predictions made
+    # from it give back, recomputed here, the validation loss logged for the best epoch.
+    recomputed = _masked_bce_of(pd.read_csv(run_dir / "predictions_val.csv"))
+    assert recomputed == pytest.approx(log["val_loss"].iloc[best - 1], rel=1e-4)
+    assert abs(log["val_loss"].iloc[-1] - log["val_loss"].iloc[best - 1]) > 1e-3  # the example can tell them apart
 
 
 # ----------------------------------------------------------------------------- leakage
@@ -376,3 +392,54 @@ def test_label_smoothing_pulls_training_targets_towards_one_half_and_keeps_missi
     # y * (1 - s) + s / 2 with s = 0.2, by hand: 1 -> 0.9, 0 -> 0.1
     torch.testing.assert_close(smoothed(labels, 0.2), torch.tensor([[0.9, 0.1, float("nan"), 0.9]]), equal_nan=True)
     assert smoothed(labels, 0.0) is labels
+
+
+# ----------------------------------------------------------------------------- augmentation across epochs
+
+
+def _training_inputs(tiny_data, out_dir, monkeypatch, **overrides) -> list[dict]:
+    """Per epoch, what each training clip was fed to the model as (augmented clip, or the cached
+    feature view): read beside training by a spy on the loop's forward, which replays the
+    augmentation on a copy of the generator's state so that the run itself is unchanged."""
+    from lusv.data.model_input import to_model_input
+    from lusv.inference import forward_batch as forward
+    from lusv.train import loop, runner
+    from lusv.train.loop import train_one_epoch as one_epoch  # the originals, whatever was patched before
+
+    epochs: list[dict] = []
+
+    def spy_forward(model, batch, device, amp_dtype=None, channels_last=False, augment=None, generator=None):
+        if "features" in batch:
+            inputs = batch["features"]
+        else:
+            state = generator.get_state()
+            inputs = to_model_input(batch["clips"], device, augment=augment, generator=generator,
+                                    lengths=batch["lengths"], channels_last=channels_last)
+            generator.set_state(state)
+        epochs[-1].update(zip(batch["clip_ids"], inputs.detach().clone()))
+        return forward(model, batch, device, amp_dtype, channels_last, augment, generator)
+
+    def spy_epoch(*args, **kwargs):
+        epochs.append({})
+        return one_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "forward_batch", spy_forward)
+    monkeypatch.setattr(runner, "train_one_epoch", spy_epoch)
+    run(**tiny_data.params(out_dir, epochs=2, max_batches_per_epoch=None, augment=True, **overrides))
+    return epochs
+
+
+@pytest.mark.parametrize("path", [{"model": "usvn"}, {"model": "luvnet", "train_encoder": False, "feature_views": 2}],
+                         ids=["clips", "cached-features"])
+def test_each_training_clip_is_augmented_anew_every_epoch_and_alike_for_the_same_seed(tiny_data, tmp_path, monkeypatch,
+                                                                                      path):
+    first = _training_inputs(tiny_data, tmp_path / "a", monkeypatch, **path)
+    again = _training_inputs(tiny_data, tmp_path / "b", monkeypatch, **path)
+    assert len(first) == 2 and set(first[0]) == set(first[1]) and len(first[0]) >= 4  # every training clip, each epoch
+    changed = [cid for cid in first[0] if not torch.equal(first[0][cid], first[1][cid])]
+    if "train_encoder" in path:  # one of two cached views per clip and epoch, drawn from (seed, epoch)
+        assert changed, "no clip showed another view in epoch 2"
+    else:
+        assert changed == list(first[0]), "every clip is augmented anew in epoch 2"
+    for epoch, seen in enumerate(again):  # the same seed: the same inputs, epoch by epoch
+        assert all(torch.equal(seen[cid], first[epoch][cid]) for cid in seen), epoch

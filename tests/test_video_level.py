@@ -118,4 +118,43 @@ def test_video_level_results_of_a_run_are_saved_beside_its_other_tables(tmp_path
     saved = pd.read_csv(tmp_path / "tables" / "test_levels.csv")
     assert len(saved) == 3 * 6 and set(saved["level"]) == {"window", "video_mean", "video_max"}
     assert tables["window_vs_video"]["windows / videos"].tolist() == [9, 3]
-    assert (tmp_path / "tables" / "test_video_max.csv").is_file()
+    # the saved tables hold the hand-worked values: the max-video AUC is 1/2 in every resample
+    video_max = pd.read_csv(tmp_path / "tables" / "test_video_max.csv")
+    assert video_max[["Level", "windows / videos", "A-lines"]].values.tolist() == [
+        ["video, max of its windows", 3, "0.500 (0.50–0.50)"]]
+    window_vs_video = pd.read_csv(tmp_path / "tables" / "test_window_vs_video.csv")
+    assert window_vs_video["A-lines"].str.split(" ").str[0].tolist() == ["0.714", "1.000"]
+
+
+def test_video_level_cis_equal_the_slow_patient_bootstrap_of_a_video_table_made_by_hand():
+    """Ten patients, one or two videos each of two or three windows: the video table is made here
+    with pandas (mean / max of the windows' probabilities, max of their labels), and every CI at
+    each level is the slow patient bootstrap of reference_stats on that table, same seed."""
+    from reference_stats import patient_bootstrap_cis
+
+    rng = np.random.default_rng(4)
+    rows = []
+    for patient in range(10):
+        for video in range(1 + patient % 2):
+            labels = (rng.random(4) < [0.5, 0.4, 0.5, 0.3]).astype(float)
+            for window in range(2 + (patient + video) % 2):
+                # the first window carries the video's labels, later ones lose some positives
+                window_labels = labels if window == 0 else labels * (rng.random(4) < 0.8)
+                rows.append({"clip_id": f"v{patient}.{video}_w{window}", "video_id": f"v{patient}.{video}",
+                             "patient_id": f"p{patient}", "fold": patient % 3, "model_fold": patient % 3,
+                             **{f"p_{p}": float(labels[j] * 0.8 + rng.normal()) for j, p in enumerate(PATTERNS)},
+                             **dict(zip(PATTERNS, window_labels))})
+    windows = pd.DataFrame(rows)
+    probabilities = [f"p_{p}" for p in PATTERNS]
+    grouped = windows.groupby("video_id", sort=False)
+    tables = {"window": windows,
+              "video_mean": grouped[probabilities].mean().join(grouped[list(PATTERNS)].max()).join(grouped["patient_id"].first()),
+              "video_max": grouped[probabilities].max().join(grouped[list(PATTERNS)].max()).join(grouped["patient_id"].first())}
+    summary = level_summaries({"luvnet": windows}, n_boot=200, seed=2).set_index(["level", "pattern"])
+    for level, table in tables.items():
+        expected = patient_bootstrap_cis(table[list(PATTERNS)].to_numpy(float), table[probabilities].to_numpy(float),
+                                         table["patient_id"], n_boot=200, seed=2)
+        assert summary.loc[(level, "macro"), "n_units"] == len(table)
+        for key, column in [*enumerate(PATTERNS), ("micro", "micro"), ("macro", "macro")]:
+            got = summary.loc[(level, column), ["ci_low", "ci_high"]].to_numpy(dtype=float)
+            np.testing.assert_allclose(got, expected[key], rtol=0, atol=1e-12, err_msg=f"{level} {column}")

@@ -104,6 +104,18 @@ def test_window_labels_hand_worked(caplog):
     assert "disagree" not in caplog.text  # V's labels agree with its frame labels
 
 
+def test_a_span_touching_a_windows_first_or_last_frame_marks_that_window():
+    # 30 frames, T 16, overlap 4: windows 0..15, 12..27, 14..29. Each span touches an edge:
+    # A-lines only frame 15 (the first window's last frame), B-lines only frame 11 (just before the
+    # second window), consolidation only frame 28 (after the second window's last), effusion only
+    # frame 12 (the second window's first frame, before the third's).
+    spans = pd.DataFrame([("V", 15, 15, "a_lines"), ("V", 11, 11, "b_lines"), ("V", 28, 28, "consolidation"),
+                          ("V", 12, 12, "pleural_effusion")], columns=["clip_id", "first_frame", "last_frame", "pattern"])
+    table = window_table(_label_rows(("V", [1, 1, 1, 1])), {"V": 30}, 16, 4, spans)
+    expected = np.array([[1, 1, 0, 1], [1, 0, 0, 1], [1, 0, 1, 0]], dtype=float)
+    np.testing.assert_array_equal(table[list(PATTERNS)].to_numpy(dtype=float), expected)
+
+
 def test_window_labels_after_resampling_name_source_frames():
     # 10 source frames at 30 fps resampled to 15 fps keep source frames 0, 2, 4, 6, 8; T 2, no
     # overlap: cached windows 0..1, 2..3 and the end-aligned 3..4 span source frames 0..2, 4..6, 6..8.

@@ -10,8 +10,9 @@ Sizes: torchvision's ``mvit_v1_b`` has 36.31 M parameters with a 4-way head (the
 ``swin3d_b`` has 87.64 M (the paper's 58.72 M matches no torchvision Swin3D: its size lies
 between swin3d_s, 49.8 M, and swin3d_b; we keep the B variant the paper names). They are trained
 from scratch, as in the paper. ``width`` < 1 builds a small CPU variant (two stages, narrow,
-fed the clip at its own frame count and size) so that the quick profile can train them in
-minutes; it is not the published model and the study says so.
+fed ``num_frames`` frames spread over the clip's real frames, at the clip's own size: a clip
+without padding as it is) so that the quick profile can train them in minutes; it is not the
+published model and the study says so.
 """
 
 from __future__ import annotations
@@ -99,15 +100,17 @@ def _mvit_b(width: float, num_frames: int | None, image_size: int | None) -> Vid
 
 
 @register_model("swin_b")
-def build_swin_b(weights: str | os.PathLike = "imagenet", strict_weights: bool = False, width: float = 1.0) -> VideoTransformer:
+def build_swin_b(num_frames: int | None = None, weights: str | os.PathLike = "imagenet", strict_weights: bool = False,
+                 width: float = 1.0) -> VideoTransformer:
     """Swin3D-B (torchvision ``swin3d_b``) with a P-way head, trained from scratch; ``width`` < 1:
-    a two-stage CPU variant fed the clip at its own frame count and size."""
-    model = _swin_b(width)
+    a two-stage CPU variant fed ``num_frames`` frames spread over the clip's real frames (all of
+    a clip's frames when ``num_frames`` is None, padding included) at the clip's own size."""
+    model = _swin_b(width, num_frames)
     model.weights_source = apply_weights(model.backbone, weights, strict=strict_weights, name="swin_b")
     return model
 
 
-def _swin_b(width: float) -> VideoTransformer:
+def _swin_b(width: float, num_frames: int | None = None) -> VideoTransformer:
     from torchvision.models.video import swin3d_b  # noqa: PLC0415
     from torchvision.models.video.swin_transformer import SwinTransformer3d  # noqa: PLC0415
 
@@ -116,4 +119,4 @@ def _swin_b(width: float) -> VideoTransformer:
     dim = max(8, round(128 * width)) // 4 * 4
     net = SwinTransformer3d(patch_size=[2, 4, 4], embed_dim=dim, depths=[1, 1], num_heads=[1, 2],
                             window_size=[4, 4, 4], stochastic_depth_prob=0.0, num_classes=NUM_PATTERNS)
-    return VideoTransformer(net, None, None)
+    return VideoTransformer(net, num_frames, None)  # frames sampled over the real ones: padding never seen

@@ -49,7 +49,19 @@ def _chance_verdict(summaries: pd.DataFrame, model: str, column: str = "macro") 
 
 
 def _p(p: float) -> str:
-    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
+    """'p = 0.012'; with more digits where three would round across ALPHA (0.0499 is 'p = 0.0499',
+    never 'p = 0.050' in a list of p < 0.05)."""
+    if p < 0.001:
+        return "p < 0.001"
+    digits = 3
+    while digits < 10 and (float(f"{p:.{digits}f}") < ALPHA) != (p < ALPHA):
+        digits += 1
+    return f"p = {p:.{digits}f}"
+
+
+def _shown(auc: float) -> float:
+    """An AUC as the tables show it (three decimals): the precision ranks and ties are read at."""
+    return float(f"{auc:.3f}")
 
 
 def _signed(x: float) -> str:
@@ -118,7 +130,7 @@ def comparison_conclusion(summaries: pd.DataFrame, delong: pd.DataFrame | None =
     listing = ", ".join(f"{model_name(m)} {_cell(summaries, m, 'macro')}" for m in ranked)
     text = f"Macro AUC on {data}, highest first: {listing}."
     if reference in models and len(models) > 1:
-        text += f" {model_name(reference)} ranks {ranked.index(reference) + 1} of {len(models)}."
+        text += _rank(summaries, ranked, reference)
     text += _significant(delong, reference)
     if paper_table:
         quoted = [(m, _paper_macro(paper_table, m)) for m in ranked]
@@ -129,6 +141,19 @@ def comparison_conclusion(summaries: pd.DataFrame, delong: pd.DataFrame | None =
         if without:
             text += f" No paper row for {', '.join(without)}."
     return text
+
+
+def _rank(summaries: pd.DataFrame, ranked: list[str], reference: str) -> str:
+    """' LUV-Net ranks 2 of 5.': one more than the models whose macro AUC is higher as the table
+    shows it; models equal to three decimals are named as tied, never ranked by hidden digits."""
+    mine = _shown(_value(summaries, reference, "macro"))
+    if not math.isfinite(mine):
+        return f" {model_name(reference)} has no macro AUC to rank."
+    shown = {m: _shown(_value(summaries, m, "macro")) for m in ranked}
+    higher = sum(1 for value in shown.values() if math.isfinite(value) and value > mine)
+    tied = [model_name(m) for m in ranked if m != reference and shown[m] == mine]
+    text = f" {model_name(reference)} ranks {higher + 1} of {len(ranked)}"
+    return text + (f", tied to three decimals with {', '.join(tied)}." if tied else ".")
 
 
 def _paper_best(number: int = 8, n: int = 3) -> str:
@@ -152,7 +177,8 @@ def sweep_conclusion(sweeps: Mapping[str, pd.DataFrame]) -> str:
         text = (f"{KNOB_NAMES[knob][0].upper()}{KNOB_NAMES[knob][1:]}, each value trained on all "
                 f"{int(table['n_folds'].max())} folds (pooled out-of-fold macro AUC, 95% CI): {listing}")
         best = best_value(table, knob)
-        tied = table[table["macro_pooled"] >= table["macro_pooled"].max() - 5e-4][knob].tolist()
+        shown = table["macro_pooled"].map(_shown)
+        tied = table[shown == shown.max()][knob].tolist()
         if len(tied) > 1:  # equal as the cells show them: naming one "highest" would be arbitrary
             text += f"; highest here, tied to three decimals: {', '.join(f'{symbol} = {int(v)}' for v in tied)}"
         elif best is not None:
