@@ -149,9 +149,10 @@ def test_study_notebooks_run_in_order_on_tiny_synthetic_data(tmp_path):
 
 
 @requires_pocus
-def test_external_pocus_notebook_on_the_real_clips(tmp_path):
+def test_external_pocus_notebook_on_the_real_clips(tmp_path, tiny_data):
     run_dir = tmp_path / "pocus"
-    nb = execute("07_external_pocus", tmp_path, run_dir=str(run_dir), profile="quick", data_path=str(POCUS_ROOT),
+    # the profile is the main study's (the tiny study recorded 'quick'), not a parameter of 07
+    nb = execute("07_external_pocus", tmp_path, study_dir=str(tiny_data.root / "study"), run_dir=str(run_dir), data_path=str(POCUS_ROOT),
             num_frames=8, image_size=32, cache_root=str(tmp_path / "cache"), n_boot=50, models=["luvnet"],
             overrides={"epochs": 1, "max_batches_per_epoch": 2})  # fmt: skip
     report = pd.read_csv(run_dir / "prepare" / "ingest_report.csv")
