@@ -76,6 +76,10 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
         except (OSError, RuntimeError) as exc:
             if not _is_disk_full(exc):
                 raise
+            _release_frames(exc)
+            tmp.unlink(missing_ok=True)  # its space back before measuring what is free
+            os.close(fd)
+            fd = -1
             raise DiskFullError(
                 f"cannot write {target.name} in {target.parent}: no space left on the device "
                 f"({_free_space(target.parent)} free); the previous {target.name} is unchanged: "
@@ -85,7 +89,8 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
-        os.close(fd)
+        if fd >= 0:
+            os.close(fd)
 
 
 # mkstemp's names: prefix + 8 characters of [a-z0-9_] + suffix.
@@ -136,6 +141,35 @@ def remove_stale_temp_files(folder: str | os.PathLike, target_name: str | None =
 
 
 def _is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` or any error in its cause/context chain is a full disk.
+
+    On a real full disk torch raises "iostream error" and then, while closing the archive, a
+    second RuntimeError ("unexpected pos ...") whose context is the first: the outer error alone
+    does not say why."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if _says_disk_full(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _release_frames(exc: BaseException | None) -> None:
+    """Clear the frames of ``exc``'s traceback and of its causes: the writer that failed (torch's
+    archive) is held by them, and with it the deleted temporary file, whose space a full disk
+    needs back to record the failure in config.json."""
+    import traceback
+
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if exc.__traceback__ is not None:
+            traceback.clear_frames(exc.__traceback__)
+        exc = exc.__cause__ or exc.__context__
+
+
+def _says_disk_full(exc: BaseException) -> bool:
     if isinstance(exc, OSError):
         return exc.errno in (errno.ENOSPC, errno.EDQUOT)
     # torch.save writes through a C++ stream whose failure on a full disk reads only so.
