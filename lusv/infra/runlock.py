@@ -95,6 +95,16 @@ def study_lock(folder: str | os.PathLike) -> Iterator[Path]:
         yield path
 
 
+@contextlib.contextmanager
+def folder_lock(target: str | os.PathLike) -> Iterator[Path]:
+    """Hold the lock of a result folder that is written as a whole (``lusv.infra.folders``): a
+    ``.<name>.lock`` file beside ``target``, so that two writers never replace it at once."""
+    target = Path(target)
+    advice = "wait for it to end or stop it, or write to another folder (--out)"
+    with _exclusive(target.parent, f".{target.name}.lock", "result folder", advice, shown=target) as path:
+        yield path
+
+
 def is_held(path: Path) -> bool:
     """Whether some process holds the flock of the lock file ``path``."""
     if fcntl is None or not path.is_file():
@@ -109,12 +119,12 @@ def is_held(path: Path) -> bool:
 
 
 @contextlib.contextmanager
-def _exclusive(folder: Path, name: str, what: str, advice: str) -> Iterator[Path]:
+def _exclusive(folder: Path, name: str, what: str, advice: str, shown: Path | None = None) -> Iterator[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / name
     handle = open(path, "a+", encoding="utf-8")  # not "w": the holder's record must survive our attempt
     try:
-        _take(handle.fileno(), path, folder, what, advice)
+        _take(handle.fileno(), path, shown or folder, what, advice)
         _held_descriptors.add(handle.fileno())
         _write_holder(handle.fileno(), os.getpid(), " ".join(sys.argv))
         yield path
