@@ -93,3 +93,58 @@ def test_a_dead_holder_is_told_from_a_live_one(tmp_path):
         with runlock.run_lock(folder):
             pass
     assert f"process {os.getpid()}" in str(live.value) and "has ended" not in str(live.value)
+
+
+# ----------------------------------------------------------------------------- part 6: one study per study folder
+
+
+def test_prepare_refuses_a_study_folder_another_study_holds(tmp_path):
+    from lusv import study
+
+    with runlock.study_lock(tmp_path / "study"):  # another run_all.sh, or another `lusv prepare`
+        with pytest.raises(RunLockedError, match=rf"study folder .*study is in use by process {os.getpid()} .*"
+                                                 r"choose another run folder"):
+            study.prepare(tmp_path / "study", profile="quick", data="synthetic", data_path=tmp_path / "never-made")
+    assert not (tmp_path / "never-made").exists() and not (tmp_path / "study" / "prepare").exists()
+
+
+def test_a_step_started_by_the_holder_goes_ahead_and_others_do_not(tmp_path, monkeypatch):
+    folder = tmp_path / "study"
+    code = ("import os, sys, time\nfrom lusv.infra import runlock\nwith runlock.study_lock(sys.argv[1]):\n"
+            "    print('held', flush=True)\n    time.sleep(60)")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    holder = subprocess.Popen([sys.executable, "-c", code, str(folder)], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunLockedError, match=rf"in use by process {holder.pid}"):
+            with runlock.study_lock(folder):
+                pass
+        monkeypatch.setenv(runlock.HELD_BY_CALLER_ENV, str((folder / runlock.STUDY_LOCK_NAME).resolve()))
+        with runlock.study_lock(folder):  # as notebook 01 under the run_all.sh that holds the lock
+            pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with runlock.study_lock(folder):  # the holder gone, the named lock is taken like any other
+        assert runlock.is_held(folder / runlock.STUDY_LOCK_NAME)
+
+
+def test_a_second_run_all_into_a_busy_study_folder_is_one_line(tmp_path):
+    name = f"test-lock-{os.getpid()}"
+    run_dir = REPO / "results" / name
+    env = {**os.environ, "VIRTUAL_ENV": sys.prefix, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    try:
+        with runlock.study_lock(run_dir):
+            second = subprocess.run(["bash", "run_all.sh", "quick", "--run", name], cwd=REPO, env=env,
+                                    capture_output=True, text=True, timeout=300)
+        assert second.returncode == 3, second.stderr
+        lines = [line for line in second.stderr.splitlines() if not line.startswith("lusv: using the active")]
+        assert len(lines) == 1 and lines[0].startswith(f"run_all.sh: study folder {Path('results') / name} is in use "
+                                                       f"by process {os.getpid()}"), second.stderr
+        assert "pass --run NAME for another study" in lines[0] and "Traceback" not in second.stderr
+        assert sorted(p.name for p in run_dir.iterdir()) == [".study.lock"]  # nothing of the study touched
+        assert "==" not in second.stdout  # no notebook started
+    finally:
+        import shutil
+
+        shutil.rmtree(run_dir, ignore_errors=True)
