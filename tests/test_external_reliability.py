@@ -151,12 +151,16 @@ def test_a_run_still_training_is_named_as_such(study_copy):
         assert fold_models(root, 3)[1] == {"copy": "fold 0 still running"}
 
 
-def test_thresholds_older_than_a_retrained_fold_are_not_used(study_copy):
+def test_thresholds_of_a_fold_retrained_since_are_not_used(study_copy):
     root, _, _ = study_copy
-    time.sleep(0.01)
-    (root / "runs" / "copy-fold1" / "predictions_val.csv").touch()  # fold 1 retrained after oof/ was written
+    retrained = root / "runs" / "copy-fold1" / "predictions_val.csv"
+    table = pd.read_csv(retrained)
+    table["p_a_lines"] = 1 - table["p_a_lines"]  # fold 1 trained again after oof/ was written
+    table.to_csv(retrained, index=False)
     available, left_out = fold_models(root, 3)
-    assert list(available) == ["luvnet"] and "oof/copy.val.csv is older than its fold runs" in left_out["copy"]
+    assert list(available) == ["luvnet"]
+    assert left_out["copy"] == ("oof/copy.val.csv no longer matches its runs: its fold runs' predictions differ from "
+                                "it (a fold was retrained since it was written)")
 
 
 def test_a_second_writer_of_the_same_result_is_refused(study_copy):
@@ -181,3 +185,34 @@ def test_a_kill_between_the_two_renames_restores_the_previous_result(tmp_path):
         (staging / "a.csv").write_text("second")
         1 / 0
     assert (target / "a.csv").read_text() == "first" and sorted(p.name for p in tmp_path.iterdir()) == ["result"]
+
+
+# ----------------------------------------------------------------------------- the study's own oof/ files
+
+
+def test_out_of_fold_files_are_refused_once_their_runs_changed_or_stopped(study_copy):
+    from lusv.errors import LusvError
+    from lusv.evaluation.out_of_fold import fold_model_predictions, load_out_of_fold
+
+    root, _, _ = study_copy
+    assert sorted(load_out_of_fold(root, "test")) == ["luvnet"]  # as written: accepted
+    test = root / "runs" / "luvnet-fold0" / "predictions_test.csv"
+    table = pd.read_csv(test)
+    table["p_b_lines"] = 0.5  # fold 0 retrained, oof/ not rewritten
+    table.to_csv(test, index=False)
+    with pytest.raises(LusvError, match=r"oof/luvnet\.test\.csv cannot be used: its fold runs' predictions differ"):
+        load_out_of_fold(root, "test")
+    _set_status(root / "runs" / "luvnet-fold2", "running")  # killed while training again
+    with pytest.raises(LusvError, match=r"its fold run luvnet-fold2 interrupted"):
+        load_out_of_fold(root, "val")
+    with pytest.raises(LusvError, match=r"cannot use the fold models of luvnet: luvnet-fold2 interrupted"):
+        fold_model_predictions(root, "temporal_test", ["luvnet"])
+
+
+def test_a_run_folder_of_an_earlier_preparation_with_more_folds_is_not_mixed_in(study_copy):
+    from lusv.evaluation.out_of_fold import fold_model_predictions
+
+    root, _, _ = study_copy
+    shutil.copytree(root / "runs" / "luvnet-fold0", root / "runs" / "luvnet-fold3")  # the study has 3 folds
+    stacked = fold_model_predictions(root, "temporal_test", ["luvnet"])["luvnet"]
+    assert sorted(stacked["model_fold"].unique()) == [0, 1, 2]

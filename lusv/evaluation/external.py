@@ -49,7 +49,7 @@ from lusv.data.patterns import PATTERNS
 from lusv.data.prepared import dataset_name, ingest, Prepared
 from lusv.data.windows import WindowedClips, windows_of_cache
 from lusv.errors import ConfigError, IngestError, LusvError
-from lusv.evaluation.out_of_fold import ensemble_mean
+from lusv.evaluation.out_of_fold import ensemble_mean, oof_mismatch
 from lusv.evaluation.video_level import video_predictions
 from lusv.inference import load_trained, predict_batches
 from lusv.infra.devices import Distributed
@@ -82,7 +82,7 @@ def fold_run_dirs(study_dir: Path, num_folds: int) -> dict[str, list[Path]]:
 def fold_models(study_dir: Path, num_folds: int) -> tuple[dict[str, list[Path]], dict[str, str]]:
     """(The models whose every fold run finished, with their run folders; every other model of the
     study with why it cannot be used: a fold run missing, still running, interrupted or failed
-    (``lusv.train.unfinished_reason``), or validation predictions missing or older than its runs)."""
+    (``lusv.train.unfinished_reason``), or validation predictions missing or no longer those of its runs)."""
     runs = study_dir / "runs"
     named = {path.name[: -len(".val.csv")] for path in (study_dir / "oof").glob("*.val.csv")}
     named |= {path.name.rsplit("-fold", 1)[0] for path in runs.glob("*-fold*") if path.is_dir()}
@@ -95,9 +95,8 @@ def fold_models(study_dir: Path, num_folds: int) -> tuple[dict[str, list[Path]],
             left_out[key] = "; ".join(reasons)
         elif not validation.is_file():
             left_out[key] = f"no {validation.relative_to(study_dir)} (its thresholds): rerun the study's training step"
-        elif validation.stat().st_mtime < max((d / "predictions_val.csv").stat().st_mtime for d in dirs):
-            left_out[key] = (f"{validation.relative_to(study_dir)} is older than its fold runs (a fold was retrained "
-                             "since): rerun the study's training step to rewrite it")
+        elif why := oof_mismatch(study_dir, key, "val", read_table(validation)):
+            left_out[key] = f"{validation.relative_to(study_dir)} no longer matches its runs: {why}"
         else:
             available[key] = dirs
     return available, left_out
