@@ -21,6 +21,7 @@
 # or when the study itself is on POCUS (--data pocus).
 # SOURCE is one of the data sources registered in lusv/sources (default synthetic).
 set -euo pipefail
+invoked="run_all.sh $*"  # named as the study folder's holder
 caller_dir=$PWD  # --data-path and --pocus are relative to where the user typed the command
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
@@ -68,6 +69,14 @@ source scripts/ensure_env.sh
 # The study remembers its profile (prepare/prepared.json): a rerun of an existing study uses it, and a
 # profile typed that disagrees with it is refused in one line before anything runs.
 run_dir="results/${run:-${profile:-quick}-$data}"
+# One study per study folder: hold results/<run>/.study.lock for the whole run (a flock on this
+# shell's descriptor 9, lusv.infra.runlock); a second run_all.sh into the same folder stops here
+# with one line naming the first. Notebook 01's prepare sees LUSV_STUDY_LOCK and goes ahead.
+mkdir -p "$run_dir"
+exec 9>>"$run_dir/.study.lock"
+"$LUSV_PYTHON" -m lusv.infra.runlock "$run_dir" --fd 9 --pid $$ --command "$invoked" || exit 3
+LUSV_STUDY_LOCK="$(cd "$run_dir" && pwd -P)/.study.lock"
+export LUSV_STUDY_LOCK
 recorded=$("$LUSV_PYTHON" -c 'import sys; from lusv.data.prepared import Prepared
 p = Prepared.recorded(sys.argv[1]); print(p.profile or "" if p else "")' "$run_dir")
 if [[ -n "$recorded" && -n "$profile" && "$recorded" != "$profile" ]]; then

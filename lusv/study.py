@@ -42,7 +42,7 @@ from lusv.config import held_out_fraction as profile_held_out_fraction, params_f
 from lusv.data.cache import ClipCache
 from lusv.data.prepared import Prepared, dataset_location, dataset_name, ingest, load_dataset  # noqa: F401 - study steps
 from lusv.errors import ConfigError
-from lusv.infra import io
+from lusv.infra import io, runlock
 from lusv.evaluation.out_of_fold import (  # noqa: F401 - the study steps the notebooks call
     SPLITS,
     FoldAttention,
@@ -111,6 +111,15 @@ def prepare(
     policy = _checked_settings(profile, num_folds, num_frames, image_size, clip_policy or get_source(data).clip_policy,
                                window_overlap, target_fps)
     run_dir = in_repository(run_dir)
+    with runlock.study_lock(run_dir):  # one study per folder; run_all.sh holds it for its whole run
+        return _prepare(run_dir, policy, profile, data, data_path, num_folds, seed, temporal_test_fraction, synthetic,
+                        cache_root, dayfirst, temporal_split, held_out_fraction)
+
+
+def _prepare(run_dir: Path, policy, profile: str, data: str, data_path, num_folds: int, seed: int,
+             temporal_test_fraction: float, synthetic: dict | None, cache_root, dayfirst: bool, temporal_split: bool,
+             held_out_fraction: float | None) -> Prepared:
+    """``prepare`` under the study folder's lock."""
     earlier = Prepared.recorded(run_dir)
     if earlier is not None and earlier.profile not in (None, profile):
         raise ConfigError(f"{run_dir} holds a study prepared with profile {earlier.profile!r}, not {profile!r}: "

@@ -17,7 +17,7 @@ import pytest
 
 from lusv.config import RunParams
 from lusv.errors import ConfigError
-from lusv.train.executors import _resources, run_grid
+from lusv.train.executors import _resources, fit_to_cluster, run_grid
 from lusv.data.patterns import PATTERNS
 from lusv.train import KILL_ENV
 
@@ -149,3 +149,44 @@ def test_study_trains_several_configurations_as_one_ray_grid(local_ray, tiny_dat
         expected = pd.read_csv(run_dir / "predictions_test.csv", dtype={"clip_id": str})
         pd.testing.assert_frame_equal(oof, expected)
     assert json.loads((run_dirs["luvnet_k3"][0] / "config.json").read_text())["params"]["kernel_size"] == 3
+
+
+# ----------------------------------------------------------------------------- issue 25.5: never wait forever
+
+
+def _node(cpus, gpus=0, alive=True):
+    return {"Alive": alive, "Resources": {"CPU": float(cpus), **({"GPU": float(gpus)} if gpus else {})}}
+
+
+def test_a_cpu_request_no_node_can_meet_is_lowered_in_one_line(caplog):
+    requests = [{"num_cpus": 3, "num_gpus": 0}, {"num_cpus": 3, "num_gpus": 0}, {"num_cpus": 1, "num_gpus": 0}]
+    with caplog.at_level(logging.WARNING, logger="lusv.train.executors"):
+        fitted = fit_to_cluster(requests, ["a", "b", "c"], [_node(2), _node(8, alive=False)], asked_cpus=None)
+    assert fitted == [{"num_cpus": 2, "num_gpus": 0}, {"num_cpus": 2, "num_gpus": 0}, {"num_cpus": 1, "num_gpus": 0}]
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and "2 run(s) (a, b) ask for 3 CPUs" in lines[0] and "asking for 2 instead" in lines[0]
+    # a GPU run fits the node that has the GPU, with that node's CPUs
+    assert fit_to_cluster([{"num_cpus": 5, "num_gpus": 1}], ["g"], [_node(16), _node(4, gpus=1)], None) == [
+        {"num_cpus": 4, "num_gpus": 1}]
+
+
+def test_requests_the_cluster_can_never_meet_are_refused_in_one_line():
+    with pytest.raises(ConfigError, match=r"cpus_per_run=4, but the largest Ray node offers 2 CPUs .*use cpus_per_run <= 2"):
+        fit_to_cluster([{"num_cpus": 4, "num_gpus": 0}], ["a"], [_node(2)], asked_cpus=4)
+    with pytest.raises(ConfigError, match=r"run g needs 1 GPU and at least 1 CPU on one node, .*\(16 CPU, 0 GPU\)"):
+        fit_to_cluster([{"num_cpus": 1, "num_gpus": 1}], ["g"], [_node(16), _node(2, gpus=1, alive=False)], None)
+
+
+def test_two_loader_workers_on_a_two_cpu_ray_do_not_wait_forever(local_ray, tiny_data, tmp_path, caplog):
+    """The issue's case: 1 + 2 workers = 3 CPUs asked of a 2-CPU Ray; it used to wait silently."""
+    import threading
+
+    grid = [tiny_data.params(tmp_path, fold=0, run_name="workers2", **{**RUN, "epochs": 1, "num_workers": 2})]
+    finished = []
+    with caplog.at_level(logging.WARNING, logger="lusv.train.executors"):
+        worker = threading.Thread(target=lambda: finished.extend(run_grid(grid, executor="ray", max_retries=0)),
+                                  daemon=True)
+        worker.start()
+        worker.join(timeout=240)
+    assert finished == [tmp_path / "workers2"], "the grid is still waiting for CPUs the cluster does not have"
+    assert any("ask for 3 CPUs" in r.getMessage() and "asking for 2 instead" in r.getMessage() for r in caplog.records)

@@ -130,12 +130,28 @@ class Prepared:
         path = in_repository(run_dir) / "prepare" / "prepared.json"
         if not path.is_file():
             raise ConfigError(f"{path} not found: run the preprocessing step (notebook 01 / `lusv prepare`) first")
-        record = json.loads(path.read_text())
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"{path} is unreadable or damaged ({type(exc).__name__}: {exc}): prepare the study "
+                              "again (notebook 01 / `lusv prepare`)") from None
+        fields = set(cls.__dataclass_fields__)
+        if not isinstance(record, dict) or not set(_PATH_FIELDS) <= set(record):
+            raise ConfigError(f"{path} is not a prepared study's record (no {', '.join(_PATH_FIELDS)}): prepare the "
+                              "study again (notebook 01 / `lusv prepare`)")
+        unknown = sorted(set(record) - fields)
+        if unknown:
+            raise ConfigError(f"{path} was written by another lusv version ({record.get('lusv_version')}) with "
+                              f"settings this one does not know ({', '.join(unknown[:5])}): use that version, or "
+                              "prepare the study again")
         for key in _PATH_FIELDS:
             record[key] = Path(record[key])
         for key in _OPTIONAL_PATH_FIELDS:  # absent from older records
             record[key] = Path(record[key]) if record.get(key) else None
-        return cls(**record)
+        try:
+            return cls(**record)
+        except TypeError as exc:  # a required setting missing
+            raise ConfigError(f"{path} lacks settings of a prepared study ({exc}): prepare the study again") from None
 
     @classmethod
     def recorded(cls, run_dir: str | Path) -> "Prepared | None":

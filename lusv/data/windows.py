@@ -21,7 +21,8 @@ Rules (one place, used by training, ``lusv.study.prepare`` and the tests):
   last_frame, pattern; frames of the cached video, inclusive ranges), a pattern is present in a
   window (1) when any of the window's frames carries it, else absent (0); a pattern the video
   leaves unlabelled (NaN) stays NaN. Videos without rows in that table (or no table) give every
-  window the video's labels.
+  window the video's labels. The table is checked first (``lusv.data.frame_labels``): a range past
+  its video's end is refused in one line naming file, line and column, never read as "absent".
 * **Folds**: windows inherit the fold of their video, folds are made per patient, so the windows
   of one video and of one patient are always in the same fold.
 """
@@ -36,15 +37,20 @@ import numpy as np
 import pandas as pd
 
 from lusv.data.cache import ClipCache
+from lusv.data.frame_labels import (  # noqa: F401 - FRAME_LABEL_COLUMNS, frame_labels_from_truth: named here too
+    check_against_videos,
+    check_frame_labels,
+    FRAME_LABEL_COLUMNS,
+    frame_labels_from_truth,
+)
 from lusv.data.patterns import PATTERNS
 from lusv.data.video import resample_indices
-from lusv.errors import CacheError, ConfigError, LabelsError
+from lusv.errors import CacheError, ConfigError
 from lusv.infra.io import write_csv
 
 log = logging.getLogger(__name__)
 
 WINDOW_COLUMNS = ("clip_id", "video_id", "patient_id", "start", "length", *PATTERNS)
-FRAME_LABEL_COLUMNS = ("clip_id", "first_frame", "last_frame", "pattern")
 
 
 def clip_cache_for(p: Any, root: str | Path) -> Any:
@@ -73,37 +79,6 @@ def window_starts(video_frames: int, window: int, overlap: int) -> list[int]:
     if starts[-1] + window < video_frames:  # the tail: one more window aligned to the end
         starts.append(video_frames - window)
     return starts
-
-
-def frame_labels_from_truth(truth: pd.DataFrame) -> pd.DataFrame:
-    """A long per-frame 0/1 table (clip_id, frame, one column per pattern) as a frame-level label
-    table: one row (clip_id, first_frame, last_frame, pattern) per run of frames carrying a pattern."""
-    rows = []
-    for clip_id, frames in truth.sort_values(["clip_id", "frame"]).groupby("clip_id", sort=True):
-        index = frames["frame"].to_numpy()
-        for pattern in PATTERNS:
-            on = frames[pattern].to_numpy() > 0
-            edges = np.flatnonzero(np.diff(np.concatenate([[False], on, [False]]).astype(np.int8)))
-            for first, after in zip(edges[::2], edges[1::2]):
-                rows.append((str(clip_id), int(index[first]), int(index[after - 1]), pattern))
-    return pd.DataFrame(rows, columns=list(FRAME_LABEL_COLUMNS))
-
-
-def check_frame_labels(table: pd.DataFrame, where: str = "frame-level label table") -> pd.DataFrame:
-    """The table with clip_id as str and frame ranges as int; LabelsError naming the problem."""
-    missing = [c for c in FRAME_LABEL_COLUMNS if c not in table.columns]
-    if missing:
-        raise LabelsError(f"{where} lacks column(s) {missing} (needed: {', '.join(FRAME_LABEL_COLUMNS)})")
-    unknown = sorted(set(table["pattern"]) - set(PATTERNS))
-    if unknown:
-        raise LabelsError(f"{where} names unknown pattern(s) {unknown[:5]} (known: {', '.join(PATTERNS)})")
-    out = table.assign(clip_id=table["clip_id"].astype(str))
-    out["first_frame"], out["last_frame"] = out["first_frame"].astype(int), out["last_frame"].astype(int)
-    bad = out[(out["first_frame"] < 0) | (out["last_frame"] < out["first_frame"])]
-    if len(bad):
-        raise LabelsError(f"{where}: frame range {bad.iloc[0]['first_frame']}..{bad.iloc[0]['last_frame']} of clip "
-                          f"'{bad.iloc[0]['clip_id']}' is not 0 <= first_frame <= last_frame")
-    return out
 
 
 def window_table(videos: pd.DataFrame, video_frames: dict[str, int], window: int, overlap: int,
@@ -177,6 +152,9 @@ def windows_of_cache(videos_cache: Any, videos: pd.DataFrame, window: int, overl
     video's cached frames and, when it resampled them, their source frames)."""
     manifest = videos_cache.manifest
     frames = dict(zip(manifest["clip_id"].astype(str), manifest["length"].astype(int)))
+    if frame_labels is not None:  # a range past its video's end would mark no window: refuse it, naming the row
+        source_frames = dict(zip(manifest["clip_id"].astype(str), manifest["source_frames"].astype(int)))
+        check_against_videos(frame_labels, source_frames)
     source_index = {}
     if getattr(videos_cache, "target_fps", None) is not None:
         for row in manifest.itertuples(index=False):
@@ -309,7 +287,8 @@ def write_windows(prepare_dir: Path, videos_cache: Any, videos: pd.DataFrame, wi
     """Write a prepared study's ``windows.csv`` (``WINDOW_COLUMNS``, every usable video) and, when
     the dataset has one, its ``frame_labels.csv``; returns their paths (the second may be None)."""
     frame_labels_csv = None
+    table = windows_of_cache(videos_cache, videos, window, overlap, frame_labels)  # checks them against the videos
     if frame_labels is not None:
-        frame_labels_csv = write_csv(Path(prepare_dir) / "frame_labels.csv", check_frame_labels(frame_labels))
-    table = windows_of_cache(videos_cache, videos, window, overlap, frame_labels)
+        frame_labels_csv = write_csv(Path(prepare_dir) / "frame_labels.csv",
+                                     check_frame_labels(frame_labels)[list(FRAME_LABEL_COLUMNS)])
     return write_csv(Path(prepare_dir) / "windows.csv", table[list(WINDOW_COLUMNS)]), frame_labels_csv

@@ -21,13 +21,22 @@ the labels CSV when the dataset does not label it.
 
 Written under ``out_dir`` (default ``<study>/external/<dataset name>/``): ``predictions_<key>.csv``
 (clip_id, patient_id, p_<pattern>..., <pattern>... labels; under windows also n_windows, and
-``predictions_<key>.windows.csv`` per window), ``external_auc.csv`` and ``ingest_report.csv``
-(+ ``_summary``).
+``predictions_<key>.windows.csv`` per window), ``external_auc.csv``, ``ingest_report.csv``
+(+ ``_summary``) and ``external.json`` (what was validated, and every model left out with why).
+
+Never a mixed or unfinished result: only models whose every fold run finished are used (a run
+still running, interrupted or failed is named with its reason, ``fold_models``; asked for by name
+it is refused); the result is written into a staging folder that replaces ``out_dir`` as a whole
+(``lusv.infra.folders``) under a lock, so an error or a kill leaves the previous result untouched.
+When no clip of the dataset is usable the ingestion report goes beside it,
+``<out_dir>.ingest_report.csv``.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,15 +48,19 @@ from lusv.data.features import run_feature_cache
 from lusv.data.patterns import PATTERNS
 from lusv.data.prepared import dataset_name, ingest, Prepared
 from lusv.data.windows import WindowedClips, windows_of_cache
-from lusv.errors import ConfigError, LusvError
-from lusv.evaluation.out_of_fold import ensemble_mean
+from lusv.errors import ConfigError, IngestError, LusvError
+from lusv.evaluation.out_of_fold import ensemble_mean, oof_mismatch
 from lusv.evaluation.video_level import video_predictions
 from lusv.inference import load_trained, predict_batches
 from lusv.infra.devices import Distributed
+from lusv.infra.folders import replaced_folder
 from lusv.infra.io import read_table, write_csv
+from lusv.infra.runlock import folder_lock
 from lusv.paths import in_repository
 from lusv.stats.metrics import delong_ci, sensitivity_specificity, youden_threshold
-from lusv.train import eval_loader
+from lusv.train import eval_loader, unfinished_reason
+
+log = logging.getLogger(__name__)
 
 RESULT_COLUMNS = ("model", "pattern", "n_labelled", "n_pos", "n_neg", "auc", "ci_low", "ci_high", "threshold",
                   "sensitivity", "specificity", "note")
@@ -63,13 +76,30 @@ class ExternalResults:
 
 def fold_run_dirs(study_dir: Path, num_folds: int) -> dict[str, list[Path]]:
     """Model keys of the study whose every fold has a finished run, with those run folders."""
-    keys = sorted(path.name[: -len(".val.csv")] for path in (study_dir / "oof").glob("*.val.csv"))
-    found = {}
-    for key in keys:
-        dirs = [study_dir / "runs" / f"{key}-fold{fold}" for fold in range(num_folds)]
-        if all((d / "best.pt").is_file() and (d / "config.json").is_file() for d in dirs):
-            found[key] = dirs
-    return found
+    return fold_models(study_dir, num_folds)[0]
+
+
+def fold_models(study_dir: Path, num_folds: int) -> tuple[dict[str, list[Path]], dict[str, str]]:
+    """(The models whose every fold run finished, with their run folders; every other model of the
+    study with why it cannot be used: a fold run missing, still running, interrupted or failed
+    (``lusv.train.unfinished_reason``), or validation predictions missing or no longer those of its runs)."""
+    runs = study_dir / "runs"
+    named = {path.name[: -len(".val.csv")] for path in (study_dir / "oof").glob("*.val.csv")}
+    named |= {path.name.rsplit("-fold", 1)[0] for path in runs.glob("*-fold*") if path.is_dir()}
+    available, left_out = {}, {}
+    for key in sorted(named):
+        dirs = [runs / f"{key}-fold{fold}" for fold in range(num_folds)]
+        reasons = [f"fold {fold} {why}" for fold, d in enumerate(dirs) if (why := unfinished_reason(d))]
+        validation = study_dir / "oof" / f"{key}.val.csv"
+        if reasons:
+            left_out[key] = "; ".join(reasons)
+        elif not validation.is_file():
+            left_out[key] = f"no {validation.relative_to(study_dir)} (its thresholds): rerun the study's training step"
+        elif why := oof_mismatch(study_dir, key, "val", read_table(validation)):
+            left_out[key] = f"{validation.relative_to(study_dir)} no longer matches its runs: {why}"
+        else:
+            available[key] = dirs
+    return available, left_out
 
 
 def predict_with_folds(run_dirs: list[Path], cache, table: pd.DataFrame) -> pd.DataFrame:
@@ -135,21 +165,48 @@ def external_validation(
     """Predict another labelled dataset with a study's fold models; see the module docstring."""
     study_dir = in_repository(study_dir)
     prepared = Prepared.load(study_dir)
-    available = fold_run_dirs(study_dir, prepared.num_folds)
-    keys = list(available) if keys is None else list(keys)
-    missing = [key for key in keys if key not in available]
-    if not keys or missing:
-        raise ConfigError(f"{study_dir}: no finished fold models for {missing or 'any model'} "
-                          f"(models with every fold: {', '.join(available) or 'none'}); train the study first")
-
+    available, left_out = fold_models(study_dir, prepared.num_folds)
+    keys = _usable_keys(study_dir, keys, available, left_out)
     name = dataset_name(data, data_path)
     out_dir = Path(out_dir) if out_dir is not None else study_dir / "external" / name
-    # IngestError (with the per-clip reasons, saved beside the results) when no clip is usable
-    ingested = ingest(data, data_path, prepared, out_dir / "ingest_report.csv", dayfirst=dayfirst, cache_root=cache_root)
-    cache, report, table = ingested.cache, ingested.report, ingested.usable
+    # The result is written aside and replaces the previous one as a whole: an error, a kill or a
+    # second run at the same time never leaves a mix of two runs' files.
+    with folder_lock(out_dir), replaced_folder(out_dir) as staging:
+        try:
+            ingested = ingest(data, data_path, prepared, staging / "ingest_report.csv", dayfirst=dayfirst,
+                              cache_root=cache_root)
+        except IngestError as exc:  # no result at all: the per-clip reasons go beside the previous result
+            kept = shutil.copyfile(exc.report_path, out_dir.parent / f"{out_dir.name}.ingest_report.csv")
+            raise IngestError(str(exc), exc.report, report_path=kept) from None
+        table, predictions, results = _score(study_dir, prepared, ingested, keys, available, staging, name)
+        (staging / "external.json").write_text(json.dumps(
+            {"study": str(study_dir), "data": data, "data_path": str(data_path), "dataset": name, "models": keys,
+             "clips": len(table), "fold_models": {key: [str(d) for d in available[key]] for key in keys},
+             "left_out": {key: reason for key, reason in left_out.items()}}, indent=2))
+    return ExternalResults(results, predictions, ingested.report.summary(), out_dir)
+
+
+def _usable_keys(study_dir: Path, keys: list[str] | None, available: dict, left_out: dict[str, str]) -> list[str]:
+    """The models to validate: those asked for, every one of them usable (else ConfigError naming
+    each with its reason), or by default every usable one, each left out named in a warning."""
+    if keys is None:
+        for key, reason in left_out.items():
+            log.warning("external validation leaves out %s: %s", key, reason)
+        keys = list(available)
+    unusable = {key: left_out.get(key, "no such model in the study") for key in keys if key not in available}
+    if not keys or unusable:
+        named = "; ".join(f"{key}: {reason}" for key, reason in (unusable or left_out).items())
+        raise ConfigError(f"{study_dir}: no finished fold models for {list(unusable) or 'any model'}"
+                          f"{f' ({named})' if named else ''} (models with every fold: {', '.join(available) or 'none'}); "
+                          "train the study first")
+    return keys
+
+
+def _score(study_dir: Path, prepared, ingested, keys: list[str], available: dict, out_dir: Path, name: str):
+    """(the usable clips, predictions by model, the AUC table), written under ``out_dir``."""
+    cache, table = ingested.cache, ingested.usable
     if table[list(PATTERNS)].isna().all().all():
         raise LusvError(f"{name}: none of its {len(table)} usable clip(s) labels any pattern: nothing to validate")
-
     source, scored = clips_to_score(prepared, cache, table)
     windowed = source is not cache
     rows, predictions = [], {}
@@ -167,7 +224,4 @@ def external_validation(
         rows += pattern_rows(key, frame, validation)
     results = pd.DataFrame(rows, columns=list(RESULT_COLUMNS))
     write_csv(out_dir / "external_auc.csv", results)
-    (out_dir / "external.json").write_text(json.dumps(
-        {"study": str(study_dir), "data": data, "data_path": str(data_path), "dataset": name, "models": keys,
-         "clips": len(table), "fold_models": {key: [str(d) for d in available[key]] for key in keys}}, indent=2))
-    return ExternalResults(results, predictions, report.summary(), out_dir)
+    return table, predictions, results

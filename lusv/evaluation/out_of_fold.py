@@ -12,18 +12,24 @@ keeps them under ``<run_dir>/oof/``::
     <key>.held_out.csv        fold-ensemble predictions on the held-out test set (patients set
                               apart before the folds, lusv.data.splits.held_out_split)
 
+Reading them back (``load_out_of_fold``) checks them against their fold runs (``oof_mismatch``):
+a run unfinished now, or predictions that are no longer the ones a file was made from (a fold
+retrained since), refuse the file in one line rather than mix two trainings in one number.
 ``results`` turns them into the result tables and ROC figures (``lusv.report.tables``);
 ``out_of_fold_attention`` reruns each fold's model on its test clips to keep the attention.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from lusv.data.patterns import PATTERNS
+from lusv.data.prepared import Prepared
 from lusv.errors import ConfigError, LusvError
 from lusv.evaluation.video_level import level_summaries, level_table
 from lusv.inference import load_trained, predict
@@ -32,6 +38,7 @@ from lusv.paths import in_repository
 from lusv.report.paper import paper_way, table4_beside_paper
 from lusv.report.sweeps import paper_comparisons, sweep_figure, sweep_tables
 from lusv.report.tables import results_tables, roc_figure, save_figure, save_tables
+from lusv.train import unfinished_reason
 
 SPLITS = ("test", "val", "temporal_test", "held_out")
 # The test sets every fold model predicts (set apart before the folds); results show each after
@@ -87,6 +94,48 @@ def ensemble_mean(per_model: list[pd.DataFrame]) -> pd.DataFrame:
     return pd.concat([firsts, means], axis=1)
 
 
+def fold_runs(study_dir: Path, key: str) -> list[Path]:
+    """The fold run folders of model ``key``: ``runs/<key>-fold<f>`` for each fold of the study
+    (prepared.json), else every such folder there is (a run folder left from a study prepared with
+    more folds is not one of them)."""
+    runs = Path(study_dir) / "runs"
+    prepared = Prepared.recorded(study_dir)
+    if prepared is not None:
+        return [runs / f"{key}-fold{fold}" for fold in range(prepared.num_folds)]
+    numbered = re.compile(rf"{re.escape(key)}-fold(\d+)")
+    found = [(int(m[1]), d) for d in runs.glob(f"{key}-fold*") if (m := numbered.fullmatch(d.name))]
+    return [d for _, d in sorted(found)]
+
+
+def oof_mismatch(study_dir: Path, key: str, split: str, table: pd.DataFrame) -> str | None:
+    """Why ``table``, the study's ``oof/<key>.<split>.csv``, cannot be trusted now, else None: one of
+    its fold runs is unfinished (running, interrupted, failed, gone), or the runs' predictions are no
+    longer the ones it was made from (a fold retrained since). A model without fold runs (the linear
+    probe) has nothing to compare with."""
+    dirs = fold_runs(study_dir, key)
+    if not any(d.is_dir() for d in dirs):
+        return None
+    unfinished = [f"{d.name} {why}" for d in dirs if (why := unfinished_reason(d))]
+    if unfinished:
+        return "its fold run " + "; ".join(unfinished)
+    expected = out_of_fold(dirs, split) if split in ("test", "val") else fold_ensemble(dirs, split)
+    columns = [c for c in expected.columns if c.startswith("p_")]
+    ordered = [frame.sort_values("clip_id", kind="stable").reset_index(drop=True) for frame in (table, expected)]
+    same = (list(ordered[0]["clip_id"]) == list(ordered[1]["clip_id"]) and set(columns) <= set(table.columns)
+            and np.allclose(ordered[0][columns].to_numpy(float), ordered[1][columns].to_numpy(float), rtol=0, atol=1e-9))
+    return None if same else "its fold runs' predictions differ from it (a fold was retrained since it was written)"
+
+
+def _checked(study_dir: Path, key: str, split: str, path: Path) -> pd.DataFrame:
+    """The oof table at ``path``, refused in one line when ``oof_mismatch`` finds a reason."""
+    table = _read_predictions(path)
+    why = oof_mismatch(study_dir, key, split, table)
+    if why:
+        raise LusvError(f"{path} cannot be used: {why}; let that run finish or rerun the model's training "
+                        "(notebooks 02-04, study.train_folds) to rewrite it")
+    return table
+
+
 def _read_predictions(path: Path) -> pd.DataFrame:
     if not path.is_file():
         raise LusvError(f"{path} is missing: that training run did not finish")
@@ -107,7 +156,7 @@ def load_out_of_fold(run_dir: str | Path, split: str = "test", keys: list[str] |
     missing = [key for key in keys if key not in found]
     if missing:
         raise LusvError(f"no {split} predictions for {missing} in {oof_dir}: train those models first")
-    return {key: _read_predictions(found[key]) for key in keys}
+    return {key: _checked(oof_dir.parent, key, split, found[key]) for key in keys}
 
 
 
@@ -183,7 +232,11 @@ def out_of_fold_attention(prepared, key: str = "luvnet") -> FoldAttention:
 
     cache = prepared.cache()
     parts = []
-    for run_dir in sorted((prepared.run_dir / "runs").glob(f"{key}-fold*")):
+    runs = [d for d in fold_runs(prepared.run_dir, key) if d.is_dir()]
+    unfinished = [f"{d.name} {why}" for d in runs if (why := unfinished_reason(d))]
+    if unfinished:
+        raise LusvError(f"cannot show the attention of {key}: {'; '.join(unfinished)}; let it finish or rerun it")
+    for run_dir in runs:
         test = _read_predictions(run_dir / "predictions_test.csv")
         clips, lengths = cache.load_many(test["clip_id"])
         probabilities, attention = predict(load_trained(run_dir), clips, lengths, return_attention=True)
@@ -209,13 +262,19 @@ def fold_model_predictions(run_dir: str | Path, split: str = "temporal_test", ke
     says which model): on the temporally separated set every clip appears once per fold model,
     which is what the paper's mean ± sd over fold models needs (the oof/ file holds their mean).
     Configurations without a finished run for the split are left out."""
-    runs = in_repository(run_dir) / "runs"
+    run_dir = in_repository(run_dir)
+    runs = run_dir / "runs"
     keys = keys if keys is not None else sorted({d.name.rsplit("-fold", 1)[0] for d in runs.glob("*-fold*")})
     stacked = {}
     for key in keys:
-        paths = sorted(runs.glob(f"{key}-fold*/predictions_{split}.csv"))
-        if paths:
-            stacked[key] = pd.concat([_read_predictions(path) for path in paths], ignore_index=True)
+        dirs = fold_runs(run_dir, key)
+        if not any((d / f"predictions_{split}.csv").is_file() for d in dirs):
+            continue
+        unfinished = [f"{d.name} {why}" for d in dirs if (why := unfinished_reason(d))]
+        if unfinished:
+            raise LusvError(f"cannot use the fold models of {key}: {'; '.join(unfinished)}; let them finish or rerun "
+                            "the model's training (notebooks 02-04, study.train_folds)")
+        stacked[key] = pd.concat([_read_predictions(d / f"predictions_{split}.csv") for d in dirs], ignore_index=True)
     return stacked
 
 

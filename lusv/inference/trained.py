@@ -51,7 +51,11 @@ def load_trained(path: str | os.PathLike, device: torch.device | str = "cpu") ->
         raise CheckpointError(f"checkpoint {best} does not exist: pass a training run's best.pt or its folder")
     if not config_path.is_file():
         raise CheckpointError(f"{config_path} not found: {best.parent} is not a lusv run directory (train it with lusv.train.run)")
-    params = RunParams.from_dict(json.loads(config_path.read_text(encoding="utf-8"))["params"])
+    try:
+        params = RunParams.from_dict(json.loads(config_path.read_text(encoding="utf-8"))["params"])
+    except (ValueError, KeyError, TypeError) as exc:  # damaged, or not a run's record
+        raise CheckpointError(f"{config_path} is damaged or not a lusv run record ({type(exc).__name__}: {exc}): "
+                              "retrain the run or use another copy") from None
     state = io.torch_load(best)
     model = build_run_model(params, weights="random")  # the trained weights replace any init
     try:

@@ -24,11 +24,9 @@ differences (``Difference``: ``key: old -> new``) for the message that explains 
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
 import re
-import shutil
 import tempfile
 import zipfile
 from pathlib import Path
@@ -40,6 +38,7 @@ except ImportError:  # pragma: no cover
     fcntl = None
 
 from lusv.errors import CheckpointError, DiskFullError
+from lusv.infra.diskfull import free_space, is_disk_full, release_frames
 
 
 def _read_umask() -> int:
@@ -74,18 +73,23 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
             os.chmod(tmp, _FILE_MODE)
             os.replace(tmp, target)
         except (OSError, RuntimeError) as exc:
-            if not _is_disk_full(exc):
+            if not is_disk_full(exc):
                 raise
+            release_frames(exc)
+            tmp.unlink(missing_ok=True)  # its space back before measuring what is free
+            os.close(fd)
+            fd = -1
             raise DiskFullError(
                 f"cannot write {target.name} in {target.parent}: no space left on the device "
-                f"({_free_space(target.parent)} free); the previous {target.name} is unchanged: "
+                f"({free_space(target.parent)} free); the previous {target.name} is unchanged: "
                 "free some space and run again"
             ) from None
         _fsync_directory(target.parent)
     finally:
         if tmp.exists():
             tmp.unlink()
-        os.close(fd)
+        if fd >= 0:
+            os.close(fd)
 
 
 # mkstemp's names: prefix + 8 characters of [a-z0-9_] + suffix.
@@ -133,23 +137,6 @@ def remove_stale_temp_files(folder: str | os.PathLike, target_name: str | None =
             continue  # held by a live writer, or already gone
         removed.append(Path(entry.path))
     return removed
-
-
-def _is_disk_full(exc: BaseException) -> bool:
-    if isinstance(exc, OSError):
-        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
-    # torch.save writes through a C++ stream whose failure on a full disk reads only so.
-    text = str(exc)
-    return isinstance(exc, RuntimeError) and any(
-        marker in text for marker in ("basic_ios::clear", "iostream error", "No space left on device")
-    )
-
-
-def _free_space(folder: Path) -> str:
-    try:
-        return f"{shutil.disk_usage(folder).free / 2**20:.0f} MiB"
-    except OSError:
-        return "unknown"
 
 
 def _fsync_directory(directory: Path) -> None:

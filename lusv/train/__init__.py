@@ -35,7 +35,7 @@ The rooms of this package:
     checkpoint.py  TrainState, atomic checkpoint save/restore, the checks before resuming
     randomness.py  seeds, per-epoch generators, RNG state save/restore, deterministic kernels
     data.py        the fold's clips checked in the cache; train and evaluation loaders
-    record.py      config.json's contents and the predictions tables
+    record.py      config.json's contents, whether a run finished (and why not), the predictions tables
     progress.py    live bars on a terminal, one line per epoch elsewhere
     executors.py   a grid of (configuration, fold) runs: one after another, or as Ray tasks
 
@@ -47,9 +47,9 @@ from lusv.train.data import cut_into_windows, eval_loader
 from lusv.train.executors import run_grid
 from lusv.train.loop import KILL_ENV
 from lusv.train.randomness import rng_state, seed_everything, set_rng_state
-from lusv.train.record import predictions_table
+from lusv.train.record import predictions_table, unfinished_reason
 from lusv.train.runner import run
 
 # What the rest of lusv uses of training; nothing outside this package imports its modules.
 __all__ = ["KILL_ENV", "cut_into_windows", "eval_loader", "predictions_table", "rng_state", "run", "run_grid",
-           "seed_everything", "set_rng_state"]
+           "seed_everything", "set_rng_state", "unfinished_reason"]

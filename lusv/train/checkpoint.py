@@ -35,6 +35,8 @@ from lusv.train.randomness import rng_state, set_rng_state
 logger = logging.getLogger("lusv.train")
 
 CHECKPOINT_FORMAT = 1
+_CHECKPOINT_KEYS = ("params", "model", "optimizer", "scaler", "epoch", "best_val_loss", "best_epoch", "bad_epochs",
+                    "history", "training_done", "rng")
 LOG_COLUMNS = ("epoch", "train_loss", "val_loss", "val_macro_auc", "lr", "seconds")
 RESULT_FILES = ("checkpoint.pt", "best.pt", "log.csv", "predictions_val.csv", "predictions_test.csv", "predictions_temporal_test.csv",
                 "predictions_held_out.csv")
@@ -86,9 +88,18 @@ def restore(
     saved = io.torch_load(path, map_location="cpu")
     if not isinstance(saved, dict) or saved.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a lusv training checkpoint (format {CHECKPOINT_FORMAT}): resume=False to start afresh")
+    lacking = [key for key in _CHECKPOINT_KEYS if key not in saved]
+    if lacking:
+        raise CheckpointError(f"{path} lacks {', '.join(lacking)}: it was written by another lusv version or is "
+                              "incomplete; resume=False to start afresh")
     check_same_run(p, saved["params"], run_dir)
-    unwrap(model).load_state_dict(saved["model"])
-    optimizer.load_state_dict(saved["optimizer"])
+    try:
+        unwrap(model).load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as exc:  # another architecture (another lusv version) or optimizer
+        why = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise CheckpointError(f"{path} does not fit the {p.model} model this lusv builds ({why}): it was written by "
+                              "another lusv version; resume=False to start afresh") from None
     if saved["scaler"]:
         scaler.load_state_dict(saved["scaler"])
     state = TrainState(

@@ -31,11 +31,11 @@ from lusv.config import RunParams
 from lusv.data.cache import ClipCache
 from lusv.data.datasets import ClipDataset, collate_clips, collate_features, FeatureDataset
 from lusv.data.features import FeatureCache, run_feature_cache
-from lusv.data.folds import FoldData, read_split_table
+from lusv.data.folds import FoldData
+from lusv.data.frame_labels import read_frame_labels
 from lusv.errors import IngestError, LabelsError, LusvError, name_a_few
 from lusv.infra.devices import Distributed
 from lusv.data.windows import (
-    FRAME_LABEL_COLUMNS,
     WindowedClips,
     WindowedFeatures,
     clip_cache_for,
@@ -87,7 +87,7 @@ def ensure_cached(p: RunParams, data: FoldData, dist: Distributed) -> ClipCache 
 def cut_into_windows(p: RunParams, videos: ClipCache, data: FoldData) -> WindowedClips:
     """Replace each role's videos by their windows (``lusv.data.windows``; each window keeps its
     video's fold and patient) and return the windows of the whole-video cache."""
-    frame_labels = read_split_table(p.frame_labels, FRAME_LABEL_COLUMNS, "frame labels") if p.frame_labels else None
+    frame_labels = read_frame_labels(p.frame_labels) if p.frame_labels else None
     every_video = pd.concat(list(data.roles().values()), ignore_index=True).drop_duplicates("clip_id")
     windows = windows_of_cache(videos, every_video.drop(columns=["fold"]), p.num_frames, p.window_overlap, frame_labels)
     for role, table in data.roles().items():

@@ -8,6 +8,9 @@ runs beside it.
 ``executor="ray"`` sends each run to Ray as one task with its resources: one GPU when the run
 trains on CUDA (``device="auto"`` counts as CUDA when the cluster has GPUs), else
 ``cpus_per_run`` CPUs (default: 1 + the run's loader workers; torch uses that many threads).
+Before submitting, every task is checked against the cluster's live nodes (``fit_to_cluster``):
+a default CPU count more than any node offers is lowered to what one node has, with one line;
+an explicit ``cpus_per_run`` or a GPU no node offers is refused, since Ray would wait forever.
 A task whose worker dies (killed, out of memory, node lost) is retried up to ``max_retries``
 times, and a retry resumes from the run's last checkpoint; a run that raises a lusv error is
 not retried. ``address=None`` uses the Ray already initialised in this process or starts a
@@ -108,6 +111,43 @@ def _resources(p: RunParams, cpus_per_run: Optional[int], cluster_gpus: float) -
     return {"num_cpus": cpus, "num_gpus": 1}
 
 
+def fit_to_cluster(requests: list[dict[str, Any]], names: list[str], nodes: list[Mapping[str, Any]],
+                   asked_cpus: Optional[int]) -> list[dict[str, Any]]:
+    """Each task's resources made to fit one live node of the cluster (``ray.nodes()``), else
+    refused: Ray would leave a task that fits no node waiting forever, without a word.
+
+    A CPU count the runs chose themselves (1 + loader workers) is lowered to the most CPUs one
+    node offers (beside the GPU the task needs), with one warning line for all the runs it
+    concerns; a ``cpus_per_run`` asked for explicitly, or a GPU no node has, is a ConfigError."""
+    offers = [node.get("Resources", {}) for node in nodes if node.get("Alive", True)]
+    fitted, lowered = [], {}
+    for request, name in zip(requests, names):
+        able = [offer for offer in offers if offer.get("GPU", 0) >= request["num_gpus"]]
+        most = int(max((offer.get("CPU", 0) for offer in able), default=0))
+        if not able or most < 1:
+            need = f"{request['num_gpus']} GPU and " if request["num_gpus"] else ""
+            raise ConfigError(f"run {name} needs {need}at least 1 CPU on one node, and no node of the Ray cluster "
+                              f"offers that ({_describe(offers)}): it would wait forever")
+        if request["num_cpus"] > most:
+            if asked_cpus is not None:
+                raise ConfigError(f"cpus_per_run={asked_cpus}, but the largest Ray node offers {most} CPUs "
+                                  f"({_describe(offers)}): the runs would wait forever; use cpus_per_run <= {most}")
+            lowered.setdefault((request["num_cpus"], most), []).append(name)
+            request = {**request, "num_cpus": most}
+        fitted.append(request)
+    for (wanted, most), runs in lowered.items():
+        logger.warning("%d run(s) (%s) ask for %d CPUs (1 + their loader workers), more than any Ray node offers: "
+                       "asking for %d instead", len(runs), ", ".join(runs[:3]) + (" ..." if len(runs) > 3 else ""),
+                       wanted, most)
+    return fitted
+
+
+def _describe(offers: list[Mapping[str, Any]]) -> str:
+    if not offers:
+        return "no live node"
+    return "; ".join(f"{offer.get('CPU', 0):g} CPU, {offer.get('GPU', 0):g} GPU" for offer in offers[:4])
+
+
 def _for_ray_task(p: RunParams, resources: Mapping[str, Any]) -> dict[str, Any]:
     """The run's parameters as its task sees them: Ray picks the task's GPU (CUDA_VISIBLE_DEVICES
     holds just that one), so "cuda:1" becomes "cuda"; device may change on resume."""
@@ -163,8 +203,9 @@ def _run_on_ray(params: list[RunParams], address: Optional[str], cpus_per_run: O
     env = {key: value for key, value in os.environ.items() if key.startswith("LUSV_")}
     attempt = uuid.uuid4().hex  # one per grid call: a stale marker of an older call means nothing
     pending = {}
-    for index, p in enumerate(params):
-        resources = _resources(p, cpus_per_run, cluster_gpus)
+    requests = fit_to_cluster([_resources(p, cpus_per_run, cluster_gpus) for p in params], [p.name for p in params],
+                              ray.nodes(), cpus_per_run)
+    for index, (p, resources) in enumerate(zip(params, requests)):
         values = _for_ray_task(p, resources)
         marker = str((_run_dir(p) / f".executor-attempt-{attempt}").resolve())
         task = remote.options(**resources, max_retries=max_retries, retry_exceptions=False, name=f"lusv:{p.name}")

@@ -3,6 +3,8 @@
 ``config.json`` holds the run's parameters and status ("running", then "finished"), the git
 commit and library versions, the device, the weights used, the clips of each role (and those
 left out), and the early-stopping outcome, so every number can be traced to what made it.
+``unfinished_reason`` says whether a run folder holds a finished run, and if not why (still
+running, interrupted, failed), for every step that reads another process's runs.
 ``predictions_table`` is one predictions CSV: ``clip_id, patient_id, fold, model_fold,
 p_<pattern>..., <pattern>...`` (labels), where ``fold`` is each clip's fold and ``model_fold``
 this run's fold.
@@ -10,6 +12,7 @@ this run's fold.
 
 from __future__ import annotations
 
+import json
 import math
 import platform
 import subprocess
@@ -23,6 +26,7 @@ import torch
 from lusv.config import RunParams
 from lusv.data.folds import FoldData
 from lusv.data.patterns import PATTERNS
+from lusv.infra.runlock import is_held, RUN_LOCK_NAME
 from lusv.train.checkpoint import TrainState
 
 
@@ -95,3 +99,28 @@ def predictions_table(rows: pd.DataFrame, probabilities: np.ndarray, model_fold:
     for pattern in PATTERNS:
         table[pattern] = rows[pattern].to_numpy(dtype=float)
     return table
+
+
+def unfinished_reason(run_dir: Path) -> Optional[str]:
+    """None when the run in ``run_dir`` finished (config.json says so and best.pt is there); else
+    why it cannot be used, in a few words: missing, never started, still running (a live process
+    holds its lock), interrupted (killed or crashed while "running"), failed (with the reason)."""
+    config = Path(run_dir) / "config.json"
+    if not Path(run_dir).is_dir():
+        return "no run folder"
+    try:
+        record = json.loads(config.read_text(encoding="utf-8"))
+        status = record.get("status")
+    except FileNotFoundError:
+        return "never started (no config.json)"
+    except (OSError, ValueError, AttributeError):
+        return "config.json is unreadable"
+    if status == "finished":
+        return None if (Path(run_dir) / "best.pt").is_file() else "finished, but best.pt is missing"
+    if status == "running":
+        if is_held(Path(run_dir) / RUN_LOCK_NAME):
+            return "still running"
+        return 'interrupted (config.json says "running" but no process holds the run: killed or crashed); resume it'
+    if status == "failed":
+        return f"failed ({str(record.get('failure', 'no reason recorded'))[:200]})"
+    return f"status {status!r}"

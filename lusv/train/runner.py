@@ -265,15 +265,19 @@ def _train(p: RunParams, run_dir: Path, dist: Distributed, saved: Optional[dict]
     except LusvError as exc:
         _record_failure(r, exc)
         raise
+    except BaseException as exc:  # a library error, a bug, Ctrl-C: never leave the run "running"
+        _record_failure(r, exc)
+        raise
     finally:
         if dist.enabled and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
 
 
-def _record_failure(r: _Run, exc: LusvError) -> None:
-    """Mark config.json "failed" with the reason; a full disk may refuse even that, which must
-    not hide the original error."""
+def _record_failure(r: _Run, exc: BaseException) -> None:
+    """Mark config.json "failed" with the reason (a lusv error's own line, else the error's type and
+    first line); a full disk may refuse even that, which must not hide the original error."""
+    reason = str(exc) if isinstance(exc, LusvError) else f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}"
     try:
-        r.write_config("failed", failure=str(exc), failed_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        r.write_config("failed", failure=reason, failed_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
     except (LusvError, OSError) as also:
         logger.warning("could not mark %s failed in config.json: %s", r.run_dir, also)

@@ -38,10 +38,17 @@ def load_folder(csv_path: str | os.PathLike, *, dayfirst: bool = False) -> pd.Da
 
 
 def frame_labels(csv_path: str | os.PathLike) -> pd.DataFrame | None:
-    """The frame-level label table beside the labels CSV (``FRAME_LABELS_NAME``), or None."""
-    from lusv.infra.io import read_table
-    from lusv.data.windows import check_frame_labels
+    """The frame-level label table beside the labels CSV (``FRAME_LABELS_NAME``), or None; checked
+    as the labels are (``lusv.data.frame_labels``: one line naming file, line and column), every
+    clip_id against the labels CSV."""
+    from lusv.data.frame_labels import check_against_videos, read_frame_labels
 
     csv_path = Path(csv_path)
-    path = (csv_path if csv_path.is_dir() else csv_path.parent) / FRAME_LABELS_NAME
-    return check_frame_labels(read_table(path), where=str(path)) if path.is_file() else None
+    folder = csv_path if csv_path.is_dir() else csv_path.parent
+    path = folder / FRAME_LABELS_NAME
+    if not path.is_file():
+        return None
+    table = read_frame_labels(path)
+    labels_csv = csv_path / DEFAULT_CSV_NAME if csv_path.is_dir() else csv_path
+    check_against_videos(table, {}, known_ids=read_labels(labels_csv)["clip_id"])
+    return table

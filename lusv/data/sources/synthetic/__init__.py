@@ -60,7 +60,7 @@ def frame_truth(root: str | os.PathLike, clip_ids: Sequence[str], num_frames: in
 def frame_labels(root: str | os.PathLike) -> pd.DataFrame:
     """The per-frame truth as a frame-level label table (clip_id, first_frame, last_frame,
     pattern), what the windows clip policy labels each window from (``lusv.data.windows``)."""
-    from lusv.data.windows import frame_labels_from_truth
+    from lusv.data.frame_labels import frame_labels_from_truth
 
     return frame_labels_from_truth(read_frame_truth(root))
 
