@@ -29,6 +29,7 @@ from lusv.stats.metrics import (
     youden_threshold,
 )
 from lusv.data.patterns import DISPLAY_NAMES, PATTERNS
+from lusv.report.names import model_name
 
 logger = logging.getLogger(__name__)
 
@@ -239,7 +240,8 @@ def results_tables(
 
 
 def roc_figure(predictions: Predictions, patterns: Sequence[str] = PATTERNS):
-    """ROC curves: one panel per pattern (2 x 2), one line per model labelled with its AUC."""
+    """ROC curves: one panel per pattern (2 x 2), one line per model labelled with its reader's
+    name (``lusv.report.names``) and AUC."""
     import matplotlib.pyplot as plt
     import seaborn as sns
     from sklearn.metrics import roc_curve
@@ -255,7 +257,7 @@ def roc_figure(predictions: Predictions, patterns: Sequence[str] = PATTERNS):
             if y.all() or not y.any():
                 continue  # no ROC without both classes
             fpr, tpr, _ = roc_curve(y, score)
-            ax.plot(fpr, tpr, color=color, lw=1.6, label=f"{name} (AUC {roc_auc(y, score):.3f})")
+            ax.plot(fpr, tpr, color=color, lw=1.6, label=f"{model_name(name)} (AUC {roc_auc(y, score):.3f})")
         ax.plot([0, 1], [0, 1], ls="--", color="0.6", lw=1)
         ax.set(title=DISPLAY_NAMES.get(pattern, pattern), xlabel="1 - specificity", ylabel="Sensitivity",
                xlim=(0, 1), ylim=(0, 1.01), aspect="equal")
