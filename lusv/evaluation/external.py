@@ -10,6 +10,10 @@ from the dataset's feature cache, built once and shared by their folds. A study 
 windows (``clip_policy="windows"``, ``lusv.data.windows``) sees the dataset as it saw its own videos:
 each video cached whole and cut into the same windows, every window predicted, and a video's
 probability the mean of its windows' (as ``lusv predict`` and the study's video-level AUCs).
+A study with a linear probe (``oof/linear_probe.*``, the pretrained profile's reference row) has it
+validated too: its fold regressions are refitted from the study's folds and features
+(``lusv.evaluation.linear_probe.external_probe``), so "does LUV-Net transfer better than a linear
+probe?" has an answer (``lusv claims``).
 
 Per model and pattern it reports the AUC with its DeLong 95% CI on the clips that label the
 pattern, and the sensitivity and specificity at the Youden threshold chosen on the study's pooled
@@ -40,6 +44,7 @@ from lusv.data.patterns import PATTERNS
 from lusv.data.prepared import dataset_name, ingest, Prepared
 from lusv.data.windows import WindowedClips, windows_of_cache
 from lusv.errors import ConfigError, LusvError
+from lusv.evaluation.linear_probe import external_probe, KEY as PROBE
 from lusv.evaluation.out_of_fold import ensemble_mean
 from lusv.evaluation.video_level import video_predictions
 from lusv.inference import load_trained, predict_batches
@@ -136,6 +141,8 @@ def external_validation(
     study_dir = in_repository(study_dir)
     prepared = Prepared.load(study_dir)
     available = fold_run_dirs(study_dir, prepared.num_folds)
+    if (study_dir / "oof" / f"{PROBE}.val.csv").is_file():  # refitted from the study's folds, no run folders
+        available[PROBE] = []
     keys = list(available) if keys is None else list(keys)
     missing = [key for key in keys if key not in available]
     if not keys or missing:
@@ -154,7 +161,7 @@ def external_validation(
     windowed = source is not cache
     rows, predictions = [], {}
     for key in keys:
-        frame = predict_with_folds(available[key], source, scored)
+        frame = external_probe(prepared, source, scored) if key == PROBE else predict_with_folds(available[key], source, scored)
         for pattern in PATTERNS:
             frame[pattern] = scored[pattern].to_numpy(float)
         validation = read_table(study_dir / "oof" / f"{key}.val.csv")
