@@ -243,6 +243,17 @@ def _add_train_command(commands) -> None:
     train.set_defaults(handler=_cmd_train)
 
 
+def _add_claims_command(commands) -> None:
+    claims = commands.add_parser(
+        "claims", help="the verdict on every claim of the paper, one column per run (printed as Markdown, saved as CSV + .md)")
+    claims.add_argument("runs", nargs="+", help="run folders: studies (results/quick-synthetic) or external validations "
+                                                 "(<study>/external/<dataset>)")
+    claims.add_argument("--out", default=None, help="folder for claims.csv, claims_detail.csv and claims.md (default: "
+                                                    "<run>/tables for one run, the current folder for several)")
+    claims.add_argument("--n-boot", type=int, default=1000, help="paired patient-bootstrap replicates")
+    claims.set_defaults(handler=_cmd_claims)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from lusv.config import DEFAULT_PROFILE, PROFILES
     from lusv.data.sources import source_names
@@ -295,15 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     external.add_argument("--cache-dir", default=None, help="clip cache root (default: data/cache/<dataset>)")
     external.add_argument("--dayfirst", action="store_true", help="acquired_on holds day-first dates")
     external.set_defaults(handler=_cmd_external)
-
-    claims = commands.add_parser(
-        "claims", help="the verdict on every claim of the paper, one column per run (printed as Markdown, saved as CSV + .md)")
-    claims.add_argument("runs", nargs="+", help="run folders: studies (results/quick-synthetic) or external validations "
-                                                 "(<study>/external/<dataset>)")
-    claims.add_argument("--out", default=None, help="folder for claims.csv, claims_detail.csv and claims.md (default: "
-                                                    "<run>/tables for one run, the current folder for several)")
-    claims.add_argument("--n-boot", type=int, default=1000, help="paired patient-bootstrap replicates")
-    claims.set_defaults(handler=_cmd_claims)
+    _add_claims_command(commands)
     return parser
 
 
