@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 HEADLINE_TABLE = "tables/test_auc_table.csv"
 CLAIMS_TABLE = "tables/claims.csv"
 # Shown at reading size under the headline table (the others are thumbnails further down).
-MAIN_FIGURES = ("roc_test.png", "sweeps.png")
+MAIN_FIGURES = ("roc_test.png", "sweeps.png", "appendix_b_1.png")
 VERDICT_CLASSES = {"holds": "holds", "reversed": "reversed", "not resolved": "unresolved", "not tested here": "untested"}
 STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; max-width: 1100px; margin: 2em auto;
@@ -117,7 +117,9 @@ def _main_figures(run_dir: Path) -> str:
 
 
 FIGURE_CAPTIONS = {"roc_test.png": "ROC curves, cross-validated (out-of-fold) test set",
-                   "sweeps.png": "Macro AUC against the temporal kernel size K and the attention heads H, beside the paper"}
+                   "sweeps.png": "Macro AUC against the temporal kernel size K and the attention heads H, beside the paper",
+                   "appendix_b_1.png": "The paper's attention figure (its Appendix B) for one clip, with Grad-CAM on the "
+                                       "top frames (notebook 05)"}
 
 
 def _headline(run_dir: Path) -> str:
