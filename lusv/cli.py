@@ -204,7 +204,7 @@ def _cmd_claims(args: argparse.Namespace) -> int:
     tables = claims_tables(runs, n_boot=args.n_boot)
     out = _from_here(args.out) if args.out else (str(Path(runs[0]) / "tables") if len(runs) == 1 else str(Path.cwd()))
     written = write_claims(tables, out)
-    print(claims_markdown(tables), end="")  # stdout: the Markdown alone, ready to paste
+    print(claims_markdown(tables, detail=args.detail), end="")  # stdout: the Markdown alone, ready to paste
     print(f"claims: {', '.join(str(path) for path in written)}", file=sys.stderr)
     return 0
 
@@ -251,6 +251,8 @@ def _add_claims_command(commands) -> None:
     claims.add_argument("--out", default=None, help="folder for claims.csv, claims_detail.csv and claims.md (default: "
                                                     "<run>/tables for one run, the current folder for several)")
     claims.add_argument("--n-boot", type=int, default=1000, help="paired patient-bootstrap replicates")
+    claims.add_argument("--detail", action="store_true", help="also print each comparison's numbers (claims.md "
+                                                               "always has them)")
     claims.set_defaults(handler=_cmd_claims)
 
 

@@ -174,14 +174,17 @@ def _markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def claims_markdown(tables: ClaimsTables) -> str:
-    """Paste-ready Markdown: the summary table, the rules, then each run's parts with their numbers."""
-    detail = tables.detail.assign(cell=lambda d: d["verdict"] + ": " + d["evidence"])
-    wide = detail.pivot_table(index=["claim", "part"], columns="run", values="cell", aggfunc="first", sort=False)
-    wide = wide.reset_index().rename(columns={"claim": "#", "part": "Part"})
+def claims_markdown(tables: ClaimsTables, detail: bool = True) -> str:
+    """Paste-ready Markdown: the summary table, the rules, then (``detail``) each run's parts with
+    their numbers."""
     rules = "\n".join(f"- {kind}: {text}" for kind, text in RULES.items())
-    return "\n\n".join([_markdown(tables.summary), f"Rules:\n\n{rules}", "Each part, with its numbers:",
-                        _markdown(wide.fillna(""))]) + "\n"
+    blocks = [_markdown(tables.summary), f"Rules:\n\n{rules}"]
+    if detail:
+        cells = tables.detail.assign(cell=lambda d: d["verdict"] + ": " + d["evidence"])
+        wide = cells.pivot_table(index=["claim", "part"], columns="run", values="cell", aggfunc="first", sort=False)
+        wide = wide.reset_index().rename(columns={"claim": "#", "part": "Part"})
+        blocks += ["Each part, with its numbers:", _markdown(wide.fillna(""))]
+    return "\n\n".join(blocks) + "\n"
 
 
 def write_claims(tables: ClaimsTables, out_dir: str | Path) -> list[Path]:
