@@ -234,7 +234,7 @@ def test_lusv_claims_prints_one_column_per_run_and_saves_csv_and_markdown(models
     assert summary.loc["5", quick_col] == "not tested here: no LUV-Net (ResNet-50) in this run"
     assert summary.loc["13", quick_col] == "not tested here: no Linear probe in this run"
     assert summary.loc["13", pocus_col].startswith("reversed: LUV-Net 0."), "here LUV-Net is the poor model, the probe the good"
-    assert summary.loc["10", quick_col].startswith("holds: counted, not trained")
+    assert summary.loc["10", quick_col].startswith("holds: counted at 30 x 256 x 256, not trained")
     assert summary.loc["8", quick_col] == "not tested here: values trained here: none"
     detail = pd.read_csv(tmp_path / "claims_detail.csv")
     assert set(detail["run"]) == {"quick-synthetic", "pretrained-pocus"}

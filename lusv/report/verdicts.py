@@ -184,7 +184,7 @@ def cost_part(claim_id: str, table4: pd.DataFrame | None, better: str = "luvnet"
     params = rows.loc[[better, worse], "params_m_lusv"].astype(float)
     ratio = gmac[better] / gmac[worse]
     verdict = HOLDS if abs(ratio - 1) <= COST_TOLERANCE else REVERSED
-    evidence = (f"counted, not trained: {model_name(better)} {gmac[better]:.1f} GMAC vs {model_name(worse)} "
+    evidence = (f"counted at 30 x 256 x 256, not trained: {model_name(better)} {gmac[better]:.1f} GMAC vs {model_name(worse)} "
                 f"{gmac[worse]:.1f} (ratio {ratio:.2f}); parameters {params[better]:.1f} M vs {params[worse]:.1f} M")
     return part(claim_id, name, verdict, evidence, float(ratio - 1))
 
