@@ -139,6 +139,7 @@ def test_a_claim_of_several_parts(models):
     parts = [comparison_part("1", "luvnet", key, models, n_boot=200) for key in ("usvn", "c3d", "mvit_b")]
     assert combine(parts) == (NOT_RESOLVED, "holds vs USVN; not resolved vs C3D; 1 of 3 not tested here")
     assert combine(parts[:1])[0] == HOLDS
+    assert combine([parts[0], parts[0], parts[2]]) == (HOLDS, "vs USVN, USVN; 1 of 3 not tested here")
     reversed_ = comparison_part("1", "usvn", "luvnet", models, n_boot=200)
     assert combine([*parts, reversed_])[0] == REVERSED, "one part against the claim is enough"
     assert combine(parts[2:]) == (NOT_TESTED, "no MViT-B in this run")

@@ -241,14 +241,16 @@ def results_tables(
 
 def roc_figure(predictions: Predictions, patterns: Sequence[str] = PATTERNS):
     """ROC curves: one panel per pattern (2 x 2), one line per model labelled with its reader's
-    name (``lusv.report.names``) and AUC."""
+    name (``lusv.report.names``) and AUC in a legend under the panel (inside, it hid the curves)."""
     import matplotlib.pyplot as plt
     import seaborn as sns
     from sklearn.metrics import roc_curve
 
     n_cols = 2
     n_rows = math.ceil(len(patterns) / n_cols)
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(5 * n_cols, 4.6 * n_rows), squeeze=False)
+    legend_rows = math.ceil(len(predictions) / 2)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(5.9 * n_cols, (4.3 + 0.2 * legend_rows) * n_rows), squeeze=False,
+                             layout="constrained")
     colors = sns.color_palette("colorblind", n_colors=max(len(predictions), 1))
     for ax, pattern in zip(axes.ravel(), patterns):
         for color, (name, pred) in zip(colors, predictions.items()):
@@ -262,13 +264,12 @@ def roc_figure(predictions: Predictions, patterns: Sequence[str] = PATTERNS):
         ax.set(title=DISPLAY_NAMES.get(pattern, pattern), xlabel="1 - specificity", ylabel="Sensitivity",
                xlim=(0, 1), ylim=(0, 1.01), aspect="equal")
         if ax.get_legend_handles_labels()[0]:
-            ax.legend(loc="lower right", fontsize="small")
+            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, fontsize="small", frameon=False)
         else:  # say why the panel is empty instead of leaving the reader to guess
             ax.text(0.5, 0.5, "no ROC: only one class\namong the labelled clips", ha="center", va="center",
                     fontsize="small", color="0.3")
     for ax in axes.ravel()[len(patterns):]:
         ax.remove()
-    fig.tight_layout()
     return fig
 
 

@@ -204,8 +204,8 @@ def combine(parts: list[dict]) -> tuple[str, str]:
     groups = []
     for kind in (HOLDS, REVERSED, NOT_RESOLVED):
         names = [p["part"] for p in tested if p["verdict"] == kind]
-        if names:
-            groups.append(f"{kind} {_about(names)}")
+        if names:  # the verdict itself leads the cell: a single group does not repeat it
+            groups.append(_about(names) if len(verdicts) == 1 else f"{kind} {_about(names)}")
     untested = len(parts) - len(tested)
     if untested:
         groups.append(f"{untested} of {len(parts)} {NOT_TESTED}")
