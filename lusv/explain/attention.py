@@ -342,7 +342,7 @@ def plot_appendix_b(attention, frames, frame_truth=None, length: int | None = No
     given, the top-``k`` frames marked and numbered by rank; on the right those frames, in rank
     order, large enough to see the pattern (titled "<rank>. frame <index>"). ``saliency`` maps a
     pattern index to (k, S, S) maps in [0, 1] (``lusv.explain.saliency.grad_cam``) drawn over the
-    frames. One legend under the rows, beside the frame axis, labelled once at the bottom. Returns the
+    frames where they exceed 0.1 (an all-zero map leaves the frame as it is and says so). One legend under the rows, beside the frame axis, labelled once at the bottom. Returns the
     Figure. Long because a figure is one sequence of layout and drawing calls on shared axes.
     """
     import matplotlib.pyplot as plt
@@ -378,10 +378,13 @@ def plot_appendix_b(attention, frames, frame_truth=None, length: int | None = No
             thumb = fig.add_subplot(grid[row, 1 + j])
             image = frames[index]
             thumb.imshow(image[..., 0] if image.ndim == 3 and image.shape[-1] == 1 else image, cmap="gray", vmin=0, vmax=255)
-            if saliency is not None and row in saliency:
-                thumb.imshow(np.asarray(saliency[row])[j], cmap="jet", alpha=0.35, vmin=0, vmax=1)
+            empty = ""
+            if saliency is not None and row in saliency:  # the map where it is salient; the frame stays visible elsewhere
+                heat = np.asarray(saliency[row])[j]
+                thumb.imshow(np.ma.masked_less(heat, 0.1), cmap="jet", alpha=0.45, vmin=0, vmax=1)
+                empty = "" if heat.max() > 0 else ", map all zero"
             thumb.set_xticks([]), thumb.set_yticks([])
-            thumb.set_title(f"{j + 1}. frame {index}", fontsize=8)
+            thumb.set_title(f"{j + 1}. frame {index}{empty}", fontsize=8)
     ax.set_xlabel("frame", fontsize=8)
     handles, labels = fig.axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower left", ncol=len(labels), fontsize=8, frameon=False)
