@@ -285,21 +285,23 @@ def plot_attention_summary(score_df: pd.DataFrame):
     half_width = np.where(n > 1, 1.96 * sd / np.sqrt(np.maximum(n, 1)), 0.0)
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
-    left.bar(x, score_df.attention_auc.fillna(0), yerr=np.nan_to_num(half_width), capsize=3, color="tab:blue")
+    auc = score_df.attention_auc.fillna(0).to_numpy(dtype=float)
+    half_width = np.nan_to_num(half_width)  # an AUC lies in [0, 1]: so do its error bars
+    left.bar(x, auc, yerr=[np.minimum(half_width, auc), np.minimum(half_width, 1 - auc)], capsize=3, color="tab:blue")
     left.axhline(0.5, color="0.3", linestyle="--", linewidth=1, label="chance (0.5)")
-    left.set_ylim(0, 1.05)
+    left.set_ylim(0, 1.3)  # room above the bars for the legend
     left.set_title("Attention vs per-frame truth (mean AUC)", fontsize=10)
     left.set_ylabel("attention AUC")
     width = 0.38
     right.bar(x - width / 2, score_df.pointing_game.fillna(0), width, label="most-attended frame shows it",
               color="tab:blue")
     right.bar(x + width / 2, score_df.pointing_chance.fillna(0), width, label="chance (random frame)", color="0.7")
-    right.set_ylim(0, 1.05)
+    right.set_ylim(0, 1.3)
     right.set_title("Pointing game", fontsize=10)
     right.set_ylabel("fraction of clips")
     for ax in (left, right):
         ax.set_xticks(x, [f"{name}\nn={int(k)}" for name, k in zip(names, n)], fontsize=8)
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="upper right", ncol=2)
     fig.tight_layout()
     return fig
 
