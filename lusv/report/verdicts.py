@@ -167,9 +167,10 @@ def chance_parts(claim_id: str, scores: pd.DataFrame | None, which: str) -> list
         significant = math.isfinite(p) and p < ALPHA
         verdict = (HOLDS if value > chance else REVERSED) if significant and value != chance else NOT_RESOLVED
         p_text = f"p = {p:.3g}" if math.isfinite(p) else "p undefined"
+        text += f" ({p_text})"
         if which == "attention" and math.isfinite(row.get("peak", np.nan)) and row["peak"] < 1.1:
-            text += f", nearly uniform attention (peak {row['peak']:.2f}, 1 = uniform)"
-        out.append(part(claim_id, pattern, verdict, f"{text} ({p_text})", value - chance, p_values=p_text))
+            text += f"; nearly uniform attention (peak {row['peak']:.2f}, 1 = uniform)"
+        out.append(part(claim_id, pattern, verdict, text, value - chance, p_values=p_text))
     return out
 
 
