@@ -6,6 +6,7 @@
     lusv predict  clip.mp4 --checkpoint results/.../best.pt
     lusv report   --run-dir results/quick-synthetic
     lusv external --study results/pretrained-pocus --data folder --data-path other/labels.csv
+    lusv claims   results/quick-synthetic results/pretrained-pocus
 
 ``lusv train``'s flags are generated from ``lusv.config.RunParams``: one flag per field, with
 the field's help text, so the command line and ``config.json`` never drift apart; the fields
@@ -196,6 +197,18 @@ def _cmd_external(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_claims(args: argparse.Namespace) -> int:
+    from lusv.evaluation.claims import claims_markdown, claims_tables, write_claims
+
+    runs = [_from_here(run) for run in args.runs]
+    tables = claims_tables(runs, n_boot=args.n_boot)
+    out = _from_here(args.out) if args.out else (str(Path(runs[0]) / "tables") if len(runs) == 1 else str(Path.cwd()))
+    written = write_claims(tables, out)
+    print(claims_markdown(tables, detail=args.detail), end="")  # stdout: the Markdown alone, ready to paste
+    print(f"claims: {', '.join(str(path) for path in written)}", file=sys.stderr)
+    return 0
+
+
 def _add_test_set_arguments(prepare: argparse.ArgumentParser) -> None:
     prepare.add_argument("--no-temporal-split", dest="temporal_split", action="store_false",
                          help="no temporally separated test set even when the clips have dates: every clip goes into the folds")
@@ -228,6 +241,19 @@ def _add_train_command(commands) -> None:
                             "published protocol, for a GPU)")
     _add_run_param_flags(train)
     train.set_defaults(handler=_cmd_train)
+
+
+def _add_claims_command(commands) -> None:
+    claims = commands.add_parser(
+        "claims", help="the verdict on every claim of the paper, one column per run (printed as Markdown, saved as CSV + .md)")
+    claims.add_argument("runs", nargs="+", help="run folders: studies (results/quick-synthetic) or external validations "
+                                                 "(<study>/external/<dataset>)")
+    claims.add_argument("--out", default=None, help="folder for claims.csv, claims_detail.csv and claims.md (default: "
+                                                    "<run>/tables for one run, the current folder for several)")
+    claims.add_argument("--n-boot", type=int, default=1000, help="paired patient-bootstrap replicates")
+    claims.add_argument("--detail", action="store_true", help="also print each comparison's numbers (claims.md "
+                                                               "always has them)")
+    claims.set_defaults(handler=_cmd_claims)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -282,12 +308,13 @@ def build_parser() -> argparse.ArgumentParser:
     external.add_argument("--cache-dir", default=None, help="clip cache root (default: data/cache/<dataset>)")
     external.add_argument("--dayfirst", action="store_true", help="acquired_on holds day-first dates")
     external.set_defaults(handler=_cmd_external)
+    _add_claims_command(commands)
     return parser
 
 
 # One-shot commands whose output is their answer: progress notes (model built, weights used)
 # would only bury it, so they log warnings and errors unless -v is given.
-QUIET_COMMANDS = frozenset({"predict", "evaluate"})
+QUIET_COMMANDS = frozenset({"predict", "evaluate", "claims"})
 
 
 def _log_level(args: argparse.Namespace) -> int:

@@ -59,6 +59,7 @@ from lusv.evaluation.out_of_fold import (  # noqa: F401 - the study steps the no
     write_out_of_fold,
     write_report,
 )
+from lusv.evaluation.claims import claims_markdown, run_claims as claims  # noqa: F401 - notebook 06's claims table
 from lusv.data.sources import get_source
 from lusv.data.splits import check_enough_patients, fold_balance, load_or_make_folds, load_or_make_held_out
 from lusv.data.temporal_split import set_apart_temporal_test

@@ -42,8 +42,10 @@ def test_appendix_b_figure_marks_the_top_frames_and_shows_them(tmp_path):
     saliency = {p: rng.random((3, 16, 16)) for p in range(4)}
     fig = plot_appendix_b(attention, frames, frame_truth=truth, saliency=saliency, title="clip")
     titles = [ax.get_title() for ax in fig.axes]
-    expected = [f"frame {i}" for i in top_frames(appendix_b_curves(attention), 3)[0]]
-    assert titles[1:4] == expected  # the first pattern's thumbnails are its top-3 frames
+    expected = [f"{rank}. frame {i}" for rank, i in enumerate(top_frames(appendix_b_curves(attention), 3)[0], start=1)]
+    assert titles[1:4] == expected  # the first pattern's thumbnails are its top-3 frames, in rank order
+    assert [ax.get_xlabel() for ax in fig.axes].count("frame") == 1, "the frame axis is labelled once, at the bottom"
+    assert len(fig.legends) == 1 and len(fig.legends[0].get_texts()) == 3
     fig.savefig(tmp_path / "b.png")
     assert (tmp_path / "b.png").stat().st_size > 10_000
 

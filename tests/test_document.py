@@ -283,6 +283,35 @@ def test_index_html_has_the_headline_table_the_conclusions_and_every_link(tmp_pa
     assert "<strong>LUV-Net</strong> macro AUC 0.812 &lt;beats&gt; chance." in page
 
 
+def test_index_html_opens_with_the_claims_table_and_lists_the_findings(tmp_path):
+    run = tmp_path / "quick-synthetic"
+    (run / "tables").mkdir(parents=True)
+    pd.DataFrame({"#": ["3"], "Claim": ["The temporal module improves LUV-Net"],
+                  "quick-synthetic (a pipeline check)": ["holds: +0.130 (95% CI +0.05 to +0.21) <b>"]}).to_csv(
+        run / "tables" / "claims.csv", index=False)
+    pd.DataFrame({"Model": ["luvnet"], "Macro": ["0.717 (0.64–0.79)"]}).to_csv(run / "tables" / "test_auc_table.csv",
+                                                                               index=False)
+    (run / "conclusions").mkdir()
+    (run / "conclusions" / "06_results.md").write_text("**Cross-validated (out-of-fold)**\n\n- first finding\n- second\n")
+    page = write_index(run).read_text()
+    first_table = page.split("<table", 1)[1].split("</table>", 1)[0]
+    assert "The temporal module improves LUV-Net" in first_table and "<td>LUV-Net</td>" not in first_table
+    assert ('<span class="verdict holds">holds</span>: +0.130 (95% CI +0.05 to +0.21) &lt;b&gt;' in first_table)
+    assert page.index("class=\"claims\"") < page.index("<td>LUV-Net</td>"), "the claims above the AUC table"
+    assert "<p><strong>Cross-validated (out-of-fold)</strong></p>\n<ul><li>first finding</li><li>second</li></ul>" in page
+
+
+def test_conclusions_are_bullets_one_finding_each(tables):
+    _, summaries, _, delong = tables
+    text = comparison_conclusion(summaries, delong, "luvnet", paper_table=1)
+    lines = text.splitlines()
+    assert all(line.startswith("- ") for line in lines) and len(lines) == 4  # listing, rank, DeLong, the paper
+    assert lines[1] == "- LUV-Net ranks 1 of 3."
+    sections = results_conclusion({"test": summaries, "held_out": summaries}, {"test": delong})
+    assert sections.startswith("**Cross-validated (out-of-fold)**\n\n- Macro AUC on the out-of-fold clips")
+    assert "\n\n**Held-out test set**\n\n- Macro AUC on the held-out test set" in sections
+
+
 def test_index_html_of_a_run_without_results_says_what_is_missing(tmp_path):
     page = write_index(tmp_path).read_text()
     assert "the results notebook (06) has not run" in page and "No executed notebooks yet." in page

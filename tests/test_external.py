@@ -250,6 +250,31 @@ def test_linear_probe_writes_out_of_fold_predictions_fit_on_the_training_folds(t
     assert set(auc_summaries(predictions)["model"]) >= {"luvnet", "linear_probe"}
 
 
+def test_external_validation_refits_the_linear_probe_from_the_studys_folds(tiny_study, tiny_data, tmp_path):
+    """The temporally separated clips, read again as another dataset, get the probe's predictions the
+    study itself made for them (every fold model's mean, fitted when the study ran)."""
+    from lusv.evaluation.external import external_validation
+    from lusv.evaluation.linear_probe import linear_probe
+
+    if not (tiny_study.run_dir / "oof" / "linear_probe.temporal_test.csv").is_file():
+        linear_probe(tiny_study)
+    expected = pd.read_csv(tiny_study.run_dir / "oof" / "linear_probe.temporal_test.csv", dtype={"clip_id": str})
+    source = pd.read_csv(tiny_data.source_dir / "labels.csv", dtype={"clip_id": str, "patient_id": str})
+    rows = source.set_index("clip_id").loc[expected["clip_id"]].reset_index()
+    rows = rows.assign(clip_id="EXT-" + rows["clip_id"], path=[str(tiny_data.source_dir / p) for p in rows["path"]])
+    csv = tmp_path / "temporal" / "labels.csv"
+    csv.parent.mkdir()
+    rows.to_csv(csv, index=False)
+    results = external_validation(tiny_study.run_dir, "folder", csv, keys=["linear_probe"], out_dir=tmp_path / "ext",
+                                  cache_root=tmp_path / "cache")
+    columns = [f"p_{p}" for p in PATTERNS]
+    ours = results.predictions["linear_probe"].set_index("clip_id").loc["EXT-" + expected["clip_id"], columns]
+    np.testing.assert_allclose(ours.to_numpy(), expected[columns].to_numpy(), atol=1e-6)
+    table = results.table[results.table["model"] == "linear_probe"]
+    assert len(table) == 4 and np.isfinite(table["threshold"]).any()
+    assert (tmp_path / "ext" / "predictions_linear_probe.csv").is_file()
+
+
 def test_external_conclusion_quotes_the_auc_table_and_names_unscored_patterns():
     from lusv.report.conclusions import external_conclusion
 

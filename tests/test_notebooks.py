@@ -3,6 +3,7 @@ development portion when it sits beside the repository), and writes what it prom
 
 from __future__ import annotations
 
+import html
 import re
 import shutil
 from pathlib import Path
@@ -48,8 +49,9 @@ def check_readable(notebook: nbformat.NotebookNode, name: str) -> None:
     assert len(text.splitlines()) < MAX_LOG_LINES, f"{name}: {len(text.splitlines())} lines of log text:\n{text}"
     printed_headings = [line for line in text.splitlines() if line in ("auc_table", "delong_p", "thresholds")]
     assert not printed_headings, f"{name}: headings belong in markdown cells"
-    if name != "01_preprocess":
-        last = [o for o in notebook.cells[-1].get("outputs", []) if "text/markdown" in o.get("data", {})]
+    if name != "01_preprocess":  # 06 ends with its claims table, right after its conclusion
+        ending = notebook.cells[-3:] if name == "06_results" else notebook.cells[-1:]
+        last = [o for cell in ending for o in cell.get("outputs", []) if "text/markdown" in o.get("data", {})]
         assert last and "What this run shows" in last[0]["data"]["text/markdown"], f"{name}: no generated conclusion"
 
 
@@ -129,6 +131,13 @@ def test_study_notebooks_run_in_order_on_tiny_synthetic_data(tmp_path):
     assert "macro AUC per window (the paper's unit" in (run_dir / "conclusions" / "06_results.md").read_text()
     assert any("LUV-Net (ResNet-50)" in o["data"]["text/html"] and "parameters (M), difference" in o["data"]["text/html"]
                for o in outputs_of(nb, "text/html")), "06 shows Table 4 beside the paper"
+    from lusv.report.paper_claims import CLAIMS
+
+    claims = pd.read_csv(run_dir / "tables" / "claims.csv", dtype=str)
+    assert claims["#"].tolist() == [c.id for c in CLAIMS], "06 ends with the claims table, every claim a row"
+    assert claims.iloc[:, -1].str.match(r"^(holds|reversed|not resolved|not tested here): ").all()
+    assert claims.set_index("#").iloc[:, -1]["11"].split(":")[0] != "not tested here", "synthetic: attention is scored"
+    assert "The paper's claims" in "".join(c.source for c in nb.cells[-2:] if c.cell_type == "markdown")
     for name in ("01_preprocess", "02_train_folds", "06_results"):
         assert "INFO" in (run_dir / "logs" / f"{name}.log").read_text(), "the full log goes to the run folder"
 
@@ -138,6 +147,8 @@ def test_study_notebooks_run_in_order_on_tiny_synthetic_data(tmp_path):
     assert html_report([str(run_dir)]) == 0
     page = (run_dir / "index.html").read_text()
     assert "<td>LUV-Net K=3</td>" in page and 'href="notebooks/05_attention.html"' in page
+    first_table = page.split("<table", 1)[1].split("</table>", 1)[0]
+    assert all(html.escape(c.words) in first_table for c in CLAIMS), "index.html opens with the claims table"
     assert (run_dir / "notebooks" / "05_attention.html").stat().st_size > 50_000, "figures embedded in the page"
     table = pd.read_csv(run_dir / "tables" / "test_auc_table.csv")
     assert {"luvnet", "usvn", "c3d", "r2plus1d", "cnn_lstm", "luvnet_no_temporal", "luvnet_k3"} <= set(table.iloc[:, 0])

@@ -10,6 +10,10 @@ from the dataset's feature cache, built once and shared by their folds. A study 
 windows (``clip_policy="windows"``, ``lusv.data.windows``) sees the dataset as it saw its own videos:
 each video cached whole and cut into the same windows, every window predicted, and a video's
 probability the mean of its windows' (as ``lusv predict`` and the study's video-level AUCs).
+A study with a linear probe (``oof/linear_probe.*``, the pretrained profile's reference row) has it
+validated too: its fold regressions are refitted from the study's folds and features
+(``lusv.evaluation.linear_probe.external_probe``), so "does LUV-Net transfer better than a linear
+probe?" has an answer (``lusv claims``).
 
 Per model and pattern it reports the AUC with its DeLong 95% CI on the clips that label the
 pattern, and the sensitivity and specificity at the Youden threshold chosen on the study's pooled
@@ -49,6 +53,7 @@ from lusv.data.patterns import PATTERNS
 from lusv.data.prepared import dataset_name, ingest, Prepared
 from lusv.data.windows import WindowedClips, windows_of_cache
 from lusv.errors import ConfigError, IngestError, LusvError
+from lusv.evaluation.linear_probe import external_probe, KEY as PROBE
 from lusv.evaluation.out_of_fold import ensemble_mean, oof_mismatch
 from lusv.evaluation.video_level import video_predictions
 from lusv.inference import load_trained, predict_batches
@@ -88,6 +93,9 @@ def fold_models(study_dir: Path, num_folds: int) -> tuple[dict[str, list[Path]],
     named |= {path.name.rsplit("-fold", 1)[0] for path in runs.glob("*-fold*") if path.is_dir()}
     available, left_out = {}, {}
     for key in sorted(named):
+        if key == PROBE:  # refitted from the study's folds and features (external_probe): no run folders
+            available[key] = []
+            continue
         dirs = [runs / f"{key}-fold{fold}" for fold in range(num_folds)]
         reasons = [f"fold {fold} {why}" for fold, d in enumerate(dirs) if (why := unfinished_reason(d))]
         validation = study_dir / "oof" / f"{key}.val.csv"
@@ -211,7 +219,7 @@ def _score(study_dir: Path, prepared, ingested, keys: list[str], available: dict
     windowed = source is not cache
     rows, predictions = [], {}
     for key in keys:
-        frame = predict_with_folds(available[key], source, scored)
+        frame = external_probe(prepared, source, scored) if key == PROBE else predict_with_folds(available[key], source, scored)
         for pattern in PATTERNS:
             frame[pattern] = scored[pattern].to_numpy(float)
         validation = read_table(study_dir / "oof" / f"{key}.val.csv")

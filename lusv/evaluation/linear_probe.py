@@ -17,11 +17,19 @@ the log loss on the 16-clip validation folds was noisier still (0.61), so neithe
 
 ``linear_probe(prepared)`` writes ``oof/<key>.test.csv``, ``oof/<key>.val.csv`` (and
 ``oof/<key>.temporal_test.csv`` and ``.held_out.csv``, the mean of the fold models) in the predictions format of
-``lusv.evaluation.out_of_fold``, so the result tables treat it as one more model key.
+``lusv.evaluation.out_of_fold``, so the result tables treat it as one more model key, and
+``oof/<key>.json`` (the settings it was fitted with).
+
+External validation (``lusv.evaluation.external``) validates the probe too: ``external_probe`` refits
+each fold's regressions from the study's recorded folds and features (the same clips, features,
+C and solver give the same coefficients: nothing is pickled or stored) and averages the fold
+models' probabilities on the other dataset's features (``ensemble_mean``), as it does for the
+networks.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import warnings
 from pathlib import Path
@@ -35,7 +43,7 @@ from lusv.data.features import run_feature_cache
 from lusv.data.folds import load_fold_data
 from lusv.data.patterns import PATTERNS
 from lusv.evaluation.out_of_fold import ensemble_mean
-from lusv.infra.io import write_csv
+from lusv.infra.io import atomic_path, write_csv
 from lusv.models.encoders import build_encoder
 from lusv.train import cut_into_windows, predictions_table, seed_everything
 
@@ -67,31 +75,41 @@ def fit_pattern(x_train: np.ndarray, y_train: np.ndarray):
     return lambda x: model.predict_proba(x)[:, 1]
 
 
+def fit_patterns(x_train: np.ndarray, train: pd.DataFrame) -> list:
+    """One probability function per pattern, each fitted on the training rows that label it."""
+    predictors = []
+    for pattern in PATTERNS:
+        y_train = train[pattern].to_numpy(float)
+        known = ~np.isnan(y_train)
+        predictors.append(fit_pattern(x_train[known], y_train[known].astype(int)))
+    return predictors
+
+
+def predict_patterns(predictors: list, x: np.ndarray) -> np.ndarray:
+    """Probabilities (N, 4) of ``fit_patterns``' functions on features ``x`` (N, F)."""
+    return np.stack([predict(x) for predict in predictors], axis=1) if len(x) else np.zeros((0, len(PATTERNS)))
+
+
 def fit_fold(pooled: dict[str, np.ndarray], roles: dict[str, pd.DataFrame]) -> dict[str, np.ndarray]:
     """Probabilities (N, 4) of every role but training, the model fit on the training role."""
     def x(role: str) -> np.ndarray:
-        return np.stack([pooled[cid] for cid in roles[role]["clip_id"]])
+        ids = roles[role]["clip_id"]
+        return np.stack([pooled[cid] for cid in ids]) if len(ids) else np.zeros((0, len(next(iter(pooled.values())))))
 
-    out = {role: np.zeros((len(table), len(PATTERNS))) for role, table in roles.items() if role != "train"}
-    for i, pattern in enumerate(PATTERNS):
-        y_train = roles["train"][pattern].to_numpy(float)
-        known = ~np.isnan(y_train)
-        predict = fit_pattern(x("train")[known], y_train[known].astype(int))
-        for role in out:
-            out[role][:, i] = predict(x(role))
-    return out
+    predictors = fit_patterns(x("train"), roles["train"])
+    return {role: predict_patterns(predictors, x(role)) for role in roles if role != "train"}
 
 
-def linear_probe(prepared: Any, key: str = KEY, *, profile: str | None = None, **overrides: Any) -> dict[str, Path]:
-    """Fit and predict the linear probe on every fold of ``prepared`` (a ``lusv.data.prepared.Prepared``)
-    with the encoder of the study's profile (``profile``, when given, must agree with it); writes and
-    returns ``oof/<key>.<split>.csv`` by split."""
-    profile = prepared.resolve_profile(profile)
+def _probe_encoder(prepared: Any, profile: str, overrides: dict):
     base = params_for(profile, **{**prepared.training_inputs(), **overrides})
     seed_everything(base.seed)  # a random-init encoder is then the one the runs built (same seed)
-    encoder = build_encoder(base.encoder, base.weights)
+    return base, build_encoder(base.encoder, base.weights)
+
+
+def study_folds(prepared: Any, profile: str, overrides: dict, encoder):
+    """Each fold of the study as the probe sees it: (fold, its roles' rows, clip id -> mean-pooled
+    features), the features read from (or added once to) the runs' feature cache."""
     features = None
-    parts: dict[str, list[pd.DataFrame]] = {"test": [], "val": [], "temporal_test": [], "held_out": []}
     for fold in range(prepared.num_folds):
         p = params_for(profile, **{**prepared.training_inputs(), **overrides, "fold": fold})
         data = load_fold_data(p, prepared.run_dir / "runs")
@@ -102,12 +120,25 @@ def linear_probe(prepared: Any, key: str = KEY, *, profile: str | None = None, *
         if features is None:
             features = run_feature_cache(p, prepared.cache(), encoder)
             log.info("linear probe features: %s", features.build(everyone, views=0, progress=False))
-        pooled = dict(zip(everyone, mean_pooled(features, everyone)))
-        probabilities = fit_fold(pooled, roles)
-        for role, values in probabilities.items():
+        yield fold, roles, dict(zip(everyone, mean_pooled(features, everyone)))
+
+
+def linear_probe(prepared: Any, key: str = KEY, *, profile: str | None = None, **overrides: Any) -> dict[str, Path]:
+    """Fit and predict the linear probe on every fold of ``prepared`` (a ``lusv.data.prepared.Prepared``)
+    with the encoder of the study's profile (``profile``, when given, must agree with it); writes and
+    returns ``oof/<key>.<split>.csv`` by split, and records its settings in ``oof/<key>.json``."""
+    profile = prepared.resolve_profile(profile)
+    base, encoder = _probe_encoder(prepared, profile, overrides)
+    parts: dict[str, list[pd.DataFrame]] = {"test": [], "val": [], "temporal_test": [], "held_out": []}
+    for fold, roles, pooled in study_folds(prepared, profile, overrides, encoder):
+        for role, values in fit_fold(pooled, roles).items():
             parts[role].append(predictions_table(roles[role], values, fold))
     written = {}
     oof = prepared.run_dir / "oof"
+    record = {"key": key, "profile": profile, "overrides": overrides, "encoder": base.encoder, "weights": base.weights,
+              "C": C}
+    with atomic_path(oof / f"{key}.json") as tmp:
+        Path(tmp).write_text(json.dumps(record, indent=2, default=str), encoding="utf-8")
     for split in ("test", "val"):
         written[split] = write_csv(oof / f"{key}.{split}.csv", pd.concat(parts[split], ignore_index=True))
     for split in ("temporal_test", "held_out"):  # predicted by every fold model: their mean
@@ -115,3 +146,28 @@ def linear_probe(prepared: Any, key: str = KEY, *, profile: str | None = None, *
             continue
         written[split] = write_csv(oof / f"{key}.{split}.csv", ensemble_mean(parts[split]))
     return written
+
+
+def external_probe(prepared: Any, source: Any, table: pd.DataFrame, key: str = KEY) -> pd.DataFrame:
+    """The probe's fold ensemble on another dataset (``table``'s clips, read from ``source``: its clip
+    cache, or its windows under the study's windows policy): every fold's regressions refitted from
+    the study's folds and features with the settings ``oof/<key>.json`` recorded (a study from before
+    that record: the profile's encoder), applied to the same encoder's features of ``table``'s
+    clips; returns ``table``'s id columns and the fold models' mean ``p_<pattern>``."""
+    record_path = prepared.run_dir / "oof" / f"{key}.json"
+    overrides = json.loads(record_path.read_text(encoding="utf-8")).get("overrides", {}) if record_path.is_file() else {}
+    profile = prepared.resolve_profile(None)
+    base, encoder = _probe_encoder(prepared, profile, overrides)
+    ids = table["clip_id"].tolist()
+    features = run_feature_cache(base, source, encoder)
+    log.info("linear probe features of the other dataset: %s", features.build(ids, views=0, progress=False))
+    x_other = mean_pooled(features, ids)
+    per_fold = []
+    for _, roles, pooled in study_folds(prepared, profile, overrides, encoder):
+        x_train = np.stack([pooled[cid] for cid in roles["train"]["clip_id"]])
+        frame = table[[c for c in ("clip_id", "video_id", "patient_id") if c in table]].copy()
+        probabilities = predict_patterns(fit_patterns(x_train, roles["train"]), x_other)
+        for i, pattern in enumerate(PATTERNS):
+            frame[f"p_{pattern}"] = probabilities[:, i]
+        per_fold.append(frame)
+    return ensemble_mean(per_fold)

@@ -285,21 +285,23 @@ def plot_attention_summary(score_df: pd.DataFrame):
     half_width = np.where(n > 1, 1.96 * sd / np.sqrt(np.maximum(n, 1)), 0.0)
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
-    left.bar(x, score_df.attention_auc.fillna(0), yerr=np.nan_to_num(half_width), capsize=3, color="tab:blue")
+    auc = score_df.attention_auc.fillna(0).to_numpy(dtype=float)
+    half_width = np.nan_to_num(half_width)  # an AUC lies in [0, 1]: so do its error bars
+    left.bar(x, auc, yerr=[np.minimum(half_width, auc), np.minimum(half_width, 1 - auc)], capsize=3, color="tab:blue")
     left.axhline(0.5, color="0.3", linestyle="--", linewidth=1, label="chance (0.5)")
-    left.set_ylim(0, 1.05)
+    left.set_ylim(0, 1.3)  # room above the bars for the legend
     left.set_title("Attention vs per-frame truth (mean AUC)", fontsize=10)
     left.set_ylabel("attention AUC")
     width = 0.38
     right.bar(x - width / 2, score_df.pointing_game.fillna(0), width, label="most-attended frame shows it",
               color="tab:blue")
     right.bar(x + width / 2, score_df.pointing_chance.fillna(0), width, label="chance (random frame)", color="0.7")
-    right.set_ylim(0, 1.05)
+    right.set_ylim(0, 1.3)
     right.set_title("Pointing game", fontsize=10)
     right.set_ylabel("fraction of clips")
     for ax in (left, right):
         ax.set_xticks(x, [f"{name}\nn={int(k)}" for name, k in zip(names, n)], fontsize=8)
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="upper right", ncol=2)
     fig.tight_layout()
     return fig
 
@@ -337,11 +339,13 @@ def plot_appendix_b(attention, frames, frame_truth=None, length: int | None = No
                     saliency=None, title: str | None = None):
     """The paper's attention figure for one clip (its Appendix B, Figure 3).
 
-    Per pattern: the min-max normalised head-summed attention over time (``appendix_b_curves``),
-    the ground truth as a dashed line when ``frame_truth`` (T, 4) is given, the top-``k`` frames
-    marked, and those frames as thumbnails under the curve. ``saliency`` maps a pattern index to
-    (k, S, S) maps in [0, 1] (``lusv.explain.saliency.grad_cam``) drawn over the thumbnails.
-    Returns the Figure.
+    One row per pattern: on the left the min-max normalised head-summed attention over time
+    (``appendix_b_curves``), the ground truth as a dashed line when ``frame_truth`` (T, 4) is
+    given, the top-``k`` frames marked and numbered by rank; on the right those frames, in rank
+    order, large enough to see the pattern (titled "<rank>. frame <index>"). ``saliency`` maps a
+    pattern index to (k, S, S) maps in [0, 1] (``lusv.explain.saliency.grad_cam``) drawn over the
+    frames where they exceed 0.1 (an all-zero map leaves the frame as it is and says so). One legend under the rows, beside the frame axis, labelled once at the bottom. Returns the
+    Figure. Long because a figure is one sequence of layout and drawing calls on shared axes.
     """
     import matplotlib.pyplot as plt
 
@@ -351,32 +355,41 @@ def plot_appendix_b(attention, frames, frame_truth=None, length: int | None = No
     frames = np.asarray(frames)[:length]
     truth = None if frame_truth is None else _as_numpy(frame_truth)[:length] > 0.5
     names = list(PATTERNS) if n_sets == NUM_PATTERNS else ["shared"]
-    fig = plt.figure(figsize=(9, 2.9 * n_sets))
-    grid = fig.add_gridspec(2 * n_sets, 1, height_ratios=[1.0, 1.1] * n_sets, hspace=0.55)
+    k = best.shape[1]
+    fig = plt.figure(figsize=(4.6 + 1.9 * k, 1.9 * n_sets + 0.7), layout="constrained")
+    grid = fig.add_gridspec(n_sets, 1 + k, width_ratios=[4.2] + [1.6] * k)
     x = np.arange(length)
+    first = None
     for row, name in enumerate(names):
-        ax = fig.add_subplot(grid[2 * row])
-        ax.plot(x, curves[row], color="tab:blue", linewidth=1.8, label="attention (min-max)")
+        ax = fig.add_subplot(grid[row, 0], sharex=first)
+        first = first or ax
+        ax.plot(x, curves[row], color="tab:blue", linewidth=1.8, label="attention (summed over heads, min-max)")
         if truth is not None and name != "shared":
             ax.plot(x, truth[:, PATTERNS.index(name)].astype(float), color="black", linestyle="--",
-                    linewidth=1, label="ground truth")
-        ax.scatter(best[row], curves[row, best[row]], color="tab:red", zorder=3, label=f"top {best.shape[1]} frames")
-        ax.set_title("All patterns (shared attention)" if name == "shared" else DISPLAY_NAMES[name], fontsize=9, loc="left")
+                    linewidth=1, label="ground truth (pattern present)")
+        ax.scatter(best[row], curves[row, best[row]], color="tab:red", zorder=3, label=f"top {k} frames (rank)")
+        for rank, index in enumerate(best[row], start=1):
+            ax.annotate(str(rank), (index, curves[row, index]), textcoords="offset points", xytext=(0, 5),
+                        ha="center", fontsize=7, color="tab:red")
+        ax.set_title("All patterns (shared attention)" if name == "shared" else DISPLAY_NAMES[name], fontsize=10,
+                     loc="left")
         ax.set_xlim(-0.5, length - 0.5)
-        ax.set_ylim(-0.05, 1.1)
-        ax.tick_params(labelsize=7)
-        ax.set_xlabel("frame", fontsize=8)
-        strip = grid[2 * row + 1].subgridspec(1, best.shape[1], wspace=0.05)
+        ax.set_ylim(-0.05, 1.25)
+        ax.tick_params(labelsize=7, labelbottom=row == n_sets - 1)
         for j, index in enumerate(best[row]):
-            thumb = fig.add_subplot(strip[0, j])
+            thumb = fig.add_subplot(grid[row, 1 + j])
             image = frames[index]
             thumb.imshow(image[..., 0] if image.ndim == 3 and image.shape[-1] == 1 else image, cmap="gray", vmin=0, vmax=255)
-            if saliency is not None and row in saliency:
-                thumb.imshow(np.asarray(saliency[row])[j], cmap="jet", alpha=0.35, vmin=0, vmax=1)
+            empty = ""
+            if saliency is not None and row in saliency:  # the map where it is salient; the frame stays visible elsewhere
+                heat = np.asarray(saliency[row])[j]
+                thumb.imshow(np.ma.masked_less(heat, 0.1), cmap="jet", alpha=0.45, vmin=0, vmax=1)
+                empty = "" if heat.max() > 0 else ", map all zero"
             thumb.set_xticks([]), thumb.set_yticks([])
-            thumb.set_title(f"frame {index}", fontsize=7)
+            thumb.set_title(f"{j + 1}. frame {index}{empty}", fontsize=8)
+    ax.set_xlabel("frame", fontsize=8)
     handles, labels = fig.axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper right", fontsize=7, frameon=False)
+    fig.legend(handles, labels, loc="outside lower left", ncol=len(labels), fontsize=8, frameon=False)
     if title:
         fig.suptitle(title, fontsize=10)
     return fig

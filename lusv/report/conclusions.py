@@ -1,9 +1,11 @@
-"""What a run found, in words made from its own tables: the closing paragraph of each results
+"""What a run found, in words made from its own tables: the closing findings of each results
 notebook, so no claim in an executed notebook is written by hand and none can go stale.
 
-Every number is quoted as the table that it comes from shows it (``lusv.report.tables.format_auc_ci``:
-``0.812 (0.75–0.86)``); the verdicts ("above chance", "not distinguishable") follow fixed rules
-stated in the sentences themselves (a 95% CI that excludes 0.5, p < 0.05).
+Each conclusion is a Markdown list, one finding per bullet (``bullets``); notebook 06's has a bold
+heading per test set. Every number is quoted as the table that it comes from shows it
+(``lusv.report.tables.format_auc_ci``: ``0.812 (0.75–0.86)``); the verdicts ("above chance", "not
+distinguishable") follow fixed rules stated in the sentences themselves (a 95% CI that excludes
+0.5, p < 0.05).
 """
 
 from __future__ import annotations
@@ -87,16 +89,16 @@ def model_conclusion(summary: pd.DataFrame, key: str = "luvnet", data: str = "th
     summary = summary.assign(model=key) if "model" not in summary else summary
     name = model_name(key)
     per_pattern = summary[summary["pattern"].isin(PATTERNS)].dropna(subset=["auc"]).sort_values("auc")
-    text = (f"**{name}** on {data}: macro AUC {_cell(summary, key, 'macro')}, micro AUC "
-            f"{_cell(summary, key, 'micro')}; the macro AUC is {_chance_verdict(summary, key)}.")
+    findings = [f"**{name}** on {data}: macro AUC {_cell(summary, key, 'macro')}, micro AUC "
+                f"{_cell(summary, key, 'micro')}; the macro AUC is {_chance_verdict(summary, key)}."]
     if len(per_pattern) > 1:
         best, worst = per_pattern.iloc[-1]["pattern"], per_pattern.iloc[0]["pattern"]
-        text += (f" Highest pattern: {DISPLAY_NAMES[best]} {_cell(summary, key, best)}; lowest: "
-                 f"{DISPLAY_NAMES[worst]} {_cell(summary, key, worst)}.")
+        findings.append(f"Highest pattern: {DISPLAY_NAMES[best]} {_cell(summary, key, best)}; lowest: "
+                        f"{DISPLAY_NAMES[worst]} {_cell(summary, key, worst)}.")
     paper = _paper_macro(paper_table, key) if paper_table else None
     if paper:
-        text += f" The paper reports {name} at macro AUC {paper} (mean ± sd over 5 folds, its Table {paper_table})."
-    return text
+        findings.append(f"The paper reports {name} at macro AUC {paper} (mean ± sd over 5 folds, its Table {paper_table}).")
+    return bullets(*findings)
 
 
 def _significant(delong: pd.DataFrame | None, reference: str) -> str:
@@ -113,10 +115,32 @@ def _significant(delong: pd.DataFrame | None, reference: str) -> str:
     columns = [DISPLAY_NAMES[pattern] for pattern in PATTERNS if DISPLAY_NAMES[pattern] in delong]
     tested = int(np.isfinite(delong[columns].to_numpy(dtype=float)).sum())
     if not groups:
-        return (f" No paired DeLong test against {model_name(reference)} reaches p < {ALPHA} "
+        return (f"No paired DeLong test against {model_name(reference)} reaches p < {ALPHA} "
                 f"({tested} model-pattern pairs).")
-    return (f" Paired DeLong p < {ALPHA} against {model_name(reference)} ({count} of {tested} pairs, "
+    return (f"Paired DeLong p < {ALPHA} against {model_name(reference)} ({count} of {tested} pairs, "
             f"uncorrected): {'; '.join(groups)}.")
+
+
+def comparison_findings(summaries: pd.DataFrame, delong: pd.DataFrame | None = None,
+                        reference: str = "luvnet", paper_table: int | None = 1,
+                        data: str = "the out-of-fold clips") -> list[str]:
+    """The findings of ``comparison_conclusion``, one per list entry."""
+    models = list(dict.fromkeys(summaries["model"]))
+    ranked = sorted(models, key=lambda m: -np.nan_to_num(_value(summaries, m, "macro"), nan=-1))
+    listing = ", ".join(f"{model_name(m)} {_cell(summaries, m, 'macro')}" for m in ranked)
+    findings = [f"Macro AUC on {data}, highest first: {listing}."]
+    if reference in models and len(models) > 1:
+        findings.append(_rank(summaries, ranked, reference).strip())
+    findings.append(_significant(delong, reference))
+    if paper_table:
+        quoted = [(m, _paper_macro(paper_table, m)) for m in ranked]
+        with_paper = [f"{model_name(m)} {q}" for m, q in quoted if q]
+        without = [model_name(m) for m, q in quoted if not q]
+        if with_paper:
+            findings.append(f"The paper (Table {paper_table}, macro AUC mean ± sd over folds): {', '.join(with_paper)}.")
+        if without:
+            findings.append(f"No paper row for {', '.join(without)}.")
+    return findings
 
 
 def comparison_conclusion(summaries: pd.DataFrame, delong: pd.DataFrame | None = None,
@@ -125,22 +149,7 @@ def comparison_conclusion(summaries: pd.DataFrame, delong: pd.DataFrame | None =
     """Several models (notebooks 03 and 06): macro AUCs with CIs from highest to lowest, where
     the reference ranks, the significant paired DeLong tests, and the paper's macro AUCs for
     the same models (``paper_table`` 1: cross-validation, 2: temporal set)."""
-    models = list(dict.fromkeys(summaries["model"]))
-    ranked = sorted(models, key=lambda m: -np.nan_to_num(_value(summaries, m, "macro"), nan=-1))
-    listing = ", ".join(f"{model_name(m)} {_cell(summaries, m, 'macro')}" for m in ranked)
-    text = f"Macro AUC on {data}, highest first: {listing}."
-    if reference in models and len(models) > 1:
-        text += _rank(summaries, ranked, reference)
-    text += _significant(delong, reference)
-    if paper_table:
-        quoted = [(m, _paper_macro(paper_table, m)) for m in ranked]
-        with_paper = [f"{model_name(m)} {q}" for m, q in quoted if q]
-        without = [model_name(m) for m, q in quoted if not q]
-        if with_paper:
-            text += f" The paper (Table {paper_table}, macro AUC mean ± sd over folds): {', '.join(with_paper)}."
-        if without:
-            text += f" No paper row for {', '.join(without)}."
-    return text
+    return bullets(*comparison_findings(summaries, delong, reference, paper_table, data))
 
 
 def _rank(summaries: pd.DataFrame, ranked: list[str], reference: str) -> str:
@@ -165,7 +174,7 @@ def _paper_best(number: int = 8, n: int = 3) -> str:
     return ", ".join(f"{symbol} = {int(value)} ({auc:.3f})" for value, auc in zip(best[knob], best["macro"]))
 
 
-def sweep_conclusion(sweeps: Mapping[str, pd.DataFrame]) -> str:
+def sweep_findings(sweeps: Mapping[str, pd.DataFrame]) -> list[str]:
     """Notebook 04: each sweep (``lusv.report.sweeps.sweep_tables``: kernel size K, heads H) with its
     pooled macro AUC per value as the table shows it, the best value here, and the paper's
     single-fold Table 8 / 9 at the same values and at its best."""
@@ -187,25 +196,25 @@ def sweep_conclusion(sweeps: Mapping[str, pd.DataFrame]) -> str:
                      f"{row.macro_mean:.3f} ± {row.macro_sd:.3f})")
         paper = published_table(number).set_index(knob)["macro"]
         at_ours = [f"{paper[v]:.3f} at {symbol} = {int(v)}" for v in table[knob] if v in paper.index]
-        parts.append(text + f". The paper's sweep is a single fold (its Table {number}): "
-                     + (f"{', '.join(at_ours)}; " if at_ours else "") + f"its highest {_paper_best(number)}.")
-    return " ".join(parts)
+        parts += [text + ".", f"The paper's sweep is a single fold (its Table {number}): "
+                  + (f"{', '.join(at_ours)}; " if at_ours else "") + f"its highest {_paper_best(number)}."]
+    return parts
 
 
-def level_conclusion(levels: pd.DataFrame, reference: str = "luvnet") -> str:
+def level_findings(levels: pd.DataFrame, reference: str = "luvnet") -> list[str]:
     """Notebook 06: the reference's macro AUC per window (the paper's unit) and per video (the
     mean, and the max, of its windows), as ``lusv.evaluation.video_level.level_table`` shows them."""
     rows = levels[(levels["model"] == reference) & (levels["pattern"] == "macro")].set_index("level")
     if not {"window", "video_mean", "video_max"} <= set(rows.index):
-        return ""
+        return []
     cell = {level: format_auc_ci(*rows.loc[level, ["auc", "ci_low", "ci_high"]]) for level in rows.index}
     units = rows["n_units"].astype(int)
-    text = (f"{model_name(reference)} macro AUC per window (the paper's unit, {units['window']} windows) "
-            f"{cell['window']}; per video ({units['video_mean']} videos) {cell['video_mean']} with a video "
-            f"scored by the mean of its windows, {cell['video_max']} by their max (CIs resample patients).")
+    findings = [f"{model_name(reference)} macro AUC per window (the paper's unit, {units['window']} windows) "
+                f"{cell['window']}; per video ({units['video_mean']} videos) {cell['video_mean']} with a video "
+                f"scored by the mean of its windows, {cell['video_max']} by their max (CIs resample patients)."]
     if units["window"] == units["video_mean"]:
-        text += " Here every clip is its own video, so the levels coincide."
-    return text
+        findings.append("Here every clip is its own video, so the levels coincide.")
+    return findings
 
 
 def ablation_conclusion(summaries: pd.DataFrame, delong: pd.DataFrame | None = None, reference: str = "luvnet",
@@ -223,56 +232,63 @@ def ablation_conclusion(summaries: pd.DataFrame, delong: pd.DataFrame | None = N
             f"the paper's Table 3 gives {_signed(0.894 - 0.885)} (0.894 vs 0.885)."
         )
     if sweeps:
-        parts.append(sweep_conclusion(sweeps))
-    text = " ".join(parts) or comparison_conclusion(summaries, None, reference, paper_table=None)
-    return text + _significant(delong, reference)
+        parts += sweep_findings(sweeps)
+    parts = parts or comparison_findings(summaries, None, reference, paper_table=None)
+    return bullets(*parts, _significant(delong, reference))
 
 
-def fold_conclusion(fold_summary: pd.DataFrame, summaries: pd.DataFrame, comparison: pd.DataFrame | None = None,
-                    reference: str = "luvnet") -> str:
+def fold_findings(fold_summary: pd.DataFrame, summaries: pd.DataFrame, comparison: pd.DataFrame | None = None,
+                  reference: str = "luvnet") -> list[str]:
     """Notebook 06: the paper's way (mean ± sd over the fold models) beside the pooled
     out-of-fold AUC, and the reference's difference from the paper's Table 1."""
     row = fold_summary[fold_summary["key"] == reference]
     if row.empty:
-        return ""
+        return []
     mean, sd = float(row["macro_mean"].iloc[0]), float(row["macro_sd"].iloc[0])
-    text = (f"The paper's way, each fold model on its own test fold: {model_name(reference)} macro AUC "
-            f"{mean:.3f} ± {sd:.3f} (mean ± sd over the fold models), "
-            f"pooled out-of-fold {_cell(summaries, reference, 'macro')}.")
+    findings = [f"The paper's way, each fold model on its own test fold: {model_name(reference)} macro AUC "
+                f"{mean:.3f} ± {sd:.3f} (mean ± sd over the fold models), "
+                f"pooled out-of-fold {_cell(summaries, reference, 'macro')}."]
     if comparison is not None:
         paper_row = comparison[comparison["key"] == reference]
         if len(paper_row) and math.isfinite(float(paper_row["macro_paper"].iloc[0])):
             diff = float(paper_row["macro_diff"].iloc[0])
-            text += (f" Against the paper's {float(paper_row['macro_paper'].iloc[0]):.3f}: {_signed(diff)}."
-                     if math.isfinite(diff) else "")
+            if math.isfinite(diff):
+                findings.append(f"Against the paper's {float(paper_row['macro_paper'].iloc[0]):.3f}: {_signed(diff)}.")
             trained = int(comparison["macro_lusv"].notna().sum())
-            text += f" {trained} of the paper's {len(comparison)} Table 1 models were trained in this run."
-    return text
+            findings.append(f"{trained} of the paper's {len(comparison)} Table 1 models were trained in this run.")
+    return findings
 
 
-def paragraph(*parts: str) -> str:
-    """Join conclusion sentences into one paragraph (empty parts dropped)."""
-    return " ".join(part.strip() for part in parts if part and part.strip())
+def bullets(*findings: str) -> str:
+    """A Markdown list, one finding per bullet (empty ones dropped)."""
+    return "\n".join(f"- {finding.strip()}" for finding in findings if finding and finding.strip())
+
+
+def _section(title: str, findings: list[str]) -> str:
+    return f"**{title}**\n\n{bullets(*findings)}" if any(f and f.strip() for f in findings) else ""
 
 
 def results_conclusion(split_summaries: Mapping[str, pd.DataFrame], split_delong: Mapping[str, pd.DataFrame | None],
                        fold_summary: pd.DataFrame | None = None, comparison: pd.DataFrame | None = None,
                        reference: str = "luvnet", levels: pd.DataFrame | None = None) -> str:
-    """Notebook 06's closing paragraph: the cross-validated comparison (paper Table 1), the
+    """Notebook 06's closing findings, one bold heading per test set: the cross-validated comparison (paper Table 1), the
     held-out set and the temporal set (Table 2) when there are, the fold-wise figures beside the
     paper, and with ``levels`` (``lusv.evaluation.video_level.level_summaries``) the window- vs video-level macro AUC."""
-    parts = [comparison_conclusion(split_summaries["test"], split_delong.get("test"), reference, 1)]
+    parts = [_section("Cross-validated (out-of-fold)", comparison_findings(
+        split_summaries["test"], split_delong.get("test"), reference, 1))]
     if "held_out" in split_summaries:  # the paper publishes no table for its held-out set
-        parts.append(comparison_conclusion(split_summaries["held_out"], split_delong.get("held_out"), reference, None,
-                                           data="the held-out test set (fold ensemble)"))
+        parts.append(_section("Held-out test set", comparison_findings(
+            split_summaries["held_out"], split_delong.get("held_out"), reference, None,
+            data="the held-out test set (fold ensemble)")))
     if "temporal_test" in split_summaries:
-        parts.append(comparison_conclusion(split_summaries["temporal_test"], split_delong.get("temporal_test"),
-                                           reference, 2, data="the temporally separated set (fold ensemble)"))
-    if fold_summary is not None:
-        parts.append(fold_conclusion(fold_summary, split_summaries["test"], comparison, reference))
+        parts.append(_section("Temporally separated test set", comparison_findings(
+            split_summaries["temporal_test"], split_delong.get("temporal_test"), reference, 2,
+            data="the temporally separated set (fold ensemble)")))
+    findings = fold_findings(fold_summary, split_summaries["test"], comparison, reference) if fold_summary is not None else []
     if levels is not None:
-        parts.append(level_conclusion(levels, reference))
-    return paragraph(*parts)
+        findings += level_findings(levels, reference)
+    parts.append(_section("The paper's way, and per video", findings))
+    return "\n\n".join(part for part in parts if part)
 
 
 def attention_conclusion(scores: pd.DataFrame | None, saliency: pd.DataFrame | None = None,
@@ -322,7 +338,7 @@ def attention_conclusion(scores: pd.DataFrame | None, saliency: pd.DataFrame | N
         else:
             parts.append("For no pattern do the maps fall on the drawn region more than a random map would: "
                          "this model shows nothing about where in the image it looks.")
-    return paragraph(*parts) or "No attention or saliency scores: this dataset has no per-frame truth."
+    return bullets(*parts) or "- No attention or saliency scores: this dataset has no per-frame truth."
 
 
 def external_conclusion(table: pd.DataFrame, dataset: str, clips: int) -> str:
@@ -330,14 +346,13 @@ def external_conclusion(table: pd.DataFrame, dataset: str, clips: int) -> str:
     dataset labels, the patterns it does not (no AUC, never zero), at thresholds carried over."""
     scored = table[table["auc"].notna()]
     if scored.empty:
-        return f"No pattern of {dataset} ({clips} clips) has both classes labelled: no AUC can be computed."
-    parts = []
+        return f"- No pattern of {dataset} ({clips} clips) has both classes labelled: no AUC can be computed."
+    findings = [f"On {dataset} ({clips} clips; the fold models' mean probability), AUC (95% CI) of each model below."]
     for model, rows in scored.groupby("model", sort=False):
         cells = [f"{DISPLAY_NAMES[r.pattern]} {format_auc_ci(r.auc, r.ci_low, r.ci_high)}" for r in rows.itertuples()]
-        parts.append(f"{model_name(model)}: " + ", ".join(cells))
+        findings.append(f"{model_name(model)}: " + ", ".join(cells) + ".")
     unscored = [DISPLAY_NAMES[p] for p in PATTERNS if p not in set(scored["pattern"])]
-    text = f"On {dataset} ({clips} clips; the fold models' mean probability), AUC (95% CI): " + "; ".join(parts) + "."
     if unscored:
-        text += f" Not scored (not labelled, or one class only): {', '.join(unscored)}."
-    return text + (" Sensitivity and specificity use the study's Youden thresholds, chosen on its validation"
+        findings.append(f"Not scored (not labelled, or one class only): {', '.join(unscored)}.")
+    return bullets(*findings, "Sensitivity and specificity use the study's Youden thresholds, chosen on its validation"
                    " folds and never tuned on this dataset.")

@@ -1,6 +1,7 @@
 """The study as a web page: every executed notebook rendered to standalone HTML, and
-``results/<run>/index.html`` with the headline table, the generated conclusions, links to each
-notebook and the figures. Readable in any browser; no Jupyter needed.
+``results/<run>/index.html``: first the verdict on each claim of the paper (``tables/claims.csv``,
+``lusv.evaluation.claims``), then the headline AUC table, the main figures, the generated
+conclusions, links to each notebook, every figure and every table. Readable in any browser; no Jupyter needed.
 
     python -m lusv.report.html results/quick-synthetic      # what run_all.sh does at the end
 
@@ -29,6 +30,10 @@ from lusv.report.names import with_model_names
 log = logging.getLogger(__name__)
 
 HEADLINE_TABLE = "tables/test_auc_table.csv"
+CLAIMS_TABLE = "tables/claims.csv"
+# Shown at reading size under the headline table (the others are thumbnails further down).
+MAIN_FIGURES = ("roc_test.png", "sweeps.png", "appendix_b_1.png")
+VERDICT_CLASSES = {"holds": "holds", "reversed": "reversed", "not resolved": "unresolved", "not tested here": "untested"}
 STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; max-width: 1100px; margin: 2em auto;
        padding: 0 1em; color: #222; line-height: 1.45; }
@@ -38,6 +43,9 @@ th { text-align: left; background: #f4f4f4; } td { font-variant-numeric: tabular
 .meta { color: #666; font-size: 0.9em; } .figures { display: flex; flex-wrap: wrap; gap: 12px; }
 .figures figure { margin: 0; width: 340px; } .figures img { width: 100%; border: 1px solid #ddd; }
 .figures figcaption { font-size: 0.85em; color: #444; } .conclusion { background: #f7f9fc; padding: 0.6em 1em; border-left: 3px solid #4a78c2; }
+.conclusion ul { margin: 0.3em 0; padding-left: 1.2em; } .main-figure { margin: 1em 0; } .main-figure img { max-width: 100%; }
+table.claims td { white-space: normal; vertical-align: top; min-width: 7em; } .verdict { font-weight: 600; }
+.holds { color: #1a7f37; } .reversed { color: #b42318; } .unresolved { color: #8a6d00; } .untested { color: #777; }
 """
 
 
@@ -63,6 +71,57 @@ def _markdown_inline(text: str) -> str:
     return re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", html.escape(text.strip()))
 
 
+def _markdown_block(text: str) -> str:
+    """A conclusion as HTML: its '- ' lines as a list, other lines (bold headings) as paragraphs."""
+    out, items = [], []
+    for line in text.strip().splitlines() + [""]:
+        if line.startswith("- "):
+            items.append(f"<li>{_markdown_inline(line[2:])}</li>")
+            continue
+        if items:
+            out.append("<ul>" + "".join(items) + "</ul>")
+            items = []
+        if line.strip():
+            out.append(f"<p>{_markdown_inline(line)}</p>")
+    return "\n".join(out)
+
+
+def _claims(run_dir: Path) -> str:
+    """The claims table (``lusv claims``): each cell's verdict coloured, then the evidence."""
+    path = run_dir / CLAIMS_TABLE
+    if not path.is_file():
+        return "<p>No claims table yet: the results notebook (06) has not run.</p>"
+    table = pd.read_csv(path, dtype=str).fillna("")
+    head = "".join(f"<th>{html.escape(column)}</th>" for column in table.columns)
+    rows = []
+    for row in table.itertuples(index=False):
+        cells = []
+        for value in row:
+            verdict, sep, rest = value.partition(": ")
+            if sep and verdict in VERDICT_CLASSES:
+                value = (f'<span class="verdict {VERDICT_CLASSES[verdict]}">{html.escape(verdict)}</span>: '
+                         f"{html.escape(rest)}")
+            else:
+                value = html.escape(value)
+            cells.append(f"<td>{value}</td>")
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    return f'<table class="claims"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+
+
+def _main_figures(run_dir: Path) -> str:
+    shown = [run_dir / "figures" / name for name in MAIN_FIGURES if (run_dir / "figures" / name).is_file()]
+    return "\n".join(
+        f'<figure class="main-figure"><img src="{html.escape(p.relative_to(run_dir).as_posix())}" '
+        f'alt="{html.escape(p.stem)}"><figcaption>{html.escape(FIGURE_CAPTIONS.get(p.name, p.stem))}</figcaption></figure>'
+        for p in shown)
+
+
+FIGURE_CAPTIONS = {"roc_test.png": "ROC curves, cross-validated (out-of-fold) test set",
+                   "sweeps.png": "Macro AUC against the temporal kernel size K and the attention heads H, beside the paper",
+                   "appendix_b_1.png": "The paper's attention figure (its Appendix B) for one clip, with Grad-CAM on the "
+                                       "top frames (notebook 05)"}
+
+
 def _headline(run_dir: Path) -> str:
     path = run_dir / HEADLINE_TABLE
     if not path.is_file():
@@ -76,8 +135,8 @@ def _section(title: str, items: list[str], empty: str) -> str:
 
 
 def write_index(run_dir: str | os.PathLike, title: str | None = None) -> Path:
-    """Write ``<run_dir>/index.html``: headline table (out-of-fold test AUCs with 95% CIs),
-    each notebook's generated conclusion, links to the notebooks (rendered .html where it
+    """Write ``<run_dir>/index.html``: the claims table, the headline table (out-of-fold test AUCs
+    with 95% CIs) with the main figures, each notebook's generated conclusion, links to the notebooks (rendered .html where it
     exists, else the .ipynb), the figures as thumbnails, and the result tables (CSV)."""
     run_dir = in_repository(run_dir)
     links = []
@@ -87,7 +146,7 @@ def write_index(run_dir: str | os.PathLike, title: str | None = None) -> Path:
         links.append(f'<li><a href="{html.escape(target.relative_to(run_dir).as_posix())}">'
                      f"{html.escape(notebook.stem)}</a></li>")
     conclusions = [
-        f'<h3>{html.escape(path.stem)}</h3><p class="conclusion">{_markdown_inline(path.read_text(encoding="utf-8"))}</p>'
+        f'<h3>{html.escape(path.stem)}</h3><div class="conclusion">{_markdown_block(path.read_text(encoding="utf-8"))}</div>'
         for path in sorted((run_dir / "conclusions").glob("*.md"))
     ]
     figures = [
@@ -103,7 +162,10 @@ def write_index(run_dir: str | os.PathLike, title: str | None = None) -> Path:
         f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>",
         f"<h1>{html.escape(title)}</h1>",
         f'<p class="meta">Written {time.strftime("%Y-%m-%d %H:%M")} from {html.escape(str(run_dir))}.</p>',
-        "<h2>Headline: out-of-fold test AUC (95% CI)</h2>", _headline(run_dir),
+        "<h2>The paper's claims: this run's verdicts</h2>", _claims(run_dir),
+        '<p class="meta">Rules and each comparison\'s numbers: <a href="tables/claims.md">tables/claims.md</a>; '
+        "several runs side by side: <code>lusv claims RUN [RUN ...]</code>.</p>",
+        "<h2>Headline: out-of-fold test AUC (95% CI)</h2>", _headline(run_dir), _main_figures(run_dir),
         _section("What the run shows", conclusions, "No generated conclusions yet."),
         _section("Notebooks", ["<ul>", *links, "</ul>"] if links else [], "No executed notebooks yet."),
         _section("Figures", ['<div class="figures">', *figures, "</div>"] if figures else [], "No figures yet."),

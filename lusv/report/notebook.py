@@ -3,7 +3,7 @@
 ``notebook_logging`` (first code cell): lusv's INFO log goes to ``<run_dir>/logs/<notebook>.log``
 and only warnings and errors into the notebook; progress bars are off and training prints one
 line per run (``LUSV_PROGRESS=summary``, ``lusv.infra.console``). ``conclusion`` (last cell): the
-paragraph ``lusv.report.conclusions`` made from the notebook's tables, shown as Markdown and saved to
+findings ``lusv.report.conclusions`` made from the notebook's tables, shown as Markdown and saved to
 ``<run_dir>/conclusions/<notebook>.md`` for the HTML index (``lusv.report.html``).
 """
 
@@ -88,4 +88,4 @@ def conclusion(text: str, run_dir: str | os.PathLike, name: str):
     path = in_repository(run_dir) / "conclusions" / f"{name}.md"
     with atomic_path(path) as tmp:
         Path(tmp).write_text(text + "\n", encoding="utf-8")
-    return Markdown("**What this run shows** (generated from the tables above): " + text)
+    return Markdown("**What this run shows** (generated from the tables above):\n\n" + text)

@@ -29,6 +29,7 @@ from lusv.stats.metrics import (
     youden_threshold,
 )
 from lusv.data.patterns import DISPLAY_NAMES, PATTERNS
+from lusv.report.names import model_name
 
 logger = logging.getLogger(__name__)
 
@@ -239,14 +240,17 @@ def results_tables(
 
 
 def roc_figure(predictions: Predictions, patterns: Sequence[str] = PATTERNS):
-    """ROC curves: one panel per pattern (2 x 2), one line per model labelled with its AUC."""
+    """ROC curves: one panel per pattern (2 x 2), one line per model labelled with its reader's
+    name (``lusv.report.names``) and AUC in a legend under the panel (inside, it hid the curves)."""
     import matplotlib.pyplot as plt
     import seaborn as sns
     from sklearn.metrics import roc_curve
 
     n_cols = 2
     n_rows = math.ceil(len(patterns) / n_cols)
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(5 * n_cols, 4.6 * n_rows), squeeze=False)
+    legend_rows = math.ceil(len(predictions) / 2)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(5.9 * n_cols, (4.3 + 0.2 * legend_rows) * n_rows), squeeze=False,
+                             layout="constrained")
     colors = sns.color_palette("colorblind", n_colors=max(len(predictions), 1))
     for ax, pattern in zip(axes.ravel(), patterns):
         for color, (name, pred) in zip(colors, predictions.items()):
@@ -255,18 +259,17 @@ def roc_figure(predictions: Predictions, patterns: Sequence[str] = PATTERNS):
             if y.all() or not y.any():
                 continue  # no ROC without both classes
             fpr, tpr, _ = roc_curve(y, score)
-            ax.plot(fpr, tpr, color=color, lw=1.6, label=f"{name} (AUC {roc_auc(y, score):.3f})")
+            ax.plot(fpr, tpr, color=color, lw=1.6, label=f"{model_name(name)} (AUC {roc_auc(y, score):.3f})")
         ax.plot([0, 1], [0, 1], ls="--", color="0.6", lw=1)
         ax.set(title=DISPLAY_NAMES.get(pattern, pattern), xlabel="1 - specificity", ylabel="Sensitivity",
                xlim=(0, 1), ylim=(0, 1.01), aspect="equal")
         if ax.get_legend_handles_labels()[0]:
-            ax.legend(loc="lower right", fontsize="small")
+            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, fontsize="small", frameon=False)
         else:  # say why the panel is empty instead of leaving the reader to guess
             ax.text(0.5, 0.5, "no ROC: only one class\namong the labelled clips", ha="center", va="center",
                     fontsize="small", color="0.3")
     for ax in axes.ravel()[len(patterns):]:
         ax.remove()
-    fig.tight_layout()
     return fig
 
 

@@ -4,8 +4,11 @@ Clips of one patient are correlated (same lung, same day, often several views), 
 resamples clips is too narrow; resampling patients keeps each patient's clips together. A
 resample that repeats a patient c times equals weighting their clips by c, so every replicate's
 AUC is computed at once from per-score weight sums (``_weighted_auc``), without materialising
-the resampled datasets. Seeded: the same inputs and seed give the same replicates.
-``lusv.stats.metrics`` builds its micro/macro CIs on these replicates.
+the resampled datasets. Seeded: the same inputs and seed give the same replicates (the patients,
+numbered in the sorted order of their ids, are drawn with ``numpy.random.default_rng(seed).integers``,
+one row of draws per replicate). ``lusv.stats.metrics`` builds its micro/macro CIs on these
+replicates; ``paired_patient_bootstrap`` scores two models on the same resamples, for the CI of
+a difference.
 """
 
 from __future__ import annotations
@@ -92,6 +95,40 @@ def patient_bootstrap(
         warnings.filterwarnings("ignore", message="Mean of empty slice", category=RuntimeWarning)
         macro = np.nanmean(per_pattern_arr, axis=1)
     return {"per_pattern": per_pattern_arr, "micro": np.concatenate(micro), "macro": macro}
+
+
+def paired_patient_bootstrap(
+    labels: np.ndarray,
+    scores_a: np.ndarray,
+    scores_b: np.ndarray,
+    patient_ids: ArrayLike,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
+    """Replicates of the AUC difference a - b, both models scored on the SAME patient resamples.
+
+    ``labels`` (N, P) and the two models' ``scores_a``/``scores_b`` (N, P) on the same clips, in the
+    same order. Returns {"per_pattern": (n_boot, P), "macro": (n_boot,), "macro_a": (n_boot,),
+    "macro_b": (n_boot,)}: per-pattern and macro AUC differences (macro = the mean over the
+    patterns with both classes in that resample, as ``patient_bootstrap``), and each model's macro.
+    Pairing removes what the two models share (which patients happen to be drawn), so the CI of
+    the difference is narrower than two separate CIs would suggest. Seeded like ``patient_bootstrap``.
+    """
+    labels = np.asarray(labels, float)
+    scores_a, scores_b = np.asarray(scores_a, float), np.asarray(scores_b, float)
+    if labels.ndim == 1:
+        labels, scores_a, scores_b = labels[:, None], scores_a[:, None], scores_b[:, None]
+    if scores_a.shape != labels.shape or scores_b.shape != labels.shape:
+        raise ValueError(f"labels {labels.shape} and both models' scores {scores_a.shape}, {scores_b.shape} "
+                         "must have the same shape: a paired bootstrap needs both models on the same clips")
+    n_patterns = labels.shape[1]
+    # One bootstrap over the two models side by side: every replicate draws its patients once for both.
+    both = patient_bootstrap(np.hstack([labels, labels]), np.hstack([scores_a, scores_b]), patient_ids, n_boot, seed)
+    a, b = both["per_pattern"][:, :n_patterns], both["per_pattern"][:, n_patterns:]
+    with warnings.catch_warnings():  # replicates where no pattern has both classes -> NaN
+        warnings.filterwarnings("ignore", message="Mean of empty slice", category=RuntimeWarning)
+        macro_a, macro_b = np.nanmean(a, axis=1), np.nanmean(b, axis=1)
+    return {"per_pattern": a - b, "macro": macro_a - macro_b, "macro_a": macro_a, "macro_b": macro_b}
 
 
 def percentile_ci(replicates: np.ndarray, alpha: float = 0.05) -> tuple[float, float]:

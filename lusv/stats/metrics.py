@@ -21,7 +21,12 @@ import pandas as pd
 from scipy import stats
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from lusv.stats.bootstrap import patient_bootstrap, patient_bootstrap_auc, percentile_ci  # noqa: F401 - part of the metrics API
+from lusv.stats.bootstrap import (  # noqa: F401 - part of the metrics API
+    paired_patient_bootstrap,
+    patient_bootstrap,
+    patient_bootstrap_auc,
+    percentile_ci,
+)
 from lusv.data.patterns import PATTERNS
 from lusv.errors import PredictionsError
 
@@ -41,6 +46,18 @@ class DelongTest(NamedTuple):
     auc_b: float
     z: float
     p_value: float
+
+
+class MacroDifference(NamedTuple):
+    """Macro AUC of two models on the same clips, their difference a - b with its paired
+    patient-bootstrap CI, and the paired DeLong p-value of each pattern (NaN where undefined)."""
+
+    macro_a: float
+    macro_b: float
+    diff: float
+    ci_low: float
+    ci_high: float
+    p_values: dict
 
 
 class ThresholdCounts(NamedTuple):
@@ -328,3 +345,29 @@ def compare_models(
         )
     columns = ["pattern", "model_a", "model_b", "auc_a", "auc_b", "auc_diff", "z", "p_value", "n_pos", "n_neg"]
     return pd.DataFrame(rows, columns=columns)
+
+
+def compare_macro(
+    pred_a: pd.DataFrame,
+    pred_b: pd.DataFrame,
+    patterns: Sequence[str] = PATTERNS,
+    names: tuple[str, str] = ("a", "b"),
+    n_boot: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+) -> MacroDifference:
+    """Is model a better than model b? Macro AUC difference a - b with a (1 - alpha) percentile CI
+    from the paired patient bootstrap (both models scored on the same resamples of patients,
+    ``lusv.stats.bootstrap.paired_patient_bootstrap``) and the per-pattern paired DeLong p-values
+    (``compare_models``). Rows are aligned on clip_id; the tables need ``patient_id``."""
+    a, b = _aligned(pred_a, pred_b, names)
+    if "patient_id" not in a.columns:
+        raise PredictionsError(f"predictions of {names[0]} lack patient_id: the bootstrap resamples patients")
+    labels, scores_a = prediction_arrays(a, patterns)
+    _, scores_b = prediction_arrays(b, patterns)
+    tests = compare_models(pred_a, pred_b, patterns, names)  # also refuses differing labels
+    replicates = paired_patient_bootstrap(labels, scores_a, scores_b, a["patient_id"].to_numpy(), n_boot, seed)
+    low, high = percentile_ci(replicates["macro"], alpha)
+    macro_a, macro_b = macro_auc(labels, scores_a), macro_auc(labels, scores_b)
+    return MacroDifference(macro_a, macro_b, macro_a - macro_b, low, high,
+                           dict(zip(tests["pattern"], tests["p_value"].astype(float))))
