@@ -251,3 +251,20 @@ def _writable_folder(folder: Path) -> None:
         raise LusvError(f"--plots {folder} cannot be made ({exc.strerror or exc}): choose another folder") from None
     if not os.access(folder, os.W_OK):
         raise LusvError(f"--plots {folder} is not writable: choose another folder")
+
+
+def attention_figure(model: PredictionModel, path: str | os.PathLike, plot_dir: str | os.PathLike,
+                     clip_id: str | None = None) -> Path:
+    """Write one video's attention figure as ``--plots`` does and return its path; ``LusvError``
+    when the model has no attention or the figure cannot be written."""
+    item = VideoItem(clip_id or Path(path).name, str(Path(path).resolve()))
+    inputs = model_inputs(item.path, model.params)
+    device = next(model.models[0].parameters()).device
+    probabilities, attention = _score(model, inputs.clips, inputs.lengths, 16, device, keep_attention=True)
+    windows = _window_table(_Batch([(item, inputs)]), probabilities)
+    _writable_folder(Path(plot_dir))
+    written: list[Path] = []
+    note = _plot(item, inputs, windows, attention, model, Path(plot_dir), written)
+    if not written:
+        raise LusvError(note)
+    return written[0]
