@@ -326,3 +326,30 @@ def test_a_windows_export_scores_a_video_as_the_mean_of_its_windows(tiny_data, t
     per_window = pd.read_csv(tmp_path / "predictions.windows.csv")
     np.testing.assert_allclose(per_window[P].to_numpy(), windows[P].to_numpy(), rtol=0, atol=1e-6)
     assert per_window["start"].tolist()[:3] == [0, 3, 4]  # 8 frames, T = 4, overlap 1: 0, 3 and the tail at 4
+
+
+@pytest.mark.slow
+def test_notebook_09_exports_the_study_and_predicts_its_set_apart_videos(study, tmp_path):
+    papermill = pytest.importorskip("papermill")
+    import nbformat
+
+    from lusv.paths import REPO_ROOT
+
+    prepared, _ = study
+    output = tmp_path / "09.ipynb"
+    papermill.execute_notebook(str(REPO_ROOT / "notebooks" / "09_use_the_model.ipynb"), str(output), kernel_name="python3",
+                               parameters={"run_dir": str(prepared.run_dir)}, progress_bar=False)
+    notebook = nbformat.read(output, as_version=4)
+    ensemble, files = _temporal_test(prepared, "luvnet")
+    predictions = pd.read_csv(prepared.run_dir / "use_the_model" / "predictions.csv")
+    np.testing.assert_allclose(predictions[P].to_numpy(), ensemble[P].to_numpy(), rtol=0, atol=1e-6)
+    assert (prepared.run_dir / "export" / "luvnet" / "manifest.json").is_file()
+    outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
+    assert any("image/png" in o.get("data", {}) for o in outputs), "one video's attention figure"
+    assert any("Not a medical device" in o.get("data", {}).get("text/markdown", "") for o in outputs), "the model card"
+    streams = "".join(o.get("text", "") for o in outputs if o.get("output_type") == "stream")
+    assert len(streams.splitlines()) < 10 and "\r" not in streams, streams
+    conclusion = (prepared.run_dir / "conclusions" / "09_use_the_model.md").read_text()
+    assert f"scored {len(files)} of {len(files)} files" in conclusion
+    called = (predictions["call_a_lines"] == 1).sum()
+    assert f"A-lines {called}," in conclusion, "the conclusion counts the calls of the table"
