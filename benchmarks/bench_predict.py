@@ -95,10 +95,12 @@ def run(model: Path, videos: Path, baseline_clips: int | None = None, threads: i
     out = []
     for unit, base, fast in (("wall", baseline.wall, batch.wall), ("CPU", baseline.cpu, batch.cpu)):
         base_rate, fast_rate = len(chosen) / base, len(paths) / fast
+        extra = {"max_abs_difference": difference, "clips": len(paths), "baseline_clips": len(chosen)}
         out += [Row(BENCHMARK, f"one lusv predict process per clip ({unit} time)", base_rate, "clips/s",
-                    baseline="self", note=setting),
+                    baseline="self", note=setting, extra=extra),
                 Row(BENCHMARK, f"lusv predict over the folder, one process ({unit} time)", fast_rate, "clips/s",
-                    ratio=fast_rate / base_rate, baseline=f"one process per clip ({unit} time)", note=setting)]
+                    ratio=fast_rate / base_rate, baseline=f"one process per clip ({unit} time)", note=setting,
+                    extra=extra)]
     return out
 
 

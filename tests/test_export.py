@@ -353,3 +353,22 @@ def test_notebook_09_exports_the_study_and_predicts_its_set_apart_videos(study, 
     assert f"scored {len(files)} of {len(files)} files" in conclusion
     called = (predictions["call_a_lines"] == 1).sum()
     assert f"A-lines {called}," in conclusion, "the conclusion counts the calls of the table"
+
+
+@pytest.mark.slow
+def test_the_predict_benchmark_times_both_sides_on_the_same_output(study, tmp_path):
+    import sys
+
+    from lusv.paths import REPO_ROOT
+
+    sys.path.insert(0, str(REPO_ROOT))  # the benchmarks/ package at the repository root
+    from benchmarks import bench_predict
+
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    for seed in range(2):
+        write_test_video(folder / f"clip{seed}.mp4", make_frames(9, 40, 48, seed=seed))
+    rows = bench_predict.run(study[1] / "luvnet_frozen", folder, baseline_clips=1)
+    assert [row.unit for row in rows] == ["clips/s"] * 4
+    assert all(row.value > 0 for row in rows) and rows[1].ratio == pytest.approx(rows[1].value / rows[0].value)
+    assert rows[0].extra == {"max_abs_difference": 0.0, "clips": 2, "baseline_clips": 1}
