@@ -373,3 +373,23 @@ def test_the_predict_benchmark_times_both_sides_on_the_same_output(study, tmp_pa
     assert all(row.value > 0 for row in rows) and rows[1].ratio == pytest.approx(rows[1].value / rows[0].value)
     assert rows[0].extra["max_abs_difference"] <= 1e-6, "both sides compute the same probabilities"
     assert (rows[0].extra["clips"], rows[0].extra["baseline_clips"]) == (2, 1)
+
+
+def test_a_folder_search_reads_dicom_without_a_suffix(study, tmp_path):
+    pytest.importorskip("pydicom")
+    pytest.importorskip("PIL")
+    from pydicom.data import get_testdata_file
+
+    dicom = get_testdata_file("examples_ybr_color.dcm", download=False)  # 30-frame ultrasound, ships in the wheel
+    if dicom is None:
+        pytest.skip("pydicom's bundled ultrasound example is not installed")
+    folder = tmp_path / "export_from_the_scanner" / "series1"
+    folder.mkdir(parents=True)
+    shutil.copy(dicom, folder / "IM000001")  # scanners often write DICOM without a suffix
+    (folder / "IM000001.json").write_text("{}")
+    out = tmp_path / "predictions.csv"
+    assert main(["predict", str(tmp_path / "export_from_the_scanner"), "--model", str(study[1] / "luvnet"),
+                 "--out", str(out)]) == 0
+    table = pd.read_csv(out).set_index("clip_id")
+    assert table.loc["series1/IM000001", "status"] == "ok" and table.loc["series1/IM000001", "frames"] == NUM_FRAMES
+    assert table.loc["series1/IM000001.json", "status"] == "skipped"
