@@ -393,3 +393,22 @@ def test_a_folder_search_reads_dicom_without_a_suffix(study, tmp_path):
     table = pd.read_csv(out).set_index("clip_id")
     assert table.loc["series1/IM000001", "status"] == "ok" and table.loc["series1/IM000001", "frames"] == NUM_FRAMES
     assert table.loc["series1/IM000001.json", "status"] == "skipped"
+
+
+def test_the_model_card_shows_the_studys_external_validation(study, tmp_path):
+    prepared, _ = study
+    external = prepared.run_dir / "external" / "hospital-b"
+    external.mkdir(parents=True)
+    rows = [{"model": "luvnet", "pattern": p, "n_labelled": 40, "n_pos": 10, "n_neg": 30, "auc": a, "ci_low": lo,
+             "ci_high": hi, "threshold": 0.5, "sensitivity": 0.75, "specificity": 0.6, "note": ""}
+            for p, a, lo, hi in zip(PATTERNS, [0.812, 0.7, np.nan, 0.9], [0.70, 0.5, np.nan, 0.8], [0.90, 0.85, np.nan, 0.97])]
+    pd.DataFrame(rows).to_csv(external / "external_auc.csv", index=False)
+    try:
+        assert main(["export", "--study", str(prepared.run_dir), "--out", str(tmp_path / "export")]) == 0
+    finally:
+        shutil.rmtree(prepared.run_dir / "external")
+    card = (tmp_path / "export" / "README.md").read_text()
+    assert "### External validation: hospital-b" in card
+    assert "| A-lines | 40 | 0.812 (0.70–0.90) | 0.750 | 0.600 |" in card
+    assert "| Consolidation | 40 | n/a |" in card, "an AUC the external data could not give stays n/a"
+    assert f"value: {np.mean([0.812, 0.7, 0.9]):.4f}" in card.split("---")[1]
