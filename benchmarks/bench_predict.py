@@ -13,7 +13,7 @@ imports, loading and checking the export, decoding, scoring, writing the CSV):
   k-th) instead of all, and its clips/s is compared with the batch's.
 
 The batch runs before and after the baseline (the two timings bracket it, so a change of the
-machine's load shows), and the figure is their mean. Reported: clips/s of each side in wall time,
+machine's load shows), and the figure is their mean (``--batch-runs 1``: before it only). Reported: clips/s of each side in wall time,
 the ratio, and the same in CPU seconds of the child processes (user + system, from
 ``getrusage(RUSAGE_CHILDREN)``), which load from other jobs on a shared machine inflates less.
 Every baseline row is checked against the batch's row of the same clip (max |difference| of the
@@ -64,7 +64,7 @@ def _predict(inputs: list[str], model: Path, out: Path, env: dict) -> Timed:
     return _run([sys.executable, "-m", "lusv.cli", "predict", *inputs, "--model", str(model), "--out", str(out)], env)
 
 
-def run(model: Path, videos: Path, baseline_clips: int | None = None, threads: int = 1) -> list[Row]:
+def run(model: Path, videos: Path, baseline_clips: int | None = None, threads: int = 1, batch_runs: int = 2) -> list[Row]:
     """The rows of (f); see the module docstring."""
     items = [item for item in collect_videos([videos]) if not item.skip]
     paths = [item.path for item in items]
@@ -83,9 +83,9 @@ def run(model: Path, videos: Path, baseline_clips: int | None = None, threads: i
             baseline.wall, baseline.cpu = baseline.wall + timed.wall, baseline.cpu + timed.cpu
             rows.append(pd.read_csv(tmp / f"one{index}.csv"))
             print(f"  baseline {index + 1}/{len(chosen)}: {timed.wall:.1f} s", flush=True)
-        second = _predict([str(videos)], model, tmp / "batch2.csv", env)
+        second = _predict([str(videos)], model, tmp / "batch2.csv", env) if batch_runs > 1 else first
         print(f"  batch, second run: {second.wall:.1f} s", flush=True)
-        batch_table = pd.read_csv(tmp / "batch2.csv").set_index("path")
+        batch_table = pd.read_csv(tmp / ("batch2.csv" if batch_runs > 1 else "batch1.csv")).set_index("path")
         singles = pd.concat(rows).set_index("path")
         columns = [f"p_{p}" for p in PATTERNS]
         difference = float(np.nanmax(np.abs(singles[columns].to_numpy() - batch_table.loc[singles.index, columns].to_numpy())))
@@ -110,8 +110,10 @@ def main(argv: list[str] | None = None) -> list[Row]:
     parser.add_argument("--videos", type=Path, required=True, help="folder of clips (e.g. ../shared/data/pocus/pocus_videos)")
     parser.add_argument("--baseline-clips", type=int, default=None, help="time the per-clip baseline on N clips (default: all)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of both sides (default 1)")
+    parser.add_argument("--batch-runs", type=int, default=2, choices=(1, 2),
+                        help="2 (default): the batch before and after the baseline, their mean; 1: before only")
     args = parser.parse_args(argv)
-    rows = run(args.model, args.videos, args.baseline_clips, args.threads)
+    rows = run(args.model, args.videos, args.baseline_clips, args.threads, args.batch_runs)
     from benchmarks.run_all import markdown_table
 
     print(markdown_table(rows))
