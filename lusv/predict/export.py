@@ -107,7 +107,8 @@ def export_config(prepared: Prepared, key: str, runs: list[Path]) -> dict:
         "lusv_version": lusv.__version__,
         "exported": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "key": key,
-        "model_name": model_name(key),
+        # a key the reader knows by name (LUV-Net, USVN, a sweep point), else the architecture's name and the key
+        "model_name": model_name(key) if model_name(key) != key else f"{model_name(params.model)} ({key})",
         "architecture": {"model": params.model, "options": model_config(params)},
         "encoder": {"name": params.encoder, "weights_source": records[0].get("weights_source"),
                     "trained": "end to end" if params.train_encoder else "frozen (only the heads were trained)"},
