@@ -56,6 +56,9 @@ PROBABILITIES = [f"p_{p}" for p in PATTERNS]
 CALLS = [f"call_{p}" for p in PATTERNS]
 ROW_COLUMNS = ["clip_id", "status", "reason", "frames", "windows", *PROBABILITIES, *CALLS, *PATTERNS, "patient_id",
                "path", "model"]
+# Frames per encoder call (as lusv.data.features.FeatureCache): bounds the memory of a batch, since
+# activations of a 224 x 224 encoder run to hundreds of MB per 64 frames.
+FRAMES_PER_CALL = 64
 WINDOW_ROW_COLUMNS = ["clip_id", "window", "start", "length", *PROBABILITIES, *CALLS, "path", "model"]
 
 
@@ -185,7 +188,7 @@ def _score(model: PredictionModel, clips: np.ndarray, lengths: np.ndarray, batch
                     features = shared if shared is not None else _features(fold_model, batch, device, model.frozen_features)
                     out = forward_batch(fold_model, {"features": features, "lengths": batch["lengths"]}, device)
                 else:
-                    out = forward_batch(fold_model, batch, device, channels_last=channels_last)
+                    out = _forward_in_pieces(fold_model, batch, device, channels_last)
                 per_model[m].append(torch.sigmoid(out["logits"].float()).cpu().numpy())
                 if keep_attention and out.get("attention") is not None:
                     attention[m].append(out["attention"].float().cpu().numpy())
@@ -194,12 +197,33 @@ def _score(model: PredictionModel, clips: np.ndarray, lengths: np.ndarray, batch
     return probabilities, kept
 
 
+def _pieces(clips: int, frames: int) -> list[slice]:
+    """Clips per encoder call so that a call sees at most FRAMES_PER_CALL frames (at least one clip)."""
+    per_call = max(1, FRAMES_PER_CALL // max(1, frames))
+    return [slice(start, start + per_call) for start in range(0, clips, per_call)]
+
+
 def _features(fold_model, batch: dict, device, dtype: str) -> torch.Tensor:
     """The frozen encoder's features (B, T, F) of a batch of clips, rounded through ``dtype`` as
-    the study's feature cache stores them (``lusv.data.features``)."""
+    the study's feature cache stores them (``lusv.data.features``); encoded a few clips at a time."""
     encoder = fold_model.encoder
-    x = to_model_input(batch["clips"], device, channels_last=bool(getattr(encoder, "channels_last", False)))
-    return encoder.encode_clips(x).float().to(getattr(torch, dtype)).float()
+    channels_last = bool(getattr(encoder, "channels_last", False))
+    clips = batch["clips"]
+    parts = [encoder.encode_clips(to_model_input(clips[piece], device, channels_last=channels_last))
+             for piece in _pieces(len(clips), clips.shape[1])]
+    return torch.cat(parts).float().to(getattr(torch, dtype)).float()
+
+
+def _forward_in_pieces(fold_model, batch: dict, device, channels_last: bool) -> dict[str, torch.Tensor]:
+    """An end-to-end model's outputs for a batch, a few clips per call (memory stays bounded for
+    large encoders); logits (B, 4) and attention (B, P, H, T) when the model has it."""
+    outs = [forward_batch(fold_model, {"clips": batch["clips"][piece], "lengths": batch["lengths"][piece]}, device,
+                          channels_last=channels_last)
+            for piece in _pieces(len(batch["clips"]), batch["clips"].shape[1])]
+    joined = {"logits": torch.cat([out["logits"] for out in outs])}
+    if outs[0].get("attention") is not None:
+        joined["attention"] = torch.cat([out["attention"] for out in outs])
+    return joined
 
 
 def _window_table(batch: _Batch, probabilities: list[np.ndarray]) -> pd.DataFrame:
