@@ -84,14 +84,16 @@ def run(model: Path, videos: Path, baseline_clips: int | None = None, threads: i
             rows.append(pd.read_csv(tmp / f"one{index}.csv"))
             print(f"  baseline {index + 1}/{len(chosen)}: {timed.wall:.1f} s", flush=True)
         second = _predict([str(videos)], model, tmp / "batch2.csv", env) if batch_runs > 1 else first
-        print(f"  batch, second run: {second.wall:.1f} s", flush=True)
+        if batch_runs > 1:
+            print(f"  batch, second run: {second.wall:.1f} s", flush=True)
         batch_table = pd.read_csv(tmp / ("batch2.csv" if batch_runs > 1 else "batch1.csv")).set_index("path")
         singles = pd.concat(rows).set_index("path")
         columns = [f"p_{p}" for p in PATTERNS]
         difference = float(np.nanmax(np.abs(singles[columns].to_numpy() - batch_table.loc[singles.index, columns].to_numpy())))
     batch = Timed((first.wall + second.wall) / 2, (first.cpu + second.cpu) / 2)
     setting = (f"{len(paths)} clips, export {model.name}; baseline on {len(chosen)} clip(s); max |dp| baseline vs batch "
-               f"{difference:.1e}; batch runs {first.wall:.0f} s and {second.wall:.0f} s")
+               f"{difference:.1e}; " + (f"batch runs {first.wall:.0f} s and {second.wall:.0f} s" if batch_runs > 1 else
+                                         f"one batch run, {first.wall:.0f} s"))
     out = []
     for unit, base, fast in (("wall", baseline.wall, batch.wall), ("CPU", baseline.cpu, batch.cpu)):
         base_rate, fast_rate = len(chosen) / base, len(paths) / fast
