@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run the whole study: notebooks 01-07 executed in order by papermill into results/<run>/.
+# Run the whole study: notebooks 01-07 and 09 executed in order by papermill into results/<run>/.
 #
 #   bash run_all.sh [quick|paper|pretrained] [--data SOURCE] [--data-path PATH]
 #                   [--dayfirst] [--no-temporal-split] [--run NAME] [--pocus PATH] [--from N]
@@ -114,6 +114,12 @@ elif [[ -d "$pocus" ]]; then
     execute 07_external_pocus -p study_dir "$run_dir" -p data_path "$pocus" -p run_dir "$run_dir/external_pocus"
 else
     echo "== 07_external_pocus: skipped — no POCUS folder at $pocus (pass --pocus PATH; see data/README.md)"
+fi
+# The study's LUV-Net taken out as one folder (lusv export) and used on the videos no fold model trained on.
+if "$LUSV_PYTHON" -c 'import sys; from lusv.predict.use import set_apart_videos; sys.exit(0 if set_apart_videos(sys.argv[1]) else 1)' "$run_dir"; then
+    execute 09_use_the_model
+else
+    echo "== 09_use_the_model: skipped — the study has no temporally separated or held-out test videos to predict"
 fi
 # Every executed notebook as standalone HTML and an index page: the study readable in any browser.
 "$LUSV_PYTHON" -m lusv.report.html "$run_dir"

@@ -4,6 +4,8 @@
     lusv train    --profile quick --labels ... --splits ... --fold 0 --model luvnet
     lusv evaluate results/quick-synthetic/oof/luvnet.csv
     lusv predict  clip.mp4 --checkpoint results/.../best.pt
+    lusv export   --study results/pretrained-pocus --out exports/luvnet
+    lusv predict  my_videos/ --model exports/luvnet --out predictions.csv
     lusv report   --run-dir results/quick-synthetic
     lusv external --study results/pretrained-pocus --data folder --data-path other/labels.csv
     lusv claims   results/quick-synthetic results/pretrained-pocus
@@ -159,22 +161,6 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_predict(args: argparse.Namespace) -> int:
-    from lusv.predict.video import predict_clip
-
-    result = predict_clip(args.clip, args.checkpoint, plot_path=args.plot)
-    for pattern, probability in result.probabilities.items():
-        print(f"{pattern:18s} {probability:.3f}")
-    if result.window_probabilities is not None:
-        print(f"(the mean over the video's {len(result.window_probabilities)} windows; "
-              f"the plot shows window {result.plotted_window})")
-    if result.plot_error:
-        print(f"lusv predict: error: {result.plot_error}", file=sys.stderr)
-        return 1
-    print(f"attention plot: {result.plot_path}" if result.plot_path is not None else result.plot_note)
-    return 0
-
-
 def _cmd_report(args: argparse.Namespace) -> int:
     from lusv import study
 
@@ -286,11 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--n-boot", type=int, default=1000)
     evaluate.set_defaults(handler=_cmd_evaluate)
 
-    predict = commands.add_parser("predict", help="pattern probabilities and an attention plot for one clip")
-    predict.add_argument("clip", help="video file (mp4, avi, mov, mpeg, gif, DICOM)")
-    predict.add_argument("--checkpoint", required=True, help="best.pt of a training run (or the run folder)")
-    predict.add_argument("--plot", default=None, help="attention plot path (default: ./<clip file name>.attention.png in the current folder)")
-    predict.set_defaults(handler=_cmd_predict)
+    from lusv.predict.command import add_predict_and_export
+
+    add_predict_and_export(commands, _from_here)
 
     report = commands.add_parser("report", help="results tables and ROC figure of a study run")
     report.add_argument("--run-dir", required=True)
@@ -314,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # One-shot commands whose output is their answer: progress notes (model built, weights used)
 # would only bury it, so they log warnings and errors unless -v is given.
-QUIET_COMMANDS = frozenset({"predict", "evaluate", "claims"})
+QUIET_COMMANDS = frozenset({"predict", "evaluate", "export", "claims"})
 
 
 def _log_level(args: argparse.Namespace) -> int:

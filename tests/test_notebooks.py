@@ -62,7 +62,7 @@ def outputs_of(notebook: nbformat.NotebookNode, mime: str) -> list:
 def test_every_notebook_has_a_parameters_cell_and_no_function_definitions():
     names = sorted(p.stem for p in NOTEBOOKS.glob("*.ipynb"))
     assert names == ["01_preprocess", "02_train_folds", "03_baselines", "04_ablation_temporal",
-                     "05_attention", "06_results", "07_external_pocus", "08_external_validation"]  # fmt: skip
+                     "05_attention", "06_results", "07_external_pocus", "08_external_validation", "09_use_the_model"]  # fmt: skip
     for name in names:
         notebook = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
         tagged = [c for c in notebook.cells if "parameters" in c.metadata.get("tags", [])]

@@ -56,6 +56,10 @@ CROP_MIN_BLOB_FRACTION = 0.1
 PREPARATION_VERSION = 1
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
+# The file names a folder search (``lusv predict FOLDER``) takes for videos: what PyAV decodes in
+# practice, and DICOM (which may also come without a suffix: ``is_dicom`` reads its magic bytes).
+VIDEO_SUFFIXES = (".mp4", ".m4v", ".avi", ".mov", ".mpeg", ".mpg", ".gif", ".mkv", ".webm", ".wmv", ".ogv",
+                  *DICOM_SUFFIXES)
 
 
 @dataclass(frozen=True)
@@ -137,6 +141,11 @@ def read_clip(
             reason="too few frames",
         )
     return clip
+
+
+def is_dicom(path: str | os.PathLike) -> bool:
+    """Whether a file is DICOM: by its suffix, or the "DICM" magic of a Part 10 file (OSError when unreadable)."""
+    return _is_dicom(Path(path))
 
 
 def _is_dicom(path: Path) -> bool:

@@ -52,14 +52,10 @@ def predict_clip(
     A model trained on windows (``lusv.data.windows``) predicts every window of the video: the result
     is their mean (``window_probabilities``: each), the plot the window of highest summed probability.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     model = load_trained(checkpoint)  # checked first: a wrong checkpoint should not cost a decode
     params = model.run_params
-    clips, lengths = _model_inputs(clip_path, params)
+    inputs = model_inputs(clip_path, params)
+    clips, lengths = inputs.clips, inputs.lengths
     every, attention = predict(model, clips, lengths, return_attention=True)
     if not np.isfinite(every).all():  # a NaN must never be printed as a probability
         raise CheckpointError(f"checkpoint {checkpoint} gives non-finite probabilities for {clip_path}: "
@@ -75,34 +71,64 @@ def predict_clip(
     attention = attention[shown:shown + 1]
     # The current folder, not the clip's: a dataset folder is often read-only or shared.
     written = Path(plot_path) if plot_path else Path.cwd() / f"{Path(clip_path).name}.attention.png"
-    try:
-        _, saliency = top_frame_maps(model, clip, attention[0], length)
-    except ConfigError:  # no 2-D frame encoder: the curves and frames without the maps
-        saliency = None
     probability_text = ", ".join(f"{DISPLAY_NAMES[p]} {v:.2f}" for p, v in named.items())
-    figure = plot_appendix_b(attention[0], clip[..., 0], length=length, saliency=saliency,
-                             title=f"{Path(clip_path).name}: {probability_text}")
-    try:
-        with atomic_path(written) as tmp:
-            figure.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-    except OSError as exc:  # e.g. a read-only folder beside the clip: the probabilities still stand
+    error = write_attention_figure(model, clip, length, attention[0], f"{Path(clip_path).name}: {probability_text}",
+                                   written)
+    if error:  # e.g. a read-only folder beside the clip: the probabilities still stand
         return ClipPrediction(named, attention[0], length, None, **per_window,
-                              plot_error=f"attention plot {written} not written: {exc}; choose another path with --plot")
-    finally:
-        plt.close(figure)
+                              plot_error=f"{error}; choose another path with --plot")
     return ClipPrediction(named, attention[0], length, written, **per_window)
 
 
-def _model_inputs(clip_path: str | os.PathLike, params) -> tuple["np.ndarray", "np.ndarray"]:
-    """uint8 clips (N, T, S, S, 1) and lengths (N,) of one video file as the model was trained on
-    them: one clip of T frames spread over it (``whole``), or every window (``windows``)."""
+def write_attention_figure(model, clip: np.ndarray, length: int, attention: np.ndarray, title: str,
+                           path: str | os.PathLike) -> str:
+    """Write the Appendix B figure of one clip (uint8 (T, S, S, 1), its real ``length``, its
+    attention (P, H, T)) with the Grad-CAM maps of ``model`` over the top frames, as a PNG at
+    ``path``; returns "" or, when the file cannot be written, why (never raises for that)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    try:
+        _, saliency = top_frame_maps(model, clip, attention, length)
+    except ConfigError:  # no 2-D frame encoder: the curves and frames without the maps
+        saliency = None
+    figure = plot_appendix_b(attention, clip[..., 0], length=length, saliency=saliency, title=title)
+    try:
+        with atomic_path(path) as tmp:
+            figure.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+    except OSError as exc:
+        return f"attention plot {path} not written: {exc}"
+    finally:
+        plt.close(figure)
+    return ""
+
+
+@dataclass
+class VideoInputs:
+    """One video file as a model sees it: uint8 clips (N, T, S, S, 1), their real frames (N,), the
+    first frame of each (N,) in the prepared video, and the frames it was cut from (``frames``)."""
+
+    clips: np.ndarray
+    lengths: np.ndarray
+    starts: np.ndarray
+    frames: int
+
+
+def model_inputs(clip_path: str | os.PathLike, params) -> VideoInputs:
+    """One video file decoded once and prepared as the model was trained on its videos: one clip
+    of T frames spread over it (``whole``: ``frames`` = its real frames), or every window of the
+    video after resampling to ``target_fps`` (``windows``: ``frames`` = the video's frames).
+    ``VideoError`` for a file that cannot be used."""
     if getattr(params, "clip_policy", "whole") != "windows":
         decoded = read_clip(clip_path, num_frames=params.num_frames)
         clip, length = prepare_clip(decoded.frames, params.num_frames, params.image_size, source=clip_path)
-        return clip[None], np.array([length])
+        return VideoInputs(clip[None], np.array([length]), np.array([0]), int(length))
     decoded = read_clip(clip_path)
     frames = decoded.frames[resample_indices(len(decoded.frames), decoded.fps, params.target_fps)]
     video, _ = prepare_clip(frames, len(frames), params.image_size, source=clip_path)
     starts = window_starts(len(video), params.num_frames, params.window_overlap)
     clips = np.stack([pad_window(video[start:start + params.num_frames], params.num_frames) for start in starts])
-    return clips, np.array([min(params.num_frames, len(video) - start) for start in starts])
+    lengths = np.array([min(params.num_frames, len(video) - start) for start in starts])
+    return VideoInputs(clips, lengths, np.array(starts), len(video))
