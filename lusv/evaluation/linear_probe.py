@@ -37,6 +37,7 @@ from lusv.data.patterns import PATTERNS
 from lusv.evaluation.out_of_fold import ensemble_mean
 from lusv.infra.io import write_csv
 from lusv.models.encoders import build_encoder
+from lusv.models.roster import check_folds
 from lusv.train import cut_into_windows, predictions_table, seed_everything
 
 log = logging.getLogger(__name__)
@@ -82,17 +83,19 @@ def fit_fold(pooled: dict[str, np.ndarray], roles: dict[str, pd.DataFrame]) -> d
     return out
 
 
-def linear_probe(prepared: Any, key: str = KEY, *, profile: str | None = None, **overrides: Any) -> dict[str, Path]:
+def linear_probe(prepared: Any, key: str = KEY, *, profile: str | None = None, folds: Any = None,
+                 **overrides: Any) -> dict[str, Path]:
     """Fit and predict the linear probe on every fold of ``prepared`` (a ``lusv.data.prepared.Prepared``)
     with the encoder of the study's profile (``profile``, when given, must agree with it); writes and
-    returns ``oof/<key>.<split>.csv`` by split."""
+    returns ``oof/<key>.<split>.csv`` by split. ``folds``: only those (a list, or text "0,1"), as the
+    study's subset runs train them."""
     profile = prepared.resolve_profile(profile)
     base = params_for(profile, **{**prepared.training_inputs(), **overrides})
     seed_everything(base.seed)  # a random-init encoder is then the one the runs built (same seed)
     encoder = build_encoder(base.encoder, base.weights)
     features = None
     parts: dict[str, list[pd.DataFrame]] = {"test": [], "val": [], "temporal_test": [], "held_out": []}
-    for fold in range(prepared.num_folds):
+    for fold in check_folds(folds, prepared.num_folds) or range(prepared.num_folds):
         p = params_for(profile, **{**prepared.training_inputs(), **overrides, "fold": fold})
         data = load_fold_data(p, prepared.run_dir / "runs")
         if p.clip_policy == "windows":  # each role's videos -> their windows, as training sees them
