@@ -15,8 +15,9 @@ patient-level folds, no set-apart test sets), for every row of the paper's Table
 
 Per model it reports seconds per optimizer step (the second step, from the training log's
 timestamps: the first includes one-time allocations), the run's wall and CPU seconds, and its peak
-memory in use (``lusv.infra.memory.PeakMemory``, building the model included). It exits 1 when any
-step fails, naming the model and the error.
+memory in use (``lusv.infra.memory.PeakMemory``, building the model included). Each model runs in
+a process of its own, so that one killed for want of memory is reported and the others still run.
+It exits 1 when any step fails, naming the model and the error.
 
 Departures from the profile, both for the CPU: batch 1 instead of 4 (a DenseNet-161 step keeps
 ~9 GB of activations per 30-frame clip in fp32 on a CPU, so batch 4 needs ~40 GB; see ``lusv plan
@@ -30,9 +31,11 @@ test suite runs it.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -108,6 +111,19 @@ def check_model(prepared, key: str, smoke: bool) -> dict:
     return row
 
 
+def check_in_own_process(study_dir: Path, key: str, smoke: bool, out: Path) -> dict:
+    """``check_model`` in a child process (``--one``): a model killed there (out of memory) is a
+    failed row, not the end of the check."""
+    row_file = out / f"row_{key}.json"
+    row_file.unlink(missing_ok=True)
+    command = [sys.executable, __file__, "--one", key, "--study", str(study_dir), "--row", str(row_file)]
+    result = subprocess.run(command + (["--smoke"] if smoke else []), check=False)
+    if row_file.is_file():
+        return json.loads(row_file.read_text())
+    why = "killed (SIGKILL: out of memory?)" if result.returncode == -9 else f"exit status {result.returncode}"
+    return {"configuration": key, "status": f"FAILED: its process ended without a result, {why}"}
+
+
 def results_notebook(run_dir: Path, out: Path) -> str:
     """Notebook 06 on the study (papermill): "ok" or the error."""
     import papermill  # noqa: PLC0415
@@ -131,13 +147,24 @@ def markdown(table: pd.DataFrame) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=None, help="work folder (default: a temporary one, removed after)")
-    parser.add_argument("--models", default=None, help="Table 1 keys to check, comma-separated (default: all ten)")
+    parser.add_argument("--models", default=None, help="Table 1 keys to check, comma-separated, in this order "
+                                                       "(default: all ten, in Table 1's order)")
     parser.add_argument("--smoke", action="store_true", help="the same steps at toy shapes, in about a minute")
+    parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: one model, in its own process
+    parser.add_argument("--study", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--row", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     for handler in logging.getLogger().handlers:
         handler.setLevel(logging.WARNING)
-    keys = roster.select(roster.TABLE_1, args.models)
+    if args.one:
+        row = check_model(study.Prepared.load(args.study), args.one, args.smoke)
+        Path(args.row).write_text(json.dumps(row))
+        return 0
+    keys = roster.as_list(args.models) or list(roster.TABLE_1)  # in the order given (e.g. smallest memory first)
+    unknown = [key for key in keys if key not in roster.TABLE_1]
+    if unknown:
+        parser.error(f"--models: {', '.join(unknown)} not in the paper's Table 1 ({', '.join(roster.TABLE_1)})")
     with tempfile.TemporaryDirectory(prefix="paper_shape_check_") as scratch:
         out = Path(args.out or scratch).resolve()
         out.mkdir(parents=True, exist_ok=True)
@@ -147,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
                                  **(SMOKE_SHAPES if args.smoke else {}))
         print(f"prepared {prepared.run_dir}: {prepared.num_frames} x {prepared.image_size} x {prepared.image_size} "
               f"windows, {FOLDS} folds", flush=True)
-        rows = [check_model(prepared, key, args.smoke) for key in keys]
+        rows = [check_in_own_process(prepared.run_dir, key, args.smoke, out) for key in keys]
         notebook = results_notebook(prepared.run_dir, out)
         table = pd.DataFrame(rows)
         table.to_csv(out / "paper_shape_check.csv", index=False)
