@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
 import statistics
 import time
 from dataclasses import dataclass
@@ -240,6 +241,8 @@ def measure_step(p: RunParams, device: torch.device, steps: int = 2) -> StepCost
         eval_seconds = _timed(lambda: forward_batch(model, batch, device, amp_dtype, p.channels_last), device)
     kind = "max_memory_allocated" if device.type == "cuda" else "peak bytes in use"
     how = f"measured: {max(steps, 1)} steps after a warm-up on {device} (median); memory: {kind}"
+    if device.type == "cpu" and hasattr(os, "getloadavg"):  # wall seconds on a shared CPU grow with its load
+        how += f"; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores while measuring"
     return StepCost(seconds, eval_seconds, peak.mib, str(device), True, how)
 
 
