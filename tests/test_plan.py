@@ -9,6 +9,7 @@ import os
 import subprocess
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -154,3 +155,22 @@ def test_lusv_plan_refuses_a_subset_without_luvnet_in_a_study_that_never_trained
         "has no finished run of it: add luvnet")
     assert main(["plan", "--profile", "quick", "--models", "luvnet,usvn", "--folds", "0", "--check"]) == 0
     assert "plan: 2 training runs (2 configurations x 1 folds)" in capsys.readouterr().out
+
+
+def test_a_model_trained_on_other_folds_is_left_out_of_the_comparisons_with_a_warning(tmp_path, caplog):
+    from lusv.evaluation.out_of_fold import comparable_keys
+    from lusv.infra.io import write_csv
+
+    def predictions(folds: dict[str, int]) -> pd.DataFrame:
+        return pd.DataFrame({"clip_id": list(folds), "patient_id": list(folds), "fold": list(folds.values()),
+                             "model_fold": list(folds.values()), "p_a_lines": 0.5, "a_lines": 1.0})
+
+    every_fold = {"a": 0, "b": 0, "c": 1, "d": 1}
+    write_csv(tmp_path / "oof" / "luvnet.test.csv", predictions(every_fold))
+    write_csv(tmp_path / "oof" / "linear_probe.test.csv", predictions(every_fold))
+    write_csv(tmp_path / "oof" / "usvn.test.csv", predictions({"a": 0, "b": 0}))  # a --folds 0 run
+    with caplog.at_level("WARNING"):
+        assert comparable_keys(tmp_path) == ["linear_probe", "luvnet"]
+    assert ("usvn is left out of the comparisons: its out-of-fold predictions come from fold(s) 0, luvnet's from "
+            "fold(s) 0, 1") in caplog.text
+    assert comparable_keys(tmp_path, ["usvn"]) == ["usvn"], "without the reference there is nothing to compare against"
