@@ -233,16 +233,15 @@ def study_plan(profile: str, data: str = "synthetic", data_path: Optional[str] =
     fold_list = roster.check_folds(folds, num_folds) or list(range(num_folds))
     plan_device = resolve_device(device)
     counts = clip_counts(profile, data, data_path, prepared, num_folds, params_for(profile, **inputs))
+    asked = roster.check_models(profile, models)
     lines, reused = [], []
-    for notebook, configurations in roster.study_configurations(profile, models).items():
+    for notebook, configurations in roster.study_configurations(profile, asked).items():
         for key, overrides in configurations.items():
             p = params_for(profile, **{**inputs, **overrides, "run_name": key})
             lines.append(_model_plan(notebook, key, fold_list, p, counts, plan_device, measure))
-    if roster.REFERENCE in roster.sweep_configurations(profile, roster.check_models(profile, models)) and \
-            roster.REFERENCE in roster.study_configurations(profile, models)["02_train_folds"]:
+    if roster.REFERENCE in roster.sweep_configurations(profile, asked):
         reused.append(("04_ablation_temporal", roster.REFERENCE, "its K and H are the profile's own, so notebook 02's runs "
                        "are the sweeps' point there"))
-    asked = roster.check_models(profile, models)
     plan = StudyPlan(profile, data, str(plan_device), counts, lines, reused,
                      linear_probe=roster.with_linear_probe(profile, models=asked),
                      opt_in=[key for key in roster.opt_in(profile) if key not in (asked or [])])
