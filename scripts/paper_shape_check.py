@@ -16,7 +16,11 @@ patient-level folds, no set-apart test sets), for every row of the paper's Table
 Per model it reports seconds per optimizer step (the second step, from the training log's
 timestamps: the first includes one-time allocations), the run's wall and CPU seconds, and its peak
 memory in use (``lusv.infra.memory.PeakMemory``, building the model included). Each model runs in
-a process of its own, so that one killed for want of memory is reported and the others still run.
+a process of its own, so that one killed for want of memory is reported and the others still run;
+and a model starts only when the memory it needs is free (``lusv.train.model_figures``' count, with
+a margin): otherwise it waits up to ``--wait-for-memory`` seconds, then fails with a line saying how
+much it needs. On a machine shared with other jobs this keeps the check from pushing them, or
+itself, into the kernel's out-of-memory killer.
 It exits 1 when any step fails, naming the model and the error.
 
 Departures from the profile, both for the CPU: batch 1 instead of 4 (a DenseNet-161 step keeps
@@ -55,6 +59,7 @@ from lusv.inference import build_run_model  # noqa: E402
 from lusv.infra.memory import PeakMemory  # noqa: E402
 from lusv.models import frame_models, roster  # noqa: E402
 from lusv.models.cost import model_cost  # noqa: E402
+from lusv.train import estimated_memory_mib, model_figures  # noqa: E402
 
 # One window per video (30 frames = the window, so overlap 6 leaves one), one video per patient,
 # one patient per fold: fold 0's run trains on 2 windows (2 steps at batch 1) and predicts 1 + 1.
@@ -82,9 +87,8 @@ class StepTimes(logging.Handler):
 
 def check_model(prepared, key: str, smoke: bool) -> dict:
     """Fold 0 of ``key`` through ``study.train_configurations``: its figures, or the error."""
-    overrides = {**roster.configuration(key), **(SMOKE_MODELS if smoke else {})}
-    p = params_for("paper", **{**prepared.training_inputs(), **overrides, **RUN, "weights": "random"})
-    cost = model_cost(lambda: build_run_model(p), p.num_frames, p.image_size)
+    overrides, p = run_params(prepared, key, smoke)
+    cost = model_cost(lambda: build_run_model(p, weights="random"), p.num_frames, p.image_size)
     row = {"configuration": key, "model": p.model, "encoder": p.encoder if p.model in frame_models() else "-",
            "parameters (M)": round(cost.parameters / 1e6, 2), "GMAC per clip": round(cost.gmac, 2)}
     steps = StepTimes()
@@ -109,6 +113,41 @@ def check_model(prepared, key: str, smoke: bool) -> dict:
                 "status": status})
     print(" | ".join(f"{k}: {v}" for k, v in row.items()), flush=True)
     return row
+
+
+def run_params(prepared, key: str, smoke: bool):
+    """The parameters fold 0 of ``key`` trains with in this check."""
+    overrides = {**roster.configuration(key), **(SMOKE_MODELS if smoke else {})}
+    return overrides, params_for("paper", **{**prepared.training_inputs(), **overrides, **RUN})
+
+
+def needed_gb(p) -> float:
+    """Memory a run of ``p`` needs on the CPU: the count of weights, gradients, Adam state and saved
+    activations (fp32), x1.25 and +1 GB for what the count leaves out (temporaries, the allocator)."""
+    return estimated_memory_mib(model_figures(p), p, amp=False) / 1024 * 1.25 + 1.0
+
+
+def available_gb() -> float:
+    """MemAvailable of /proc/meminfo (inf where there is none)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return float("inf")
+
+
+def wait_for_memory(key: str, need: float, patience: float) -> str | None:
+    """None once ``need`` GB are free (polling for up to ``patience`` seconds), else why not."""
+    deadline = time.monotonic() + patience
+    while available_gb() < need:
+        if time.monotonic() >= deadline:
+            return (f"SKIPPED: needs about {need:.1f} GB free, {available_gb():.1f} GB are "
+                    "(--wait-for-memory SECONDS to wait for it)")
+        print(f"{key}: waiting for {need:.1f} GB of free memory ({available_gb():.1f} GB now)", flush=True)
+        time.sleep(min(60.0, max(deadline - time.monotonic(), 0.0)))
+    return None
 
 
 def check_in_own_process(study_dir: Path, key: str, smoke: bool, out: Path) -> dict:
@@ -150,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default=None, help="Table 1 keys to check, comma-separated, in this order "
                                                        "(default: all ten, in Table 1's order)")
     parser.add_argument("--smoke", action="store_true", help="the same steps at toy shapes, in about a minute")
+    parser.add_argument("--wait-for-memory", type=float, default=0.0, metavar="SECONDS",
+                        help="how long a model may wait for the memory it needs (default 0: fail at once)")
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: one model, in its own process
     parser.add_argument("--study", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--row", default=None, help=argparse.SUPPRESS)
@@ -174,7 +215,12 @@ def main(argv: list[str] | None = None) -> int:
                                  **(SMOKE_SHAPES if args.smoke else {}))
         print(f"prepared {prepared.run_dir}: {prepared.num_frames} x {prepared.image_size} x {prepared.image_size} "
               f"windows, {FOLDS} folds", flush=True)
-        rows = [check_in_own_process(prepared.run_dir, key, args.smoke, out) for key in keys]
+        rows = []
+        for key in keys:
+            need = needed_gb(run_params(prepared, key, args.smoke)[1])
+            skipped = wait_for_memory(key, need, args.wait_for_memory)
+            rows.append({"configuration": key, "status": skipped} if skipped else
+                        {**check_in_own_process(prepared.run_dir, key, args.smoke, out), "needed (GB)": round(need, 1)})
         notebook = results_notebook(prepared.run_dir, out)
         table = pd.DataFrame(rows)
         table.to_csv(out / "paper_shape_check.csv", index=False)

@@ -52,7 +52,8 @@ from lusv.train.plan import study_plan, StudyPlan
 from lusv.train.randomness import rng_state, seed_everything, set_rng_state
 from lusv.train.record import predictions_table
 from lusv.train.runner import run
+from lusv.train.step_cost import estimated_memory_mib, model_figures
 
 # What the rest of lusv uses of training; nothing outside this package imports its modules.
-__all__ = ["KILL_ENV", "StudyPlan", "cut_into_windows", "eval_loader", "predictions_table", "rng_state", "run",
-           "run_grid", "seed_everything", "set_rng_state", "study_plan"]
+__all__ = ["KILL_ENV", "StudyPlan", "cut_into_windows", "estimated_memory_mib", "eval_loader", "model_figures",
+           "predictions_table", "rng_state", "run", "run_grid", "seed_everything", "set_rng_state", "study_plan"]
