@@ -4,14 +4,22 @@
 #   bash run_all.sh [quick|paper|pretrained] [--data SOURCE] [--data-path PATH]
 #                   [--dayfirst] [--no-temporal-split] [--run NAME] [--pocus PATH] [--from N]
 #                   [--executor sequential|ray] [--ray-address ADDR]
+#                   [--plan] [--models KEY,...] [--folds F,...]
 #
 #   quick   CPU, synthetic clips of 16 x 64 x 64, tiny encoder: minutes (the default)
 #   paper   the published protocol: DenseNet-161, 30 x 256 x 256, lr 1e-6, 150 epochs (GPU)
 #   pretrained  CPU, for real data (--data pocus): frozen ImageNet EfficientNet-Lite0 (from its
-#           wheel), 16 x 224 x 224, 2-D heads on cached features; 3-D CNNs from scratch at 1/16 width
+#           wheel), 16 x 224 x 224, 2-D heads on cached features; the 3-D CNNs (from scratch, 1/16
+#           width) are opt-in: add them to a finished study with --models c3d,r2plus1d
 #   --executor ray   train every (model, fold) of notebooks 02-04 as a Ray task (1 GPU or
 #                    N CPUs each), side by side; needs pip install "lusv[ray]"
 #   --ray-address    a Ray cluster to join (ray://head:10001 or auto); default: a local Ray
+#   --plan           print the plan and train nothing: every (model, fold) run of notebooks 02-04,
+#                    per model parameters, GMAC, s per step and peak memory (measured here, or
+#                    estimated where a step cannot run here), device-hours and checkpoint disk
+#   --models KEY,... train only these configurations (e.g. luvnet,usvn; luvnet_no_temporal,
+#                    luvnet_k5 ... for notebook 04; c3d,r2plus1d add the pretrained profile's opt-in
+#                    3-D CNNs); --folds F,... only these folds (e.g. 0). Later notebooks report what was trained
 #
 # Executed notebooks land in results/<run>/notebooks/ (and as .html beside them), everything they
 # compute beside them; results/<run>/index.html links it all (headline table, conclusions, figures).
@@ -28,12 +36,13 @@ cd "$(dirname "${BASH_SOURCE[0]}")"
 # The source registry is standard-library Python, so it answers before the environment exists.
 sources() { PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" "${LUSV_PYTHON:-python3}" -m lusv.data.sources "$@"; }
 usage() {
-    sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'
     echo "SOURCE: $(sources | paste -sd '|')"
     exit "${1:-0}"
 }
 
 profile="" data=synthetic data_path="" dayfirst=False temporal_split=True run="" pocus="" from=1 executor=sequential ray_address=""
+plan=false models="" folds=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
         quick|paper|pretrained) profile=$1 ;;
@@ -46,6 +55,9 @@ while [[ $# -gt 0 ]]; do
         --from) from=$2; shift ;;
         --executor) executor=$2; shift ;;
         --ray-address) ray_address=$2; shift ;;
+        --plan) plan=true ;;
+        --models) models=$2; shift ;;
+        --folds) folds=$2; shift ;;
         -h|--help) usage 0 ;;
         *) echo "run_all.sh: unknown argument '$1'" >&2; usage 2 ;;
     esac
@@ -84,6 +96,17 @@ if [[ -n "$recorded" && -n "$profile" && "$recorded" != "$profile" ]]; then
     exit 2
 fi
 profile=${profile:-${recorded:-quick}}
+# The plan (lusv.train.plan): what notebooks 02-04 would train, and at what cost; --plan stops there.
+plan_args=(--profile "$profile" --data "$data" --run-dir "$run_dir")
+[[ -n "$data_path" ]] && plan_args+=(--data-path "$data_path")
+[[ -n "$models" ]] && plan_args+=(--models "$models")
+[[ -n "$folds" ]] && plan_args+=(--folds "$folds")
+if $plan; then
+    exec "$LUSV_PYTHON" -m lusv.cli plan "${plan_args[@]}"
+fi
+if [[ -n "$models$folds" ]]; then  # a subset: refused in one line before anything runs when it names no run
+    "$LUSV_PYTHON" -m lusv.cli plan --check "${plan_args[@]}" || exit 2
+fi
 mkdir -p "$run_dir/notebooks"
 export PYTHONUNBUFFERED=1
 unset MPLBACKEND  # the kernels must use the inline backend, or plt.show() puts no figure in the notebook
@@ -103,15 +126,22 @@ data_params=(-p data "$data" -p dayfirst "$dayfirst" -p temporal_split "$tempora
 execute 01_preprocess -p profile "$profile" "${data_params[@]}"
 grid_params=(-p executor "$executor")
 [[ -n "$ray_address" ]] && grid_params+=(-p ray_address "$ray_address")
-execute 02_train_folds "${grid_params[@]}"
-execute 03_baselines "${grid_params[@]}"
-execute 04_ablation_temporal "${grid_params[@]}"
+subset_params=()  # as raw text: the notebooks read "luvnet,usvn" and "0,1" (lusv.models.roster.as_list)
+[[ -n "$models" ]] && subset_params+=(-r models "$models")
+[[ -n "$folds" ]] && subset_params+=(-r folds "$folds")
+execute 02_train_folds "${grid_params[@]}" "${subset_params[@]}"
+execute 03_baselines "${grid_params[@]}" "${subset_params[@]}"
+execute 04_ablation_temporal "${grid_params[@]}" "${subset_params[@]}"
 execute 05_attention
 execute 06_results
 if [[ "$data" == pocus ]]; then
     echo "== 07_external_pocus: skipped — this study is itself on the POCUS clips (notebooks 01-06)"
 elif [[ -d "$pocus" ]]; then
-    execute 07_external_pocus -p study_dir "$run_dir" -p data_path "$pocus" -p run_dir "$run_dir/external_pocus"
+    external_subset=()
+    [[ -n "$models" ]] && external_subset+=(-r subset "$models")
+    [[ -n "$folds" ]] && external_subset+=(-r folds "$folds")
+    execute 07_external_pocus -p study_dir "$run_dir" -p data_path "$pocus" -p run_dir "$run_dir/external_pocus" \
+        "${external_subset[@]}"
 else
     echo "== 07_external_pocus: skipped — no POCUS folder at $pocus (pass --pocus PATH; see data/README.md)"
 fi

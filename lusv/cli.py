@@ -7,6 +7,7 @@
     lusv export   --study results/pretrained-pocus --out exports/luvnet
     lusv predict  my_videos/ --model exports/luvnet --out predictions.csv
     lusv report   --run-dir results/quick-synthetic
+    lusv plan     --profile paper                    (what a study would train and cost; trains nothing)
     lusv external --study results/pretrained-pocus --data folder --data-path other/labels.csv
     lusv claims   results/quick-synthetic results/pretrained-pocus
 
@@ -195,6 +196,52 @@ def _cmd_claims(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from lusv import study
+    from lusv.data.prepared import Prepared
+    from lusv.models import roster
+
+    run_dir = _from_here(args.run_dir)
+    prepared = Prepared.recorded(run_dir) if run_dir else None
+    profile = prepared.resolve_profile(args.profile) if prepared is not None else args.profile or DEFAULT_PROFILE
+    models = roster.check_models(profile, args.models)
+    if models is not None and roster.REFERENCE not in models and not (run_dir and study.trained_runs(run_dir, roster.REFERENCE)):
+        raise LusvError(f"--models leaves out {roster.REFERENCE}, which every table compares against, and "
+                        f"{run_dir or 'the study'} has no finished run of it: add {roster.REFERENCE}")
+    if args.check:  # what run_all.sh asks before training a subset: the subset is valid (errors above)
+        num_folds = prepared.num_folds if prepared is not None else 5
+        runs = sum(len(c) for c in roster.study_configurations(profile, models).values())
+        folds = len(roster.check_folds(args.folds, num_folds) or range(num_folds))
+        print(f"plan: {runs * folds} training runs ({runs} configurations x {folds} folds); "
+              f"lusv plan --profile {profile} shows their cost")
+        return 0
+    from lusv.train import study_plan
+
+    plan = study_plan(profile, data=args.data, data_path=_from_here(args.data_path), run_dir=run_dir, models=models,
+                      folds=args.folds, device=args.device, measure=not args.estimate_only)
+    print(plan.text())
+    return 0
+
+
+def _add_plan_command(commands) -> None:
+    from lusv.config import PROFILES
+    from lusv.data.sources import source_names
+
+    plan = commands.add_parser("plan", help="every training run a study would make, notebook by notebook, with its "
+                                            "cost (parameters, GMAC, s per step, memory, device-hours, disk); trains nothing")
+    plan.add_argument("--profile", default=None, choices=sorted(PROFILES),
+                      help=f"default: the study's (--run-dir), else {DEFAULT_PROFILE}")
+    plan.add_argument("--data", default="synthetic", choices=source_names(), help="data source (lusv.data.sources)")
+    plan.add_argument("--data-path", default=None, help="POCUS folder or your labels CSV")
+    plan.add_argument("--run-dir", default=None, help="the study folder: its clip counts once notebook 01 has prepared it")
+    plan.add_argument("--models", default=None, help="a subset of configuration keys, comma-separated (run_all.sh --models)")
+    plan.add_argument("--folds", default=None, help="a subset of folds, comma-separated, e.g. 0 (run_all.sh --folds)")
+    plan.add_argument("--device", default="auto", help="where to measure a few steps: auto (the GPU if any), cpu, cuda")
+    plan.add_argument("--estimate-only", action="store_true", help="measure nothing: estimate every figure")
+    plan.add_argument("--check", action="store_true", help="only check --models and --folds and count the runs")
+    plan.set_defaults(handler=_cmd_plan)
+
+
 def _add_test_set_arguments(prepare: argparse.ArgumentParser) -> None:
     prepare.add_argument("--no-temporal-split", dest="temporal_split", action="store_false",
                          help="no temporally separated test set even when the clips have dates: every clip goes into the folds")
@@ -282,6 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--n-boot", type=int, default=1000)
     report.set_defaults(handler=_cmd_report)
 
+    _add_plan_command(commands)
+
     external = commands.add_parser(
         "external", help="predict another labelled dataset with a study's fold models (AUCs with CIs, carried-over thresholds)")
     external.add_argument("--study", required=True, help="a finished study folder (prepare/, runs/, oof/)")
@@ -298,7 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # One-shot commands whose output is their answer: progress notes (model built, weights used)
 # would only bury it, so they log warnings and errors unless -v is given.
-QUIET_COMMANDS = frozenset({"predict", "evaluate", "export", "claims"})
+QUIET_COMMANDS = frozenset({"predict", "evaluate", "export", "claims", "plan"})
 
 
 def _log_level(args: argparse.Namespace) -> int:

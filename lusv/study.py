@@ -47,6 +47,7 @@ from lusv.evaluation.out_of_fold import (  # noqa: F401 - the study steps the no
     SPLITS,
     FoldAttention,
     SplitResults,
+    comparable_keys,
     fold_ensemble,
     fold_model_predictions,
     load_out_of_fold,
@@ -55,6 +56,7 @@ from lusv.evaluation.out_of_fold import (  # noqa: F401 - the study steps the no
     paper_results,
     results,
     sweep_results,
+    trained_runs,
     video_level_results,
     write_out_of_fold,
     write_report,
@@ -65,7 +67,7 @@ from lusv.data.splits import check_enough_patients, fold_balance, load_or_make_f
 from lusv.data.temporal_split import set_apart_temporal_test
 from lusv.data.windows import write_windows
 from lusv.paths import in_repository
-from lusv.report.sweeps import sweep_grid
+from lusv.models import roster
 from lusv.train import run_grid
 from lusv.explain.truth import example_frames_figure, frame_truth, region_truth  # noqa: F401 - study steps too
 
@@ -202,6 +204,7 @@ def train_folds(
     folds: list[int] | None = None,
     key: str | None = None,
     *,
+    models: list[str] | str | None = None,
     profile: str | None = None,
     executor: str = "sequential",
     ray_address: str | None = None,
@@ -212,11 +215,25 @@ def train_folds(
     The profile is the study's (``profile``, when given, must agree with it). Finished folds are
     reused and interrupted ones resumed, so rerunning a notebook after a crash continues where it
     stopped. ``executor="ray"`` trains the folds side by side as Ray tasks (``ray_address``: a
-    cluster, or None for a local Ray); see ``lusv.train.executors``.
+    cluster, or None for a local Ray); see ``lusv.train.executors``. ``models`` (the study's
+    subset, ``run_all.sh --models``) without ``key``: nothing is trained, and the finished runs of
+    ``key`` are returned (ConfigError when there are none: every comparison needs LUV-Net).
     """
     key = key or model
+    if roster.select([key], roster.check_models(prepared.resolve_profile(profile), models)) == []:
+        return reused_runs(prepared, key)
     return train_configurations(prepared, {key: {"model": model, **overrides}}, folds, profile=profile,
                                 executor=executor, ray_address=ray_address)[key]
+
+
+def reused_runs(prepared: Prepared, key: str) -> list[Path]:
+    """The finished runs of ``key`` in the study, for a step whose ``models`` leave it out."""
+    found = trained_runs(prepared.run_dir, key)
+    if not found:
+        raise ConfigError(f"{key} is not among the models asked for and {prepared.run_dir} has no finished run of it: "
+                          f"add {key} to the models (every comparison is against it)")
+    log.info("%s is not among the models asked for: reusing its %d finished run(s)", key, len(found))
+    return found
 
 
 def train_configurations(
@@ -232,14 +249,15 @@ def train_configurations(
     """Train several model configurations on every fold as one grid; returns their run dirs by key.
 
     ``configurations`` maps a key (its name in oof/ and the tables) to RunParams overrides that
-    include ``model``; ``overrides`` apply to all. One grid lets the Ray executor run every
+    include ``model``; ``overrides`` apply to all. ``folds``: a list, or text such as "0,1" (a
+    notebook parameter passed by ``run_all.sh --folds``). One grid lets the Ray executor run every
     (configuration, fold) side by side instead of one configuration at a time. The profile is the
     study's (``profile``, when given, must agree with it).
     """
     # A profile in the overrides (a notebook's ``overrides``) is checked against the study's like ``profile``.
     profile = prepared.resolve_profile(prepared.resolve_profile(overrides.pop("profile", None)) if profile is None
                                        else profile)
-    folds = list(range(prepared.num_folds)) if folds is None else list(folds)
+    folds = roster.check_folds(folds, prepared.num_folds) or list(range(prepared.num_folds))
     keys, grid = [], []
     for key, configuration in configurations.items():
         for fold in folds:
@@ -272,28 +290,28 @@ def temporal_ablation(
     kernel_sizes: list[int] | None = None,
     head_counts: list[int] | None = None,
     *,
+    folds: list[int] | None = None,
+    models: list[str] | str | None = None,
     profile: str | None = None,
     executor: str = "sequential",
     ray_address: str | None = None,
     **overrides,
 ) -> list[str]:
     """Train LUV-Net without its temporal module, with each temporal kernel size K and with each
-    number of attention heads H, on every fold, as one grid (the paper swept K and H on one fold).
+    number of attention heads H, on every fold (or ``folds``), as one grid (the paper swept K and
+    H on one fold).
 
     The run at the profile's own K and H is the main LUV-Net of notebook 02 (key "luvnet") and
-    is reused rather than trained twice. ``None``: the profile's grid (``lusv.report.sweeps.sweep_grid``:
-    the paper's Tables 8-9 grid in the paper profile). Returns the keys to compare, LUV-Net first.
+    is reused rather than trained twice. ``None``: the profile's grid (``lusv.models.roster.sweep_grid``:
+    the paper's Tables 8-9 grid in the paper profile). ``models`` (the study's subset): only those
+    keys train (``lusv.models.roster.sweep_configurations``); LUV-Net left out is reused. Returns
+    the keys to compare, LUV-Net first: those trained now, and LUV-Net where its predictions cover
+    the same clips (``comparable_keys``).
     """
     profile = prepared.resolve_profile(profile)
-    main = params_for(profile)
-    kernel_sizes = sweep_grid(profile, "kernel_size") if kernel_sizes is None else kernel_sizes
-    head_counts = sweep_grid(profile, "num_heads") if head_counts is None else head_counts
-    configurations = {}
-    for knob, values, own, prefix in (("kernel_size", kernel_sizes, main.kernel_size, "luvnet_k"),
-                                      ("num_heads", head_counts, main.num_heads, "luvnet_h")):
-        for value in values:
-            configurations["luvnet" if value == own else f"{prefix}{value}"] = {"model": "luvnet", knob: value}
-    configurations["luvnet_no_temporal"] = {"model": "luvnet_no_temporal"}
-    train_configurations(prepared, configurations, profile=profile, executor=executor, ray_address=ray_address,
-                         **overrides)
-    return sorted(configurations, key=lambda k: k != "luvnet")
+    models = roster.check_models(profile, models)
+    configurations = roster.sweep_configurations(profile, models, kernel_sizes, head_counts)
+    trained = train_configurations(prepared, configurations, folds, profile=profile, executor=executor,
+                                   ray_address=ray_address, **overrides)
+    keys = sorted(dict.fromkeys([roster.REFERENCE, *trained]), key=lambda k: k != roster.REFERENCE)
+    return comparable_keys(prepared.run_dir, keys)

@@ -173,3 +173,40 @@ def test_external_pocus_notebook_on_the_real_clips(tmp_path, tiny_data):
     ) == 100
     assert {"luvnet", "linear_probe"} <= set(pd.read_csv(run_dir / "tables" / "test_auc_table.csv").iloc[:, 0])
     check_readable(nb, "07_external_pocus")
+
+
+def test_a_subset_run_trains_only_its_runs_and_later_notebooks_report_them(tmp_path):
+    """run_all.sh --models luvnet,usvn,luvnet_no_temporal --folds 0, as it passes them (raw text):
+    one run per named model, on fold 0 only, and notebooks 05-07 report those without error."""
+    run_dir = tmp_path / "study"
+    executed = tmp_path / "executed"
+    executed.mkdir()
+    subset = {"models": "luvnet,usvn,luvnet_no_temporal", "folds": "0"}
+    execute("01_preprocess", executed, run_dir=str(run_dir), profile="quick", **TINY_DATA,
+            data_path=str(tmp_path / "synthetic"), cache_root=str(tmp_path / "cache"),
+            synthetic={"n_clips": 30, "n_patients": 15, "num_frames": 16, "frame_size": 32})
+    for name in ("02_train_folds", "03_baselines", "04_ablation_temporal"):
+        check_readable(execute(name, executed, run_dir=str(run_dir), overrides=TINY_TRAINING, **subset), name)
+    assert sorted(p.name for p in (run_dir / "runs").iterdir()) == ["luvnet-fold0", "luvnet_no_temporal-fold0",
+                                                                   "usvn-fold0"]
+    folds = pd.read_csv(run_dir / "prepare" / "folds.csv")
+    windows = pd.read_csv(run_dir / "prepare" / "windows.csv")
+    fold0 = sorted(windows.loc[windows["video_id"].isin(folds.loc[folds["fold"] == 0, "clip_id"]), "clip_id"])
+    assert sorted(pd.read_csv(run_dir / "oof" / "usvn.test.csv")["clip_id"]) == fold0, "fold 0's test windows only"
+
+    check_readable(execute("05_attention", executed, run_dir=str(run_dir), n_examples=1, max_saliency_clips=2),
+                   "05_attention")
+    check_readable(execute("06_results", executed, run_dir=str(run_dir), n_boot=20), "06_results")
+    table = pd.read_csv(run_dir / "tables" / "test_auc_table.csv")
+    assert sorted(table.iloc[:, 0]) == ["luvnet", "luvnet_no_temporal", "usvn"], "what was trained, nothing else"
+    per_fold = pd.read_csv(run_dir / "tables" / "paper_per_fold.csv")
+    assert set(per_fold["fold"]) == {0}
+    if POCUS_ROOT.is_dir():  # notebook 07 takes the same subset (its reference, LUV-Net, always trains)
+        external = run_dir / "external_pocus"
+        check_readable(execute("07_external_pocus", executed, study_dir=str(run_dir), run_dir=str(external),
+                               data_path=str(POCUS_ROOT), num_frames=8, image_size=32, cache_root=str(tmp_path / "pc"),
+                               n_boot=20, subset="usvn", folds="0", overrides={"epochs": 1, "max_batches_per_epoch": 2}),
+                       "07_external_pocus")
+        assert sorted(p.name for p in (external / "runs").iterdir()) == ["luvnet-fold0", "usvn-fold0"]
+        assert sorted(pd.read_csv(external / "tables" / "test_auc_table.csv").iloc[:, 0]) == [
+            "linear_probe", "luvnet", "usvn"]

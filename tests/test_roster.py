@@ -67,7 +67,8 @@ def test_paper_profile_trains_the_whole_table_1_and_quick_a_cpu_subset():
 def test_pretrained_roster_trains_every_2d_comparator_and_the_probe_where_the_encoder_is_frozen():
     from lusv.models import roster
 
-    assert set(roster.baselines("pretrained")) == {"usvn", "cnn_lstm", "frame_based", "c3d", "r2plus1d"}
+    assert set(roster.baselines("pretrained")) == {"usvn", "cnn_lstm", "frame_based"}
+    assert {"c3d", "r2plus1d"} <= set(roster.opt_in("pretrained")), "the 3-D CNNs from scratch: opt-in (--models)"
     assert roster.with_linear_probe("pretrained") is True  # heads on frozen Lite0 features
     assert roster.with_linear_probe("quick") is False  # the tiny encoder trains: no fixed features to probe
     assert roster.with_linear_probe("paper") is False

@@ -45,6 +45,7 @@ from lusv.data.patterns import PATTERNS
 from lusv.evaluation.out_of_fold import ensemble_mean
 from lusv.infra.io import atomic_path, write_csv
 from lusv.models.encoders import build_encoder
+from lusv.models.roster import check_folds
 from lusv.train import cut_into_windows, predictions_table, seed_everything
 
 log = logging.getLogger(__name__)
@@ -106,11 +107,11 @@ def _probe_encoder(prepared: Any, profile: str, overrides: dict):
     return base, build_encoder(base.encoder, base.weights)
 
 
-def study_folds(prepared: Any, profile: str, overrides: dict, encoder):
-    """Each fold of the study as the probe sees it: (fold, its roles' rows, clip id -> mean-pooled
-    features), the features read from (or added once to) the runs' feature cache."""
+def study_folds(prepared: Any, profile: str, overrides: dict, encoder, folds: Any = None):
+    """Each fold of the study (or of ``folds``) as the probe sees it: (fold, its roles' rows, clip id ->
+    mean-pooled features), the features read from (or added once to) the runs' feature cache."""
     features = None
-    for fold in range(prepared.num_folds):
+    for fold in check_folds(folds, prepared.num_folds) or range(prepared.num_folds):
         p = params_for(profile, **{**prepared.training_inputs(), **overrides, "fold": fold})
         data = load_fold_data(p, prepared.run_dir / "runs")
         if p.clip_policy == "windows":  # each role's videos -> their windows, as training sees them
@@ -123,20 +124,22 @@ def study_folds(prepared: Any, profile: str, overrides: dict, encoder):
         yield fold, roles, dict(zip(everyone, mean_pooled(features, everyone)))
 
 
-def linear_probe(prepared: Any, key: str = KEY, *, profile: str | None = None, **overrides: Any) -> dict[str, Path]:
+def linear_probe(prepared: Any, key: str = KEY, *, profile: str | None = None, folds: Any = None,
+                 **overrides: Any) -> dict[str, Path]:
     """Fit and predict the linear probe on every fold of ``prepared`` (a ``lusv.data.prepared.Prepared``)
     with the encoder of the study's profile (``profile``, when given, must agree with it); writes and
-    returns ``oof/<key>.<split>.csv`` by split, and records its settings in ``oof/<key>.json``."""
+    returns ``oof/<key>.<split>.csv`` by split, and records its settings in ``oof/<key>.json``.
+    ``folds``: only those (a list, or text "0,1"), as the study's subset runs train them."""
     profile = prepared.resolve_profile(profile)
     base, encoder = _probe_encoder(prepared, profile, overrides)
     parts: dict[str, list[pd.DataFrame]] = {"test": [], "val": [], "temporal_test": [], "held_out": []}
-    for fold, roles, pooled in study_folds(prepared, profile, overrides, encoder):
+    for fold, roles, pooled in study_folds(prepared, profile, overrides, encoder, folds):
         for role, values in fit_fold(pooled, roles).items():
             parts[role].append(predictions_table(roles[role], values, fold))
     written = {}
     oof = prepared.run_dir / "oof"
     record = {"key": key, "profile": profile, "overrides": overrides, "encoder": base.encoder, "weights": base.weights,
-              "C": C}
+              "C": C, "folds": check_folds(folds, prepared.num_folds)}
     with atomic_path(oof / f"{key}.json") as tmp:
         Path(tmp).write_text(json.dumps(record, indent=2, default=str), encoding="utf-8")
     for split in ("test", "val"):
@@ -155,7 +158,8 @@ def external_probe(prepared: Any, source: Any, table: pd.DataFrame, key: str = K
     that record: the profile's encoder), applied to the same encoder's features of ``table``'s
     clips; returns ``table``'s id columns and the fold models' mean ``p_<pattern>``."""
     record_path = prepared.run_dir / "oof" / f"{key}.json"
-    overrides = json.loads(record_path.read_text(encoding="utf-8")).get("overrides", {}) if record_path.is_file() else {}
+    record = json.loads(record_path.read_text(encoding="utf-8")) if record_path.is_file() else {}
+    overrides, folds = record.get("overrides", {}), record.get("folds")
     profile = prepared.resolve_profile(None)
     base, encoder = _probe_encoder(prepared, profile, overrides)
     ids = table["clip_id"].tolist()
@@ -163,7 +167,7 @@ def external_probe(prepared: Any, source: Any, table: pd.DataFrame, key: str = K
     log.info("linear probe features of the other dataset: %s", features.build(ids, views=0, progress=False))
     x_other = mean_pooled(features, ids)
     per_fold = []
-    for _, roles, pooled in study_folds(prepared, profile, overrides, encoder):
+    for _, roles, pooled in study_folds(prepared, profile, overrides, encoder, folds):
         x_train = np.stack([pooled[cid] for cid in roles["train"]["clip_id"]])
         frame = table[[c for c in ("clip_id", "video_id", "patient_id") if c in table]].copy()
         probabilities = predict_patterns(fit_patterns(x_train, roles["train"]), x_other)

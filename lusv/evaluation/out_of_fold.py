@@ -15,12 +15,15 @@ keeps them under ``<run_dir>/oof/``::
 Reading them back (``load_out_of_fold``) checks them against their fold runs (``oof_mismatch``):
 a run unfinished now, or predictions that are no longer the ones a file was made from (a fold
 retrained since), refuse the file in one line rather than mix two trainings in one number.
-``results`` turns them into the result tables and ROC figures (``lusv.report.tables``);
+``results`` turns them into the result tables and ROC figures (``lusv.report.tables``), over the
+models whose out-of-fold predictions cover the reference's clips (``comparable_keys``: a model
+trained on other folds, ``run_all.sh --folds``, is left out with a warning, not compared on other clips);
 ``out_of_fold_attention`` reruns each fold's model on its test clips to keep the attention.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +42,8 @@ from lusv.report.paper import paper_way, table4_beside_paper
 from lusv.report.sweeps import paper_comparisons, sweep_figure, sweep_tables
 from lusv.report.tables import results_tables, roc_figure, save_figure, save_tables
 from lusv.train import unfinished_reason
+
+log = logging.getLogger(__name__)
 
 SPLITS = ("test", "val", "temporal_test", "held_out")
 # The test sets every fold model predicts (set apart before the folds); results show each after
@@ -160,6 +165,38 @@ def load_out_of_fold(run_dir: str | Path, split: str = "test", keys: list[str] |
 
 
 
+def trained_runs(study_dir: str | Path, key: str) -> list[Path]:
+    """The finished runs of ``key`` in a study (``runs/<key>-fold<f>`` with its test predictions), by fold."""
+    runs = in_repository(study_dir) / "runs"
+    pattern = re.compile(re.escape(key) + r"-fold(\d+)")
+    found = [(int(m.group(1)), d) for d in runs.glob(f"{key}-fold*") if (m := pattern.fullmatch(d.name))]
+    return [d for _, d in sorted(found) if (d / "predictions_test.csv").is_file()]
+
+
+def comparable_keys(run_dir: str | Path, keys: list[str] | None = None, reference: str = "luvnet") -> list[str]:
+    """``keys`` (None: every model with out-of-fold predictions, sorted) whose test predictions
+    cover the same clips as ``reference``'s, so that every table compares models on the same clips.
+    A model trained on other folds (a subset run, ``--folds``) is left out with a warning saying
+    which folds each has; without the reference's predictions, ``keys`` are returned as they are."""
+    oof_dir = in_repository(run_dir) / "oof"
+    keys = sorted(p.name[: -len(".test.csv")] for p in oof_dir.glob("*.test.csv")) if keys is None else list(keys)
+    if reference not in keys or not (oof_dir / f"{reference}.test.csv").is_file():
+        return keys
+    folds = {key: read_table(oof_dir / f"{key}.test.csv")[["clip_id", "model_fold"]]
+             for key in keys if (oof_dir / f"{key}.test.csv").is_file()}
+    clips = set(folds[reference]["clip_id"])
+    kept = [key for key in keys if key not in folds or set(folds[key]["clip_id"]) == clips]
+    for key in sorted(set(keys) - set(kept)):
+        log.warning("%s is left out of the comparisons: its out-of-fold predictions come from fold(s) %s, %s's from "
+                    "fold(s) %s (train it on the same folds to compare it)", key, _folds(folds[key]), reference,
+                    _folds(folds[reference]))
+    return kept
+
+
+def _folds(table: pd.DataFrame) -> str:
+    return ", ".join(str(int(f)) for f in sorted(table["model_fold"].unique()))
+
+
 @dataclass
 class SplitResults:
     """The tables and ROC figure of one held-out set (cross-validated test or temporal test)."""
@@ -180,7 +217,7 @@ def results(
     """
     run_dir = in_repository(run_dir)
     out = {}
-    test = load_out_of_fold(run_dir, "test", keys)
+    test = load_out_of_fold(run_dir, "test", comparable_keys(run_dir, keys, reference) if keys is None else keys)
     val = load_out_of_fold(run_dir, "val", list(test))
     splits = {"test": (test, val)}
     for split in ENSEMBLE_SPLITS:
@@ -287,7 +324,7 @@ def paper_results(run_dir: str | Path, pooled: pd.DataFrame, reference: str = "l
     ``lusv.report.paper.table4_beside_paper``). Saved as ``tables/paper_<name>.csv``. Tables 8 and 9
     (the sweeps) are added as notebook 04 saved them (``sweep_results``), when it has run."""
     run_dir = in_repository(run_dir)
-    test = load_out_of_fold(run_dir, "test", keys)
+    test = load_out_of_fold(run_dir, "test", comparable_keys(run_dir, keys, reference) if keys is None else keys)
     test = {key: test[key] for key in sorted(test, key=lambda key: key != reference)}  # the reference first
     temporal = fold_model_predictions(run_dir, "temporal_test", list(test))
     tables = {**paper_way(test, pooled, temporal, reference), "table4": table4_beside_paper()}
@@ -306,6 +343,7 @@ def video_level_results(run_dir: str | Path, keys: list[str] | None = None, spli
     max of its windows), saved as ``tables/<split>_<name>.csv``. Without a ``video_id`` column
     each clip is its own video and the levels agree."""
     run_dir = in_repository(run_dir)
+    keys = comparable_keys(run_dir) if keys is None else keys
     summaries = level_summaries(load_out_of_fold(run_dir, split, keys), n_boot=n_boot)
     tables = {"levels": summaries, "window_vs_video": level_table(summaries, ("window", "video_mean")),
               "video_max": level_table(summaries, ("video_max",))}

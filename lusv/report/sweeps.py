@@ -22,25 +22,15 @@ import numpy as np
 import pandas as pd
 
 from lusv.data.patterns import DISPLAY_NAMES
+from lusv.models.roster import GRID_BY_PROFILE, sweep_grid  # noqa: F401 - each profile's grid lives with the roster
 from lusv.report.paper import compare_sweep_with_paper, fold_mean_sd, per_fold_auc, published_table, SUMMARY_COLUMNS
 from lusv.stats.metrics import summarize_predictions
 
 SYMBOLS = {"kernel_size": "K", "num_heads": "H"}
 PAPER_TABLES = {"kernel_size": 8, "num_heads": 9}
 KNOB_NAMES = {"kernel_size": "temporal kernel size K", "num_heads": "attention heads H"}
-# Each profile's sweep grid: the paper profile sweeps the paper's (its Tables 8 and 9), the CPU
-# profiles two points each, so that the quick study stays within its minutes.
-_CPU_GRID = {"kernel_size": (5, 13), "num_heads": (4, 8)}
-GRID_BY_PROFILE: Mapping[str, Mapping[str, tuple[int, ...]]] = {
-    "paper": {"kernel_size": tuple(range(1, 30, 2)), "num_heads": (1, 2, 4, 8, 16, 32, 96)},
-    "quick": _CPU_GRID,
-    "pretrained": _CPU_GRID,
-}
 
 
-def sweep_grid(profile: str, knob: str) -> list[int]:
-    """The values of ``knob`` (kernel_size or num_heads) that ``profile`` sweeps by default."""
-    return list(GRID_BY_PROFILE.get(profile, _CPU_GRID)[knob])
 _KEY_PATTERNS = {"kernel_size": re.compile(r"luvnet(_k\d+)?"), "num_heads": re.compile(r"luvnet(_h\d+)?")}
 
 

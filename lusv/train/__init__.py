@@ -38,6 +38,8 @@ The rooms of this package:
     record.py      config.json's contents, whether a run finished (and why not), the predictions tables
     progress.py    live bars on a terminal, one line per epoch elsewhere
     executors.py   a grid of (configuration, fold) runs: one after another, or as Ray tasks
+    plan.py        a study's plan before training: every run, notebook by notebook, and what it costs
+    step_cost.py   one training step's seconds and memory: measured at the real shapes, or estimated
 
 Models are built and used for prediction by ``lusv.inference`` (which does not import this
 package); devices, mixed precision and torchrun ranks come from ``lusv.infra.devices``.
@@ -46,10 +48,13 @@ package); devices, mixed precision and torchrun ranks come from ``lusv.infra.dev
 from lusv.train.data import cut_into_windows, eval_loader
 from lusv.train.executors import run_grid
 from lusv.train.loop import KILL_ENV
+from lusv.train.plan import study_plan, StudyPlan
 from lusv.train.randomness import rng_state, seed_everything, set_rng_state
 from lusv.train.record import predictions_table, unfinished_reason
 from lusv.train.runner import run
+from lusv.train.step_cost import estimated_memory_mib, model_figures
 
 # What the rest of lusv uses of training; nothing outside this package imports its modules.
-__all__ = ["KILL_ENV", "cut_into_windows", "eval_loader", "predictions_table", "rng_state", "run", "run_grid",
-           "seed_everything", "set_rng_state", "unfinished_reason"]
+__all__ = ["KILL_ENV", "StudyPlan", "cut_into_windows", "estimated_memory_mib", "eval_loader", "model_figures",
+           "predictions_table", "rng_state", "run", "run_grid", "seed_everything", "set_rng_state", "study_plan",
+           "unfinished_reason"]
