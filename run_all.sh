@@ -153,5 +153,7 @@ else
 fi
 # Every executed notebook as standalone HTML and an index page: the study readable in any browser.
 "$LUSV_PYTHON" -m lusv.report.html "$run_dir"
+# What made these numbers (command, date, duration, machine): lusv publish quotes it beside them.
+"$LUSV_PYTHON" -m lusv.report.run_record "$run_dir" --command "bash $invoked" --seconds $(( $(date +%s) - start ))
 echo "study finished in $(( ($(date +%s) - start) / 60 )) min $(( ($(date +%s) - start) % 60 )) s: $run_dir"
 echo "results: $run_dir/index.html (open in a browser)  tables: $run_dir/tables  figures: $run_dir/figures  logs: $run_dir/logs"

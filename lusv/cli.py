@@ -10,6 +10,7 @@
     lusv plan     --profile paper                    (what a study would train and cost; trains nothing)
     lusv external --study results/pretrained-pocus --data folder --data-path other/labels.csv
     lusv claims   results/quick-synthetic results/pretrained-pocus
+    lusv publish  results/quick-synthetic results/pretrained-pocus --readme README.md
 
 ``lusv train``'s flags are generated from ``lusv.config.RunParams``: one flag per field, with
 the field's help text, so the command line and ``config.json`` never drift apart; the fields
@@ -289,6 +290,26 @@ def _add_claims_command(commands) -> None:
     claims.set_defaults(handler=_cmd_claims)
 
 
+def _cmd_publish(args: argparse.Namespace) -> int:
+    from lusv.evaluation.published import publish
+
+    written = publish([_from_here(run) for run in args.runs], _from_here(args.page),
+                      _from_here(args.readme) if args.readme else None, n_boot=args.n_boot)
+    print(f"publish: {', '.join(str(path) for path in written)}", file=sys.stderr)
+    return 0
+
+
+def _add_publish_command(commands) -> None:
+    publish = commands.add_parser(
+        "publish", help="write the runs' numbers for the docs (AUC tables, claims, with each run's command and date) "
+                        "and fill the README's generated block")
+    publish.add_argument("runs", nargs="+", help="finished study folders, e.g. results/quick-synthetic")
+    publish.add_argument("--page", default="docs/results-generated.md", help="the Markdown page to write")
+    publish.add_argument("--readme", default=None, help="a README with the lusv publish markers to fill (e.g. README.md)")
+    publish.add_argument("--n-boot", type=int, default=1000, help="paired patient-bootstrap replicates of the claims")
+    publish.set_defaults(handler=_cmd_publish)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from lusv.config import DEFAULT_PROFILE, PROFILES
     from lusv.data.sources import source_names
@@ -342,12 +363,13 @@ def build_parser() -> argparse.ArgumentParser:
     external.add_argument("--dayfirst", action="store_true", help="acquired_on holds day-first dates")
     external.set_defaults(handler=_cmd_external)
     _add_claims_command(commands)
+    _add_publish_command(commands)
     return parser
 
 
 # One-shot commands whose output is their answer: progress notes (model built, weights used)
 # would only bury it, so they log warnings and errors unless -v is given.
-QUIET_COMMANDS = frozenset({"predict", "evaluate", "export", "claims", "plan"})
+QUIET_COMMANDS = frozenset({"predict", "evaluate", "export", "claims", "plan", "publish"})
 
 
 def _log_level(args: argparse.Namespace) -> int:

@@ -125,10 +125,8 @@ MUTATIONS: tuple[Mutation, ...] = (
              "test_video_level", VIDEO_LEVEL),
     # ------------------------------------------------------------ kind 1: computations checked only by shape
     Mutation("linear-probe-fit-on-the-test-fold",
-             '        y_train = roles["train"][pattern].to_numpy(float)\n        known = ~np.isnan(y_train)\n'
-             '        predict = fit_pattern(x("train")[known]',
-             '        y_train = roles["test"][pattern].to_numpy(float)\n        known = ~np.isnan(y_train)\n'
-             '        predict = fit_pattern(x("test")[known]',
+             '    predictors = fit_patterns(x("train"), roles["train"])',
+             '    predictors = fit_patterns(x("test"), roles["test"])',
              "test_external", PROBE_AND_EXTERNAL),
     # The fold ensemble's mean (the study's set-apart sets; on main also the probe's, via ensemble_mean).
     Mutation("fold-ensemble-is-its-first-model",
@@ -167,9 +165,9 @@ MUTATIONS: tuple[Mutation, ...] = (
              "return (stacked.astype(np.float64) * mask[..., None]).sum(axis=1) / stacked.shape[1]",
              "test_external", "mean_pooling"),
     Mutation("linear-probe-unlabelled-as-negative",
-             "        known = ~np.isnan(y_train)\n        predict = fit_pattern(",
+             "        known = ~np.isnan(y_train)\n        predictors.append(fit_pattern(",
              "        known = ~np.isnan(y_train) | True\n        y_train = np.nan_to_num(y_train)\n"
-             "        predict = fit_pattern(",
+             "        predictors.append(fit_pattern(",
              "test_external", "mean_pooling"),
     Mutation("external-later-pattern-labels-swapped",
              "        for pattern in PATTERNS:\n            frame[pattern] = scored[pattern].to_numpy(float)",
