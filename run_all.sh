@@ -81,14 +81,6 @@ source scripts/ensure_env.sh
 # The study remembers its profile (prepare/prepared.json): a rerun of an existing study uses it, and a
 # profile typed that disagrees with it is refused in one line before anything runs.
 run_dir="results/${run:-${profile:-quick}-$data}"
-# One study per study folder: hold results/<run>/.study.lock for the whole run (a flock on this
-# shell's descriptor 9, lusv.infra.runlock); a second run_all.sh into the same folder stops here
-# with one line naming the first. Notebook 01's prepare sees LUSV_STUDY_LOCK and goes ahead.
-mkdir -p "$run_dir"
-exec 9>>"$run_dir/.study.lock"
-"$LUSV_PYTHON" -m lusv.infra.runlock "$run_dir" --fd 9 --pid $$ --command "$invoked" || exit 3
-LUSV_STUDY_LOCK="$(cd "$run_dir" && pwd -P)/.study.lock"
-export LUSV_STUDY_LOCK
 recorded=$("$LUSV_PYTHON" -c 'import sys; from lusv.data.prepared import Prepared
 p = Prepared.recorded(sys.argv[1]); print(p.profile or "" if p else "")' "$run_dir")
 if [[ -n "$recorded" && -n "$profile" && "$recorded" != "$profile" ]]; then
@@ -107,6 +99,14 @@ fi
 if [[ -n "$models$folds" ]]; then  # a subset: refused in one line before anything runs when it names no run
     "$LUSV_PYTHON" -m lusv.cli plan --check "${plan_args[@]}" || exit 2
 fi
+# One study per study folder: hold results/<run>/.study.lock for the whole run (a flock on this
+# shell's descriptor 9, lusv.infra.runlock); a second run_all.sh into the same folder stops here
+# with one line naming the first. Notebook 01's prepare sees LUSV_STUDY_LOCK and goes ahead.
+mkdir -p "$run_dir"
+exec 9>>"$run_dir/.study.lock"
+"$LUSV_PYTHON" -m lusv.infra.runlock "$run_dir" --fd 9 --pid $$ --command "$invoked" || exit 3
+LUSV_STUDY_LOCK="$(cd "$run_dir" && pwd -P)/.study.lock"
+export LUSV_STUDY_LOCK
 mkdir -p "$run_dir/notebooks"
 export PYTHONUNBUFFERED=1
 unset MPLBACKEND  # the kernels must use the inline backend, or plt.show() puts no figure in the notebook

@@ -107,9 +107,9 @@ def check_model(prepared, key: str, smoke: bool) -> dict:
     finally:
         logging.getLogger("lusv.train").removeHandler(steps)
     second = steps.times[1] - steps.times[0] if len(steps.times) >= 2 else float("nan")
-    row.update({"s per step": round(second, 1), "run wall s": round(time.perf_counter() - started, 1),
+    row.update({"s per step": float(f"{second:.3g}"), "run wall s": round(time.perf_counter() - started, 1),
                 "run CPU s": round(time.process_time() - cpu, 1),
-                "peak memory in use (GB)": round(peak.mib / 1024, 2) if peak is not None else float("nan"),
+                "peak memory in use (GB)": float(f"{peak.mib / 1024:.3g}") if peak is not None else float("nan"),
                 "status": status})
     print(" | ".join(f"{k}: {v}" for k, v in row.items()), flush=True)
     return row

@@ -153,7 +153,14 @@ def _fake_run(tmp_path) -> tuple:
     test = {"usvn": _model_predictions(1, [0.4, 0.3, 0.2, 0.1]), "luvnet": _model_predictions(2, [2.0, 1.5, 1.0, 0.6])}
     test["usvn"] = test["usvn"].sample(frac=1.0, random_state=0)  # rows in another order than the reference's
     for key, table in test.items():
-        write_csv(tmp_path / "oof" / f"{key}.test.csv", table.assign(fold=table["model_fold"]))
+        table = table.assign(fold=table["model_fold"])
+        write_csv(tmp_path / "oof" / f"{key}.test.csv", table)
+        for fold in range(FOLDS):  # finished fold runs whose test predictions the oof/ file was made from
+            run = tmp_path / "runs" / f"{key}-fold{fold}"
+            run.mkdir(parents=True)
+            (run / "config.json").write_text('{"status": "finished"}')
+            (run / "best.pt").touch()
+            write_csv(run / "predictions_test.csv", table[table["model_fold"] == fold])
     temporal = {}
     for key, strength in (("luvnet", 1.2), ("usvn", 0.3)):
         parts = []

@@ -120,6 +120,9 @@ def oof_mismatch(study_dir: Path, key: str, split: str, table: pd.DataFrame) -> 
     dirs = fold_runs(study_dir, key)
     if not any(d.is_dir() for d in dirs):
         return None
+    made_from = _folds_made_from(study_dir, key, table)
+    if made_from is not None:  # a subset of folds (run_all.sh --folds): only the runs the file was made from
+        dirs = [d for d in dirs if d.name.rsplit("-fold", 1)[1] in made_from]
     unfinished = [f"{d.name} {why}" for d in dirs if (why := unfinished_reason(d))]
     if unfinished:
         return "its fold run " + "; ".join(unfinished)
@@ -129,6 +132,18 @@ def oof_mismatch(study_dir: Path, key: str, split: str, table: pd.DataFrame) -> 
     same = (list(ordered[0]["clip_id"]) == list(ordered[1]["clip_id"]) and set(columns) <= set(table.columns)
             and np.allclose(ordered[0][columns].to_numpy(float), ordered[1][columns].to_numpy(float), rtol=0, atol=1e-9))
     return None if same else "its fold runs' predictions differ from it (a fold was retrained since it was written)"
+
+
+def _folds_made_from(study_dir: Path, key: str, table: pd.DataFrame) -> set[str] | None:
+    """The fold numbers (as text) of the fold models a prediction table was made from: its
+    ``model_fold`` column (test, val), else that of the model's test table (the fold ensembles of
+    the set-apart sets); None when neither says."""
+    if "model_fold" not in table:
+        sibling = Path(study_dir) / "oof" / f"{key}.test.csv"
+        table = read_table(sibling) if sibling.is_file() else table
+    if "model_fold" not in table or not len(table):
+        return None
+    return {str(int(fold)) for fold in table["model_fold"].unique()}
 
 
 def _checked(study_dir: Path, key: str, split: str, path: Path) -> pd.DataFrame:
@@ -305,6 +320,9 @@ def fold_model_predictions(run_dir: str | Path, split: str = "temporal_test", ke
     stacked = {}
     for key in keys:
         dirs = fold_runs(run_dir, key)
+        made_from = _folds_made_from(run_dir, key, pd.DataFrame())
+        if made_from is not None:  # a subset of folds (run_all.sh --folds): the runs its oof/ files came from
+            dirs = [d for d in dirs if d.name.rsplit("-fold", 1)[1] in made_from]
         if not any((d / f"predictions_{split}.csv").is_file() for d in dirs):
             continue
         unfinished = [f"{d.name} {why}" for d in dirs if (why := unfinished_reason(d))]

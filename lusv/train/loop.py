@@ -112,7 +112,7 @@ def train_one_epoch(
             optimizer.zero_grad(set_to_none=True)
             step += 1
             if p.log_every and step % p.log_every == 0:
-                logger.info("epoch %d step %d: loss %.4f", epoch + 1, step, float(loss) * group_size)
+                logger.info("epoch %d step %d: loss %.4f", epoch + 1, step, float(loss.detach()) * group_size)
         loss_sum += batch_loss.detach()
         count += batch_count
         bar.update(1)
