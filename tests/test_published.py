@@ -37,14 +37,15 @@ def test_the_headline_ranks_luvnet_as_the_table_shows_it_and_counts_each_verdict
     assert verdict_counts(tables, "run (kind)") == {"holds": 2, "reversed": 1, "not resolved": 1, "not tested here": 1}
     line = headline(run_dir, tables, "run (kind)")
     finished = read_run_record(run_dir)["finished"][:10]
-    assert line.startswith(f"- **quick-synthetic** (`bash run_all.sh quick`, {finished}, 11 min on ")
-    assert line.endswith("LUV-Net macro AUC 0.717 (95% CI 0.64–0.79) out of fold, rank 2 of 4; the paper's 5 claims: "
-                         "2 hold, 1 reversed, 1 not resolved, 1 not tested here.")
+    assert line.startswith(f"| quick-synthetic | `bash run_all.sh quick` | {finished}, 11 min, ")
+    assert "CPU cores" in line  # the machine
+    assert line.endswith(" | 0.717 (0.64–0.79) | 2 of 4 | 2 hold, 1 reversed, 1 not resolved, 1 not tested here |")
 
 
 def test_a_run_without_a_record_says_its_command_and_date_are_unknown(tmp_path):
     run_dir = _run(tmp_path, {"luvnet": (0.6, 0.5, 0.7)})
-    assert "command and date unknown" in headline(run_dir, _claims(["holds: a"]), "run (kind)")
+    assert headline(run_dir, _claims(["holds: a"]), "run (kind)") == (
+        "| quick-synthetic | unknown (no run.json) | unknown | 0.600 (0.50–0.70) | 1 of 1 | 1 holds |")
     assert "command and date unknown" in provenance(run_dir)
     (run_dir / "run.json").write_text("{not json")
     assert read_run_record(run_dir) is None

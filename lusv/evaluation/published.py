@@ -52,21 +52,24 @@ def verdict_counts(tables: ClaimsTables, header: str) -> dict[str, int]:
 
 
 def headline(run_dir: Path, tables: ClaimsTables, header: str) -> str:
-    """One Markdown bullet: the run, what made it, LUV-Net's macro AUC and rank, the verdicts."""
-    record = read_run_record(run_dir) or {}
-    made = (f"`{record['command']}`, {record['finished'][:10]}, {int(record['seconds']) // 60} min on "
-            f"{record['machine']}") if record else "command and date unknown (no run.json)"
+    """One Markdown table row: the run, the command, when / how long / where, LUV-Net's macro AUC
+    with its CI and rank, and the count of verdicts on the paper's claims."""
+    record = read_run_record(run_dir)
+    if record:
+        made = f"`{record['command']}`"
+        when = f"{record['finished'][:10]}, {int(record['seconds']) // 60} min, {record['machine']}"
+    else:
+        made, when = "unknown (no run.json)", "unknown"
     macro = _macro(run_dir)
     if REFERENCE in macro.index:
         auc, low, high = macro.loc[REFERENCE]
-        higher = int((macro["auc"].round(3) > round(auc, 3)).sum())
-        result = (f"{model_name(REFERENCE)} macro AUC {auc:.3f} (95% CI {low:.2f}–{high:.2f}) out of fold, "
-                  f"rank {higher + 1} of {len(macro)}")
+        higher = int((macro["auc"].round(3) > round(auc, 3)).sum())  # ties as the tables show them
+        result, rank = f"{auc:.3f} ({low:.2f}–{high:.2f})", f"{higher + 1} of {len(macro)}"
     else:
-        result = f"no {model_name(REFERENCE)} run"
+        result, rank = f"no {model_name(REFERENCE)} run", ""
     counts = verdict_counts(tables, header)
     verdicts = ", ".join(f"{n} {'hold' if verdict == 'holds' and n != 1 else verdict}" for verdict, n in counts.items() if n)
-    return f"- **{run_dir.name}** ({made}): {result}; the paper's {len(tables.summary)} claims: {verdicts}."
+    return f"| {run_dir.name} | {made} | {when} | {result} | {rank} | {verdicts} |"
 
 
 def results_page(runs: list[Path], tables: ClaimsTables) -> str:
@@ -83,8 +86,10 @@ def results_page(runs: list[Path], tables: ClaimsTables) -> str:
 
 
 def readme_block(runs: list[Path], tables: ClaimsTables, page: str) -> str:
+    head = ["| run | command | finished, duration, machine | LUV-Net macro AUC (95% CI), out of fold | rank | "
+            f"the paper's {len(tables.summary)} claims |", "|---|---|---|---|---|---|"]
     lines = [headline(run_dir, tables, header) for run_dir, header in zip(runs, tables.runs)]
-    return "\n".join([BEGIN, *lines, f"\nEach run's AUC table and the claims table: [{page}]({page}).", END])
+    return "\n".join([BEGIN, *head, *lines, f"\nEach run's AUC table and the claims table: [{page}]({page}).", END])
 
 
 def replace_block(text: str, block: str, where: str) -> str:
