@@ -185,17 +185,6 @@ def _cmd_external(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_claims(args: argparse.Namespace) -> int:
-    from lusv.evaluation.claims import claims_markdown, claims_tables, write_claims
-
-    runs = [_from_here(run) for run in args.runs]
-    tables = claims_tables(runs, n_boot=args.n_boot)
-    out = _from_here(args.out) if args.out else (str(Path(runs[0]) / "tables") if len(runs) == 1 else str(Path.cwd()))
-    written = write_claims(tables, out)
-    print(claims_markdown(tables, detail=args.detail), end="")  # stdout: the Markdown alone, ready to paste
-    print(f"claims: {', '.join(str(path) for path in written)}", file=sys.stderr)
-    return 0
-
 
 def _cmd_plan(args: argparse.Namespace) -> int:
     from lusv import study
@@ -277,37 +266,10 @@ def _add_train_command(commands) -> None:
     train.set_defaults(handler=_cmd_train)
 
 
-def _add_claims_command(commands) -> None:
-    claims = commands.add_parser(
-        "claims", help="the verdict on every claim of the paper, one column per run (printed as Markdown, saved as CSV + .md)")
-    claims.add_argument("runs", nargs="+", help="run folders: studies (results/quick-synthetic) or external validations "
-                                                 "(<study>/external/<dataset>)")
-    claims.add_argument("--out", default=None, help="folder for claims.csv, claims_detail.csv and claims.md (default: "
-                                                    "<run>/tables for one run, the current folder for several)")
-    claims.add_argument("--n-boot", type=int, default=1000, help="paired patient-bootstrap replicates")
-    claims.add_argument("--detail", action="store_true", help="also print each comparison's numbers (claims.md "
-                                                               "always has them)")
-    claims.set_defaults(handler=_cmd_claims)
 
 
-def _cmd_publish(args: argparse.Namespace) -> int:
-    from lusv.evaluation.published import publish
-
-    written = publish([_from_here(run) for run in args.runs], _from_here(args.page),
-                      _from_here(args.readme) if args.readme else None, n_boot=args.n_boot)
-    print(f"publish: {', '.join(str(path) for path in written)}", file=sys.stderr)
-    return 0
 
 
-def _add_publish_command(commands) -> None:
-    publish = commands.add_parser(
-        "publish", help="write the runs' numbers for the docs (AUC tables, claims, with each run's command and date) "
-                        "and fill the README's generated block")
-    publish.add_argument("runs", nargs="+", help="finished study folders, e.g. results/quick-synthetic")
-    publish.add_argument("--page", default="docs/results-generated.md", help="the Markdown page to write")
-    publish.add_argument("--readme", default=None, help="a README with the lusv publish markers to fill (e.g. README.md)")
-    publish.add_argument("--n-boot", type=int, default=1000, help="paired patient-bootstrap replicates of the claims")
-    publish.set_defaults(handler=_cmd_publish)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -362,8 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
     external.add_argument("--cache-dir", default=None, help="clip cache root (default: data/cache/<dataset>)")
     external.add_argument("--dayfirst", action="store_true", help="acquired_on holds day-first dates")
     external.set_defaults(handler=_cmd_external)
-    _add_claims_command(commands)
-    _add_publish_command(commands)
+    from lusv.evaluation.command import add_claims_and_publish
+
+    add_claims_and_publish(commands, _from_here)
     return parser
 
 

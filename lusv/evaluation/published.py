@@ -72,9 +72,10 @@ def headline(run_dir: Path, tables: ClaimsTables, header: str) -> str:
     return f"| {run_dir.name} | {made} | {when} | {result} | {rank} | {verdicts} |"
 
 
-def results_page(runs: list[Path], tables: ClaimsTables) -> str:
+def results_page(runs: list[Path], tables: ClaimsTables, command: str | None = None) -> str:
+    command = command or f"lusv publish {' '.join(str(r) for r in runs)}"
     blocks = ["# The runs' numbers (generated)",
-              f"Written by `lusv publish {' '.join(str(r) for r in runs)}`; every number below comes from "
+              f"Written by `{command}`; every number below comes from "
               "the runs' own tables. Do not edit: rerun the runs, then the command. What the numbers do "
               "and do not show: [results.md](results.md)."]
     for run_dir in runs:
@@ -104,15 +105,16 @@ def _write(path: Path, text: str) -> None:
 
 
 def publish(runs: list[str | Path], page: str | Path, readme: str | Path | None = None,
-            n_boot: int = 1000) -> list[Path]:
-    """Write the results page (and fill the README's block); returns the files written."""
+            n_boot: int = 1000, command: str | None = None) -> list[Path]:
+    """Write the results page (and fill the README's block); returns the files written. ``command``:
+    how the page names the command that wrote it (default: ``lusv publish`` and the runs' paths)."""
     run_dirs = [in_repository(run) for run in runs]
     for run_dir in run_dirs:
         if not (run_dir / "tables" / "test_auc_summary.csv").is_file():
             raise ConfigError(f"{run_dir}: no tables/test_auc_summary.csv: run the study to its notebook 06 first")
     tables = claims_tables(run_dirs, n_boot=n_boot)
     page = Path(page)
-    _write(page, results_page(run_dirs, tables))
+    _write(page, results_page(run_dirs, tables, command))
     written = [page]
     if readme is not None:
         readme = Path(readme)
