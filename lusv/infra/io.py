@@ -79,10 +79,10 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
             tmp.unlink(missing_ok=True)  # its space back before measuring what is free
             os.close(fd)
             fd = -1
+            kept = f"the previous {target.name} is unchanged" if target.exists() else f"no {target.name} was written"
             raise DiskFullError(
                 f"cannot write {target.name} in {target.parent}: no space left on the device "
-                f"({free_space(target.parent)} free); the previous {target.name} is unchanged: "
-                "free some space and run again"
+                f"({free_space(target.parent)} free); {kept}: free some space and run again"
             ) from None
         _fsync_directory(target.parent)
     finally:
