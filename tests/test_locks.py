@@ -33,11 +33,18 @@ KILLED_WITH_A_CHILD = """
 import multiprocessing, os, signal, sys, time
 from lusv.infra import runlock
 
+def worker(started):
+    started.set()  # running its own code: past the fork handlers, as a DataLoader worker would be
+    time.sleep(60)
+
 with runlock.run_lock(sys.argv[1]):
     # forked as DataLoader workers are; unlike them (torch ends its workers with their parent on
     # Linux) this one lives on after the kill, for as long as a slow worker would
-    child = multiprocessing.get_context("fork").Process(target=time.sleep, args=(60,))
+    context = multiprocessing.get_context("fork")
+    started = context.Event()
+    child = context.Process(target=worker, args=(started,))
     child.start()
+    started.wait(60)
     print(child.pid, flush=True)
     os.kill(os.getpid(), signal.SIGKILL)
 """
