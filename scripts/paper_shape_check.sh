@@ -3,7 +3,7 @@
 # (30-frame windows of 256 x 256, DenseNet-161 or ResNet-50 encoders, published widths) through
 # the study's own steps on a few synthetic paper-profile videos: prepare, two optimizer steps per
 # model, predictions, and notebook 06's tables. Prints seconds per step and peak memory per model
-# and exits 1 on any error. About 30 minutes on 2 idle cores, ~12 GB of memory at its peak.
+# and exits 1 on any error. Under 30 minutes on 2 cores, ~11 GB of memory at its peak.
 #
 #   bash scripts/paper_shape_check.sh [--out DIR] [--models KEY,...] [--smoke]
 #
