@@ -37,6 +37,18 @@ def build_run_model(p: RunParams, weights: Optional[str] = None) -> nn.Module:
     return build_model(p.model, **config)
 
 
+def model_with_state(p: RunParams, state: dict, misfit: str) -> nn.Module:
+    """The model of ``p`` holding the weights ``state`` (on the CPU); a state that does not fit is
+    CheckpointError ``"<misfit>: <what differs>"``."""
+    model = build_run_model(p, weights="random")  # the stored weights replace any init
+    try:
+        model.load_state_dict(state)
+    except RuntimeError:
+        why = describe_state_dict_mismatch(model, state, **{**model_config(p), "weights": "random"})
+        raise CheckpointError(f"{misfit}: {why}") from None
+    return model
+
+
 def load_trained(path: str | os.PathLike, device: torch.device | str = "cpu") -> nn.Module:
     """Rebuild a trained model from a run directory (or its best.pt) in eval mode.
 
@@ -57,12 +69,7 @@ def load_trained(path: str | os.PathLike, device: torch.device | str = "cpu") ->
         raise CheckpointError(f"{config_path} is damaged or not a lusv run record ({type(exc).__name__}: {exc}): "
                               "retrain the run or use another copy") from None
     state = io.torch_load(best)
-    model = build_run_model(params, weights="random")  # the trained weights replace any init
-    try:
-        model.load_state_dict(state)
-    except RuntimeError:
-        why = describe_state_dict_mismatch(model, state, **{**model_config(params), "weights": "random"})
-        raise CheckpointError(f"{best} does not fit the {params.model} model described by {config_path}: {why}") from None
+    model = model_with_state(params, state, f"{best} does not fit the {params.model} model described by {config_path}")
     model.weights_source = f"trained:{best.resolve()}"
     model.run_params = params
     return model.to(device).eval()

@@ -35,8 +35,7 @@ from lusv.config import RunParams
 from lusv.data.patterns import PATTERNS
 from lusv.data.video import PREPARATION_VERSION
 from lusv.errors import CheckpointError
-from lusv.inference import build_run_model, load_trained, model_config
-from lusv.models import describe_state_dict_mismatch
+from lusv.inference import load_trained, model_with_state
 
 EXPORT_FORMAT = 1
 CONFIG, THRESHOLDS, CARD, MANIFEST = "config.json", "thresholds.json", "README.md", "manifest.json"
@@ -194,13 +193,7 @@ def _fold_model(path: Path, params: RunParams) -> nn.Module:
         state = load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{path} is not a readable safetensors file ({exc}): copy the export again") from None
-    model = build_run_model(params, weights="random")  # the exported weights replace any init
-    try:
-        model.load_state_dict(state)
-    except RuntimeError:
-        why = describe_state_dict_mismatch(model, state, **{**model_config(params), "weights": "random"})
-        raise CheckpointError(f"{path} does not fit the {params.model} model of its config.json: {why}") from None
-    return model.eval()
+    return model_with_state(params, state, f"{path} does not fit the {params.model} model of its config.json").eval()
 
 
 def _same_encoder(models: list[nn.Module]) -> bool:
