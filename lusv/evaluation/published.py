@@ -88,7 +88,7 @@ def results_page(runs: list[Path], tables: ClaimsTables, command: str | None = N
 
 def readme_block(runs: list[Path], tables: ClaimsTables, page: str) -> str:
     head = ["| run | command | finished, duration, machine | LUV-Net macro AUC (95% CI), out of fold | rank | "
-            f"the paper's {len(tables.summary)} claims |", "|---|---|---|---|---|---|"]
+            f"verdicts on the {len(tables.summary)} claims |", "|---|---|---|---|---|---|"]
     lines = [headline(run_dir, tables, header) for run_dir, header in zip(runs, tables.runs)]
     return "\n".join([BEGIN, *head, *lines, f"\nEach run's AUC table and the claims table: [{page}]({page}).", END])
 
