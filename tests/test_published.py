@@ -66,3 +66,15 @@ def test_only_the_text_between_the_markers_is_replaced():
     for broken in ("no markers", f"{END}\n{BEGIN}", f"{BEGIN}\n{BEGIN}\n{END}"):
         with pytest.raises(ConfigError, match="README.md: needs one"):
             replace_block(broken, "x", "README.md")
+
+
+def test_a_readme_without_markers_is_refused_before_any_page_is_written(tmp_path):
+    from lusv.evaluation.published import publish
+
+    run_dir = _run(tmp_path, {"luvnet": (0.6, 0.5, 0.7)})
+    readme = tmp_path / "README.md"
+    readme.write_text("# a README without the markers\n")
+    with pytest.raises(ConfigError, match="README.md: needs one"):
+        publish([run_dir], tmp_path / "page.md", readme)
+    assert not (tmp_path / "page.md").exists()
+    assert readme.read_text() == "# a README without the markers\n"

@@ -112,12 +112,14 @@ def publish(runs: list[str | Path], page: str | Path, readme: str | Path | None 
     for run_dir in run_dirs:
         if not (run_dir / "tables" / "test_auc_summary.csv").is_file():
             raise ConfigError(f"{run_dir}: no tables/test_auc_summary.csv: run the study to its notebook 06 first")
-    tables = claims_tables(run_dirs, n_boot=n_boot)
     page = Path(page)
+    if readme is not None:  # its markers checked before anything is written
+        readme = Path(readme)
+        replace_block(readme.read_text(encoding="utf-8"), "", str(readme))
+    tables = claims_tables(run_dirs, n_boot=n_boot)
     _write(page, results_page(run_dirs, tables, command))
     written = [page]
     if readme is not None:
-        readme = Path(readme)
         link = Path(os.path.relpath(page.resolve(), readme.resolve().parent)).as_posix()
         _write(readme, replace_block(readme.read_text(encoding="utf-8"), readme_block(run_dirs, tables, link), str(readme)))
         written.append(readme)
