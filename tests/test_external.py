@@ -6,7 +6,6 @@ fold models. Expected values come from the fold models themselves run clip by cl
 and a textbook Youden search written here.
 """
 
-import dataclasses
 
 import numpy as np
 import pandas as pd
@@ -16,17 +15,14 @@ from lusv import study
 from lusv.cli import main
 from lusv.data.patterns import PATTERNS
 
-RUN = {"epochs": 1, "batch_size": 4, "max_batches_per_epoch": 2, "num_workers": 0}
+from tiny_study import copy_of_tiny_study
 
 
 @pytest.fixture(scope="module")
 def tiny_study(tiny_data, tmp_path_factory):
-    original = study.Prepared.load(tiny_data.root / "study")
-    prepared = dataclasses.replace(original, run_dir=tmp_path_factory.mktemp("external") / "study")
-    prepared.save()
-    study.train_configurations(prepared, {"luvnet": {"model": "luvnet", "train_encoder": False, "feature_views": 1},
-                                          "usvn": {"model": "usvn"}}, **RUN)
-    return prepared
+    return copy_of_tiny_study(tiny_data, tmp_path_factory.mktemp("external") / "study",
+                              {"luvnet": {"model": "luvnet", "train_encoder": False, "feature_views": 1},
+                               "usvn": {"model": "usvn"}})
 
 
 def _other_dataset(tiny_data, tmp_path):
@@ -137,8 +133,7 @@ def test_external_with_only_the_later_patterns_labelled(tiny_study, tiny_data, t
 
 
 def test_external_refuses_a_study_without_fold_models(tiny_data, tmp_path, capsys):
-    original = study.Prepared.load(tiny_data.root / "study")
-    dataclasses.replace(original, run_dir=tmp_path / "empty").save()
+    copy_of_tiny_study(tiny_data, tmp_path / "empty")
     code = main(["external", "--study", str(tmp_path / "empty"), "--data-path", str(_other_dataset(tiny_data, tmp_path))])
     assert code == 2
     assert "no finished fold models" in capsys.readouterr().err

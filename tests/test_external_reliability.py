@@ -5,7 +5,6 @@ synthetic videos under new ids; a second model key is a copy of its fold runs, w
 then damage, mark unfinished or lock. Kills are real SIGKILLs of a `lusv external` subprocess.
 """
 
-import dataclasses
 import json
 import os
 import re
@@ -19,23 +18,20 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from lusv import study
 from lusv.errors import CheckpointError, ConfigError, RunLockedError
 from lusv.evaluation.external import external_validation, fold_models
 from lusv.infra import runlock
 from lusv.infra.folders import recover_folder, replaced_folder
 
+from tiny_study import copy_of_tiny_study
+
 REPO = Path(__file__).resolve().parents[1]
-RUN = {"epochs": 1, "batch_size": 4, "max_batches_per_epoch": 2, "num_workers": 0}
 
 
 @pytest.fixture(scope="module")
 def trained(tiny_data, tmp_path_factory):
-    original = study.Prepared.load(tiny_data.root / "study")
-    prepared = dataclasses.replace(original, run_dir=tmp_path_factory.mktemp("ext_rel") / "study")
-    prepared.save()
-    study.train_configurations(prepared, {"luvnet": {"model": "luvnet", "train_encoder": False, "feature_views": 1}},
-                               **RUN)
+    prepared = copy_of_tiny_study(tiny_data, tmp_path_factory.mktemp("ext_rel") / "study",
+                                  {"luvnet": {"model": "luvnet", "train_encoder": False, "feature_views": 1}})
     labels = pd.read_csv(tiny_data.source_dir / "labels.csv").iloc[:8]
     csv = prepared.run_dir.parent / "other" / "labels.csv"
     csv.parent.mkdir()

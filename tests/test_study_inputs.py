@@ -2,7 +2,6 @@
 process or another lusv version says what is wrong in one line (prepared.json, a run's
 config.json, a checkpoint to resume from)."""
 
-import dataclasses
 import json
 
 import pytest
@@ -15,12 +14,12 @@ from lusv.inference import build_run_model, load_trained
 from lusv.infra import io
 from lusv.train import checkpoint
 
+from tiny_study import copy_of_tiny_study
+
 
 @pytest.fixture
 def prepared_json(tiny_data, tmp_path):
-    study = dataclasses.replace(Prepared.load(tiny_data.root / "study"), run_dir=tmp_path / "study")
-    study.save()
-    return study.prepare_dir / "prepared.json"
+    return copy_of_tiny_study(tiny_data, tmp_path / "study").prepare_dir / "prepared.json"
 
 
 @pytest.mark.parametrize("damage, says", [

@@ -15,6 +15,8 @@ from lusv import study
 from lusv.config import params_for
 from lusv.errors import ConfigError
 
+from tiny_study import copy_of_tiny_study
+
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"
 
@@ -22,10 +24,7 @@ NOTEBOOKS = REPO / "notebooks"
 @pytest.fixture
 def copied_study(tiny_data, tmp_path):
     """The tiny quick study under a folder of this test's own (its clips and cache shared, read-only)."""
-    prepared = dataclasses.replace(study.Prepared.load(tiny_data.root / "study"), run_dir=tmp_path / "study")
-    (tmp_path / "study" / "prepare").mkdir(parents=True)
-    prepared.save()
-    return prepared
+    return copy_of_tiny_study(tiny_data, tmp_path / "study")
 
 
 def test_prepare_records_the_study_settings(tiny_data):

@@ -4,11 +4,13 @@
 decoded once into a clip cache, with a
 temporal split (the latest quarter of the clips, by patient, held out) and 3 patient-level folds
 of the development clips. The ``tiny_data`` fixture in ``conftest.py`` builds it once per test
-session; test modules import only the constants from here.
+session; test modules import its constants from here, and ``copy_of_tiny_study`` for a study folder
+of their own.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,3 +97,19 @@ def build_tiny_data(root: Path) -> TinyData:
         temporal_csv=prepared.temporal_csv,
         cache_dir=prepared.cache_root,
     )
+
+
+# One short epoch: enough for fold models that exist, finish and predict.
+ONE_SHORT_EPOCH = {"epochs": 1, "batch_size": 4, "max_batches_per_epoch": 2, "num_workers": 0}
+
+
+def copy_of_tiny_study(tiny_data: TinyData, run_dir: Path, configurations: dict | None = None):
+    """The tiny study's preparation under ``run_dir`` (its clips, folds and cache shared, read-only;
+    no runs), with ``configurations`` trained on every fold for ``ONE_SHORT_EPOCH`` when given."""
+    from lusv import study
+
+    prepared = dataclasses.replace(study.Prepared.load(tiny_data.root / "study"), run_dir=Path(run_dir))
+    prepared.save()
+    if configurations:
+        study.train_configurations(prepared, configurations, **ONE_SHORT_EPOCH)
+    return prepared

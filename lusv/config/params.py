@@ -8,7 +8,8 @@ field has a simple type (str/int/float/bool/Optional) and a one-line help text i
 rest of lusv treats a field, so that no list of field names is kept by hand elsewhere:
 
 * ``path`` — names a file or folder: ``lusv train`` makes it absolute against the current
-  directory (``path_fields``).
+  directory (``path_fields``). Such fields are declared with ``_path``, which marks them
+  ``may_change_on_resume`` too.
 * ``may_change_on_resume`` — may differ between a run and its resumption without changing its
   numbers (where the data lives, how many loader workers, logging); every other field must match
   to resume (``resume_may_change``).
@@ -43,6 +44,12 @@ def _p(
     return field(default=default, metadata=metadata)
 
 
+def _path(default: Any, help: str) -> Any:  # noqa: A002 - "help" mirrors argparse
+    """A field naming a file or folder: made absolute by ``lusv train`` and, as where data lives
+    changes no number, free to differ on resume (every path field is both)."""
+    return _p(default, help, path=True, may_change_on_resume=True)
+
+
 # No ``from __future__ import annotations`` in this module: the CLI generator reads
 # dataclasses.fields(RunParams)[i].type, which must be a real type (str, int, Optional[int]...),
 # not a string.
@@ -68,25 +75,20 @@ class RunParams:
         1.0, "channel multiplier of the 3-D comparators c3d, r2plus1d(_34), mvit_b, swin_b (1.0 = published size)",
     )
     # --- data ---------------------------------------------------------------------------
-    labels: Optional[str] = _p(
+    labels: Optional[str] = _path(
         None, "labels CSV (clip_id, path, patient_id, one column per pattern)",
-        path=True, may_change_on_resume=True,
     )
-    splits: Optional[str] = _p(
+    splits: Optional[str] = _path(
         None, "folds CSV (clip_id, patient_id, fold); made from labels and saved in the run dir if unset",
-        path=True, may_change_on_resume=True,
     )
-    temporal_split: Optional[str] = _p(
+    temporal_split: Optional[str] = _path(
         None, "temporal split CSV (clip_id, patient_id, split); its temporal_test clips are predicted after training",
-        path=True, may_change_on_resume=True,
     )
-    held_out: Optional[str] = _p(
+    held_out: Optional[str] = _path(
         None, "held-out split CSV (clip_id, patient_id, split); its held_out clips are predicted after training",
-        path=True, may_change_on_resume=True,
     )
-    cache_dir: str = _p(
+    cache_dir: str = _path(
         "data/cache", "clip cache root (entries in <cache_dir>/T<frames>_S<size>/)",
-        path=True, may_change_on_resume=True,
     )
     fold: int = _p(0, "test fold f; validation fold is (f+1) % num_folds, the rest trains")
     num_folds: int = _p(5, "number of cross-validation folds K")
@@ -100,10 +102,9 @@ class RunParams:
     target_fps: Optional[float] = _p(
         None, "clip_policy=windows: resample every video to this frame rate before cutting (None: its own frames)",
     )
-    frame_labels: Optional[str] = _p(
+    frame_labels: Optional[str] = _path(
         None, "clip_policy=windows: frame-level label CSV (clip_id, first_frame, last_frame, pattern) giving each "
         "window its own labels; unset: every window takes its video's labels",
-        path=True, may_change_on_resume=True,
     )
     image_size: int = _p(256, "frame side S in pixels")
     augment: bool = _p(True, "augment training clips (which augmentations: see augmentations)")
@@ -153,9 +154,8 @@ class RunParams:
         may_change_on_resume=True,
     )
     seed: int = _p(0, "seed of weights init, data order, augmentation and dropout")
-    out_dir: str = _p(
+    out_dir: str = _path(
         "results/runs", "results root; the run writes to <out_dir>/<run_name>/",
-        path=True, may_change_on_resume=True,
     )
     run_name: Optional[str] = _p(None, "run folder name (default: <model>-<encoder>-T<T>-S<S>-fold<f>-seed<seed>)")
     resume: bool = _p(
